@@ -1,0 +1,33 @@
+# The README's commands call these targets. `make demo` and `make test` each set up .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Where the MNIST files live (mnist/ and binarized_mnist/); ../shared/data in this workplace.
+export MISSIWAE_DATA_DIR ?= $(abspath ../shared/data)
+DEMO_DIR ?= runs/demo
+
+.PHONY: setup demo test lint unit clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[pipeline,dev]"
+	touch $@
+
+# Small end to end run on static binarized MNIST with 50% MCAR: train -> evaluate -> impute.
+demo: setup
+	$(BIN)/missiwae train --config configs/demo.yaml --out $(DEMO_DIR) --fresh --no-progress
+	$(BIN)/missiwae evaluate --checkpoint $(DEMO_DIR)
+	$(BIN)/missiwae impute --checkpoint $(DEMO_DIR)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,48 @@
+"""missIWAE: deep generative modelling and imputation of incomplete data (Mattei & Frellsen).
+
+Pure torch + numpy: the Ray/MLflow pipeline lives in `pipelines/` and builds on this package.
+"""
+
+from missiwae.bounds import effective_sample_size, log_mean_exp, miss_iwae_bound
+from missiwae.config import (
+    ConfigError,
+    DataConfig,
+    EvaluateConfig,
+    ImputeConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+)
+from missiwae.evaluation import estimate_log_likelihood, imputation_accuracy
+from missiwae.imputation import impute_multiple, impute_single, snis_expectation
+from missiwae.likelihoods import Bernoulli, Gaussian, StudentT
+from missiwae.model import MissIWAE, make_generator
+from missiwae.training import load_model, save_checkpoint, train
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Bernoulli",
+    "ConfigError",
+    "DataConfig",
+    "EvaluateConfig",
+    "Gaussian",
+    "ImputeConfig",
+    "MissIWAE",
+    "ModelConfig",
+    "RunConfig",
+    "StudentT",
+    "TrainConfig",
+    "effective_sample_size",
+    "estimate_log_likelihood",
+    "impute_multiple",
+    "impute_single",
+    "imputation_accuracy",
+    "load_model",
+    "log_mean_exp",
+    "make_generator",
+    "miss_iwae_bound",
+    "save_checkpoint",
+    "snis_expectation",
+    "train",
+]

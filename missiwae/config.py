@@ -1,0 +1,258 @@
+"""Run settings as frozen dataclasses, built from plain dicts (YAML / JSON / CLI flags).
+
+Every setting has one home here; `from_dict` refuses unknown keys and wrong types with a message
+that names the key, so a typo in a config file never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union
+
+Architecture = Literal["mlp", "conv"]
+Observation = Literal["bernoulli", "gaussian", "student_t"]
+Imputation = Literal["zero", "oracle", "learned"]
+
+
+class ConfigError(ValueError):
+    """A setting is unknown, of the wrong type, or out of range."""
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Which data, how it is masked, and how much of it is used."""
+
+    dataset: Literal["binarized_mnist"] = "binarized_mnist"
+    data_dir: str | None = None  # None: $MISSIWAE_DATA_DIR, then ~/.cache/missiwae/data
+    missing_rate: float = 0.5
+    seed: int = 0
+    num_train: int | None = None  # None: the whole split
+    num_valid: int | None = None
+    num_test: int | None = None
+
+    def __post_init__(self) -> None:
+        _require(0.0 <= self.missing_rate <= 1.0, "data.missing_rate must lie in [0, 1]")
+        for name in ("num_train", "num_valid", "num_test"):
+            value = getattr(self, name)
+            _require(value is None or value >= 1, f"data.{name} must be >= 1 or null")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The DLVM: p(z) = N(0, I), p_θ(x | z) = `observation`(f_θ(z)), q_γ(z | ι(x_o)) Gaussian."""
+
+    num_features: int = 784
+    architecture: Architecture = "mlp"
+    latent_dim: int = 50
+    hidden: tuple[int, ...] = (200, 200)  # MLP widths (Burda et al. 2016: 784-200-200-50)
+    activation: Literal["tanh", "relu", "elu"] = "tanh"
+    conv_channels: tuple[int, ...] = (16, 32, 32)  # three 5x5 stride-2 convolutions
+    image_shape: tuple[int, int] = (28, 28)
+    observation: Observation = "bernoulli"
+    imputation: Imputation = "zero"
+
+    def __post_init__(self) -> None:
+        _require(self.num_features >= 1, "model.num_features must be >= 1")
+        _require(self.latent_dim >= 1, "model.latent_dim must be >= 1")
+        _require(all(w >= 1 for w in self.hidden), "model.hidden widths must be >= 1")
+        if self.architecture == "conv":
+            _require(
+                len(self.conv_channels) == 3 and all(c >= 1 for c in self.conv_channels),
+                "model.conv_channels must be three positive channel counts",
+            )
+            height, width = self.image_shape
+            _require(
+                height * width == self.num_features,
+                f"model.image_shape {self.image_shape} does not hold "
+                f"model.num_features={self.num_features} pixels",
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Adam on the negative missIWAE bound L_K (K = 1 is the missVAE bound)."""
+
+    K: int = 50
+    batch_size: int = 64
+    epochs: int = 10
+    learning_rate: float = 1e-3
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        _require(self.K >= 1, f"train.K must be >= 1, got {self.K}")
+        _require(self.batch_size >= 1, "train.batch_size must be >= 1")
+        _require(self.epochs >= 0, "train.epochs must be >= 0")
+        _require(self.learning_rate > 0, "train.learning_rate must be > 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+    """Importance-sampling estimate of log p(x_o) (5000 samples is the convention)."""
+
+    num_samples: int = 5000
+    batch_size: int = 100
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.num_samples >= 1, "evaluate.num_samples must be >= 1")
+        _require(self.batch_size >= 1, "evaluate.batch_size must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImputeConfig:
+    """SNIS single imputation with L samples and SIR multiple imputation (M copies)."""
+
+    num_samples: int = 1000  # L
+    num_imputations: int = 20  # M
+    batch_size: int = 250
+    chunk_size: int | None = None  # importance samples per chunk; None: sized from memory
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.num_samples >= 1, f"impute.num_samples (L) must be >= 1, got {self.num_samples}")
+        _require(self.num_imputations >= 1, "impute.num_imputations must be >= 1")
+        _require(self.batch_size >= 1, "impute.batch_size must be >= 1")
+        _require(self.chunk_size is None or self.chunk_size >= 1, "impute.chunk_size must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything one `missiwae` run needs, one section per stage."""
+
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = dataclasses.field(default_factory=EvaluateConfig)
+    impute: ImputeConfig = dataclasses.field(default_factory=ImputeConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> RunConfig:
+        return from_dict(cls, values)
+
+
+T = TypeVar("T")
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A JSON-ready dict (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def from_dict(cls: type[T], values: Mapping[str, Any], *, _where: str = "") -> T:
+    """Build dataclass `cls` from `values`, refusing unknown keys and ill-typed values."""
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{_where or 'config'} must be a mapping, got {type(values).__name__}")
+    assert dataclasses.is_dataclass(cls)
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        where = f" in section '{_where}'" if _where else ""
+        raise ConfigError(f"unknown config key(s) {unknown}{where}; valid keys: {names}")
+    kwargs = {
+        key: _coerce(value, hints[key], f"{_where}.{key}" if _where else key)
+        for key, value in values.items()
+    }
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if dataclasses.is_dataclass(annotation):
+        return from_dict(typing.cast(type, annotation), value, _where=where)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, option, where)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError("; ".join(errors))
+    if origin is Literal:
+        _require(value in args, f"{where} must be one of {list(args)}, got {value!r}")
+        return value
+    if origin is tuple:
+        _require(isinstance(value, list | tuple), f"{where} must be a list, got {value!r}")
+        item_type = args[0]
+        if len(args) != 2 or args[1] is not Ellipsis:
+            _require(len(value) == len(args), f"{where} must have {len(args)} items")
+        return tuple(_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value))
+    if annotation is bool:
+        _require(isinstance(value, bool), f"{where} must be true or false, got {value!r}")
+        return value
+    if annotation is int:
+        _require(
+            isinstance(value, int) and not isinstance(value, bool),
+            f"{where} must be an integer, got {value!r}",
+        )
+        return value
+    if annotation is float:
+        if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{where} must be a number, got {value!r}") from None
+        _require(
+            isinstance(value, int | float) and not isinstance(value, bool),
+            f"{where} must be a number, got {value!r}",
+        )
+        return float(value)
+    if annotation is str:
+        _require(isinstance(value, str), f"{where} must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported setting type {annotation!r}")  # pragma: no cover
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON config file into a plain dict (validated later by `from_dict`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text()
+    if path.suffix == ".json":
+        loaded = json.loads(text)
+    else:
+        import yaml
+
+        loaded = yaml.safe_load(text)
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return loaded
+
+
+def apply_overrides(values: Mapping[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `section.key=value` overrides (values parsed as YAML scalars: 5, 1e-3, true, [1, 2])."""
+    import yaml
+
+    merged: dict[str, Any] = json.loads(json.dumps(values))
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {override!r} must look like section.key=value")
+        *sections, leaf = key.split(".")
+        target = merged
+        for section in sections:
+            target = target.setdefault(section, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"override {override!r}: {section} is not a section")
+        target[leaf] = yaml.safe_load(raw)
+    return merged

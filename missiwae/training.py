@@ -1,0 +1,213 @@
+"""One-process training: Adam on −mean L_K over minibatches (tests, notebooks, each Ray worker).
+
+`train_epoch` is the unit a distributed worker calls on its own shard; `train` adds seeding,
+validation, checkpoints and resume around it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from missiwae.config import ModelConfig, TrainConfig, from_dict, to_dict
+from missiwae.evaluation import mean_bound
+from missiwae.model import MissIWAE, make_generator
+from missiwae.validation import check_incomplete_batch
+
+WEIGHTS_FILE = "model.pt"
+CONFIG_FILE = "config.json"
+
+
+@dataclasses.dataclass
+class EpochStats:
+    epoch: int  # 1-based
+    train_bound: float  # mean L_K over the epoch's minibatches (as optimised)
+    valid_bound: float | None  # mean L_K on the validation rows, after the epoch
+    seconds: float
+
+
+def minibatches(
+    num_rows: int, batch_size: int, generator: torch.Generator
+) -> Iterator[torch.Tensor]:
+    """Row indices of one shuffled epoch, `batch_size` at a time (the last batch may be smaller)."""
+    order = torch.randperm(num_rows, generator=generator)
+    yield from order.split(batch_size)
+
+
+def train_epoch(
+    model: MissIWAE,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    K: int,
+    batch_size: int,
+    shuffle_generator: torch.Generator,
+    sample_generator: torch.Generator | None = None,
+    progress: Callable[[Iterator[torch.Tensor]], Iterator[torch.Tensor]] | None = None,
+) -> float:
+    """One pass over (x, mask) (N, D); returns the mean bound of its minibatches."""
+    model.train()
+    total, count = 0.0, 0
+    batches = minibatches(x.shape[0], batch_size, shuffle_generator)
+    for index in progress(batches) if progress else batches:
+        index = index.to(x.device)
+        bound = model.bound(x[index], mask[index], K, sample_generator, validate=False)
+        loss = -bound.mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += float(bound.detach().sum())
+        count += index.numel()
+    return total / max(count, 1)
+
+
+def train(
+    model: MissIWAE,
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    config: TrainConfig,
+    *,
+    valid: tuple[torch.Tensor, torch.Tensor] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    on_epoch_end: Callable[[EpochStats], None] | None = None,
+) -> list[EpochStats]:
+    """Train `model` in place for `config.epochs` epochs; returns the per-epoch history.
+
+    With `checkpoint_dir`, a checkpoint is written atomically after every epoch and, when
+    `resume` is set and one exists there, training continues after its last epoch with the
+    same optimiser state and random streams (so a resumed run matches an uninterrupted one).
+    """
+    check_incomplete_batch(x, mask, model.num_features, complete=model.uses_oracle)
+    if valid is not None:
+        check_incomplete_batch(*valid, model.num_features, complete=model.uses_oracle)
+    device = torch.device(config.device)
+    model.to(device)
+    x, mask = x.to(device), mask.to(device)
+    if valid is not None:
+        valid = (valid[0].to(device), valid[1].to(device))
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    shuffle_generator = make_generator(config.seed)
+    sample_generator = make_generator(config.seed + 1, device)
+    valid_generator = make_generator(config.seed + 2, device)
+    history: list[EpochStats] = []
+    if checkpoint_dir is not None and resume and (Path(checkpoint_dir) / WEIGHTS_FILE).exists():
+        state = load_training_state(checkpoint_dir, model, optimizer)
+        shuffle_generator.set_state(state["shuffle_rng"])
+        sample_generator.set_state(state["sample_rng"])
+        valid_generator.set_state(state["valid_rng"])
+        history = [EpochStats(**entry) for entry in state["history"]]
+    for epoch in range(len(history) + 1, config.epochs + 1):
+        started = time.perf_counter()
+        bar = _progress_bar(epoch, config.epochs) if progress else None
+        train_bound = train_epoch(
+            model, optimizer, x, mask, config.K, config.batch_size,
+            shuffle_generator, sample_generator, bar,
+        )
+        valid_bound = None
+        if valid is not None:
+            model.eval()
+            valid_bound = mean_bound(model, *valid, config.K, generator=valid_generator)
+        stats = EpochStats(epoch, train_bound, valid_bound, time.perf_counter() - started)
+        history.append(stats)
+        if checkpoint_dir is not None:
+            save_checkpoint(
+                checkpoint_dir, model, optimizer, config, history,
+                {"shuffle_rng": shuffle_generator.get_state(),
+                 "sample_rng": sample_generator.get_state(),
+                 "valid_rng": valid_generator.get_state()},
+            )
+        if on_epoch_end is not None:
+            on_epoch_end(stats)
+    model.eval()
+    return history
+
+
+def _progress_bar(
+    epoch: int, epochs: int
+) -> Callable[[Iterator[torch.Tensor]], Iterator[torch.Tensor]]:
+    from tqdm.auto import tqdm
+
+    def wrap(batches: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
+        return iter(tqdm(batches, desc=f"epoch {epoch}/{epochs}", leave=False, unit="batch"))
+
+    return wrap
+
+
+def save_checkpoint(
+    directory: str | Path,
+    model: MissIWAE,
+    optimizer: torch.optim.Optimizer | None,
+    train_config: TrainConfig | None,
+    history: list[EpochStats],
+    rng_states: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Write model.pt (state dicts, history, RNG states) and config.json, each atomically."""
+    if model.config is None:
+        raise ValueError("only models built with MissIWAE.from_config can be checkpointed")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state: dict[str, Any] = {
+        "model": model.state_dict(),
+        "history": [dataclasses.asdict(entry) for entry in history],
+        **(rng_states or {}),
+    }
+    if optimizer is not None:
+        state["optimizer"] = optimizer.state_dict()
+    config = {"model": to_dict(model.config)}
+    if train_config is not None:
+        config["train"] = to_dict(train_config)
+    _atomic_write(directory / WEIGHTS_FILE, lambda path: torch.save(state, path))
+    _atomic_write(directory / CONFIG_FILE, lambda path: path.write_text(json.dumps(config, indent=2)))
+
+
+def _atomic_write(target: Path, write: Callable[[Path], object]) -> None:
+    """Write through a temporary file in the same directory, then rename: no half files."""
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    os.close(handle)
+    try:
+        write(Path(temporary))
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _read_state(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / WEIGHTS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a truncated or foreign file: say which one
+        raise ValueError(f"checkpoint {path} cannot be read: {error}") from error
+
+
+def load_model(directory: str | Path, device: str | torch.device = "cpu") -> MissIWAE:
+    """Rebuild a trained model from a checkpoint directory (config.json + model.pt)."""
+    config_path = Path(directory) / CONFIG_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(f"no checkpoint config at {config_path}")
+    model_config = from_dict(ModelConfig, json.loads(config_path.read_text())["model"])
+    model = MissIWAE.from_config(model_config)
+    model.load_state_dict(_read_state(directory)["model"])
+    return model.to(device).eval()
+
+
+def load_training_state(
+    directory: str | Path, model: MissIWAE, optimizer: torch.optim.Optimizer
+) -> dict[str, Any]:
+    """Load weights and optimiser state in place; return the rest (history, RNG states)."""
+    state = _read_state(directory)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return state
