@@ -26,9 +26,7 @@ def log_importance_weights(
     return log_px_o + log_pz - log_qz
 
 
-def miss_iwae_bound(
-    log_px_o: torch.Tensor, log_pz: torch.Tensor, log_qz: torch.Tensor
-) -> torch.Tensor:
+def miss_iwae_bound(log_px_o: torch.Tensor, log_pz: torch.Tensor, log_qz: torch.Tensor) -> torch.Tensor:
     """Per-row missIWAE bound L_K = log (1/K) Σ_k w_k; inputs (K, B) -> (B,)."""
     return log_mean_exp(log_importance_weights(log_px_o, log_pz, log_qz))
 

@@ -164,8 +164,7 @@ def from_dict(cls: type[T], values: Mapping[str, Any], *, _where: str = "") -> T
         where = f" in section '{_where}'" if _where else ""
         raise ConfigError(f"unknown config key(s) {unknown}{where}; valid keys: {names}")
     kwargs = {
-        key: _coerce(value, hints[key], f"{_where}.{key}" if _where else key)
-        for key, value in values.items()
+        key: _coerce(value, hints[key], f"{_where}.{key}" if _where else key) for key, value in values.items()
     }
     return cls(**kwargs)
 

@@ -39,9 +39,7 @@ def estimate_log_likelihood(
     for start in range(0, x.shape[0], batch_size):
         rows = slice(start, start + batch_size)
         weights = StreamingLogWeights()
-        for chunk in model.importance_sample_chunks(
-            x[rows], mask[rows], num_samples, chunk_size, generator
-        ):
+        for chunk in model.importance_sample_chunks(x[rows], mask[rows], num_samples, chunk_size, generator):
             weights.update(chunk.log_w)
         estimates.append(weights.log_mean_exp())
     model.train(was_training)

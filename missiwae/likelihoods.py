@@ -43,9 +43,7 @@ class ObservationModel(ABC):
     def sample(self, params: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """One draw x ~ p_θ(x | z). params (..., P, D) -> (..., D)."""
 
-    def log_prob_observed(
-        self, params: torch.Tensor, x: torch.Tensor, mask: torch.Tensor
-    ) -> torch.Tensor:
+    def log_prob_observed(self, params: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """log p_θ(x_o | z): params (..., P, D), x and mask (B, D) broadcast -> (...,).
 
         A row with nothing observed gets exactly 0 (the empty product), never NaN.

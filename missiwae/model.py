@@ -113,9 +113,7 @@ class MissIWAE(nn.Module):
         num_samples: int,
         generator: torch.Generator | None,
     ) -> ImportanceSamples:
-        epsilon = torch.randn(
-            (num_samples, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype
-        )
+        epsilon = torch.randn((num_samples, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
         z = mu + sigma * epsilon  # (K, B, d)
         log_qz = standard_normal_log_prob(epsilon) - torch.log(sigma).sum(-1)
         log_pz = standard_normal_log_prob(z)

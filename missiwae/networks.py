@@ -10,6 +10,8 @@ Contracts the model relies on (custom networks follow the same ones):
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,7 +24,7 @@ _MIN_SIGMA = 1e-4  # keeps q's log-density finite when the encoder saturates
 
 def _mlp(widths: list[int], activation: str) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+    for i, (fan_in, fan_out) in enumerate(itertools.pairwise(widths)):
         layers.append(nn.Linear(fan_in, fan_out))
         if i < len(widths) - 2:
             layers.append(_ACTIVATIONS[activation]())
@@ -67,9 +69,12 @@ class ConvEncoder(nn.Module):
         self.image_shape = image_shape
         c1, c2, c3 = channels
         self.features = nn.Sequential(
-            nn.Conv2d(1, c1, 5, stride=2, padding=2), nn.ELU(),
-            nn.Conv2d(c1, c2, 5, stride=2, padding=2), nn.ELU(),
-            nn.Conv2d(c2, c3, 5, stride=2, padding=2), nn.ELU(),
+            nn.Conv2d(1, c1, 5, stride=2, padding=2),
+            nn.ELU(),
+            nn.Conv2d(c1, c2, 5, stride=2, padding=2),
+            nn.ELU(),
+            nn.Conv2d(c2, c3, 5, stride=2, padding=2),
+            nn.ELU(),
             nn.Flatten(),
         )
         with torch.no_grad():
@@ -95,8 +100,10 @@ class ConvDecoder(nn.Module):
         self.start = (c3, 4, 4)
         self.project = nn.Sequential(nn.Linear(latent_dim, c3 * 16), nn.ELU())
         self.upsample = nn.Sequential(
-            nn.ConvTranspose2d(c3, c2, 5, stride=2, padding=2), nn.ELU(),  # 4 -> 7
-            nn.ConvTranspose2d(c2, c1, 5, stride=2, padding=2, output_padding=1), nn.ELU(),  # -> 14
+            nn.ConvTranspose2d(c3, c2, 5, stride=2, padding=2),
+            nn.ELU(),  # 4 -> 7
+            nn.ConvTranspose2d(c2, c1, 5, stride=2, padding=2, output_padding=1),
+            nn.ELU(),  # -> 14
             nn.ConvTranspose2d(c1, num_params, 5, stride=2, padding=2, output_padding=1),  # -> 28
         )
 

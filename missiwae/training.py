@@ -34,9 +34,7 @@ class EpochStats:
     seconds: float
 
 
-def minibatches(
-    num_rows: int, batch_size: int, generator: torch.Generator
-) -> Iterator[torch.Tensor]:
+def minibatches(num_rows: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
     """Row indices of one shuffled epoch, `batch_size` at a time (the last batch may be smaller)."""
     order = torch.randperm(num_rows, generator=generator)
     yield from order.split(batch_size)
@@ -110,8 +108,15 @@ def train(
         started = time.perf_counter()
         bar = _progress_bar(epoch, config.epochs) if progress else None
         train_bound = train_epoch(
-            model, optimizer, x, mask, config.K, config.batch_size,
-            shuffle_generator, sample_generator, bar,
+            model,
+            optimizer,
+            x,
+            mask,
+            config.K,
+            config.batch_size,
+            shuffle_generator,
+            sample_generator,
+            bar,
         )
         valid_bound = None
         if valid is not None:
@@ -121,10 +126,16 @@ def train(
         history.append(stats)
         if checkpoint_dir is not None:
             save_checkpoint(
-                checkpoint_dir, model, optimizer, config, history,
-                {"shuffle_rng": shuffle_generator.get_state(),
-                 "sample_rng": sample_generator.get_state(),
-                 "valid_rng": valid_generator.get_state()},
+                checkpoint_dir,
+                model,
+                optimizer,
+                config,
+                history,
+                {
+                    "shuffle_rng": shuffle_generator.get_state(),
+                    "sample_rng": sample_generator.get_state(),
+                    "valid_rng": valid_generator.get_state(),
+                },
             )
         if on_epoch_end is not None:
             on_epoch_end(stats)
@@ -132,9 +143,7 @@ def train(
     return history
 
 
-def _progress_bar(
-    epoch: int, epochs: int
-) -> Callable[[Iterator[torch.Tensor]], Iterator[torch.Tensor]]:
+def _progress_bar(epoch: int, epochs: int) -> Callable[[Iterator[torch.Tensor]], Iterator[torch.Tensor]]:
     from tqdm.auto import tqdm
 
     def wrap(batches: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:

@@ -31,7 +31,9 @@ class LinearGaussian:
         generator = torch.Generator().manual_seed(seed)
         self.loading = torch.zeros(NUM_FEATURES, LATENT_DIM, dtype=torch.float64)
         rows = torch.arange(NUM_FEATURES)
-        self.loading[rows, rows % LATENT_DIM] = 0.5 + torch.rand(NUM_FEATURES, generator=generator, dtype=torch.float64)
+        self.loading[rows, rows % LATENT_DIM] = 0.5 + torch.rand(
+            NUM_FEATURES, generator=generator, dtype=torch.float64
+        )
         self.offset = torch.randn(NUM_FEATURES, generator=generator, dtype=torch.float64)
         self.sigma = NOISE_SCALE
 
@@ -75,9 +77,8 @@ class LinearGaussian:
         """E_q[log p(x_o | z)] − KL(q || p) for q = N(mu, std²): (B,)."""
         loc = mu @ self.loading.T + self.offset
         spread = std**2 @ (self.loading**2).T
-        expected = (
-            -0.5 * math.log(2 * math.pi * self.sigma**2)
-            - ((x - loc) ** 2 + spread) / (2 * self.sigma**2)
+        expected = -0.5 * math.log(2 * math.pi * self.sigma**2) - ((x - loc) ** 2 + spread) / (
+            2 * self.sigma**2
         )
         kl = 0.5 * (mu**2 + std**2 - 1.0 - torch.log(std**2)).sum(-1)
         return torch.where(mask, expected, 0.0).sum(-1) - kl

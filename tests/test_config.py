@@ -39,11 +39,13 @@ def test_bad_settings_are_rejected_with_the_key_named(values, message):
 
 
 def test_overrides_parse_yaml_scalars_and_reach_nested_keys():
-    merged = apply_overrides({"train": {"K": 5}}, ["train.K=50", "train.learning_rate=3e-4", "model.hidden=[10, 20]"])
+    merged = apply_overrides(
+        {"train": {"K": 5}}, ["train.K=50", "train.learning_rate=3e-4", "model.hidden=[10, 20]"]
+    )
     config = RunConfig.from_dict(merged)
     assert config.train.K == 50 and config.train.learning_rate == 3e-4
     assert config.model.hidden == (10, 20)
-    with pytest.raises(ConfigError, match="section.key=value"):
+    with pytest.raises(ConfigError, match=r"section\.key=value"):
         apply_overrides({}, ["no-equals-sign"])
 
 

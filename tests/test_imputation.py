@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import subprocess
@@ -14,10 +15,10 @@ from scipy import stats
 from torch import nn
 
 from missiwae.config import ModelConfig
+from missiwae.imputation import impute_multiple, impute_single, snis_expectation
 from missiwae.iota import ZeroImputation
 from missiwae.likelihoods import Bernoulli
 from missiwae.model import MissIWAE, make_generator
-from missiwae.imputation import impute_multiple, impute_single, snis_expectation
 from tests.linear_gaussian import LinearGaussian, linear_gaussian_model
 
 
@@ -44,7 +45,7 @@ def test_snis_mean_converges_to_the_closed_form_conditional_mean(truth):
         ess = result.effective_sample_size.unsqueeze(1).expand_as(x)[missing]
         standardised = error / (variance[missing] / ess).sqrt()
         assert float(standardised.pow(2).mean().sqrt()) < 2.0, L
-    assert all(b < a for a, b in zip(rms_errors, rms_errors[1:], strict=False)), rms_errors
+    assert all(b < a for a, b in itertools.pairwise(rms_errors)), rms_errors
     assert rms_errors[-1] < rms_errors[0] / 10
 
 
@@ -96,7 +97,10 @@ def test_sir_draws_follow_the_exact_discrete_posterior():
     p1 = torch.sigmoid(logits[:, 2:])
     outcomes = [(0, 0), (0, 1), (1, 0), (1, 1)]
     joint = torch.stack(
-        [(prior * (p1[:, 0] if a else 1 - p1[:, 0]) * (p1[:, 1] if b else 1 - p1[:, 1])).sum() for a, b in outcomes]
+        [
+            (prior * (p1[:, 0] if a else 1 - p1[:, 0]) * (p1[:, 1] if b else 1 - p1[:, 1])).sum()
+            for a, b in outcomes
+        ]
     )
     exact = joint / joint.sum()
 
@@ -203,7 +207,9 @@ def test_imputation_memory_is_flat_in_L(kind):
     for L in (100, 4000):
         output = subprocess.run(
             [sys.executable, "-c", _PEAK_MEMORY_SCRIPT, str(L), kind],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
         peaks[L] = json.loads(output.splitlines()[-1])["after_kb"]
     # Unchunked, L = 4000 would need 4000 x 100 x 784 float32 logits alone: 1.25 GB.

@@ -6,6 +6,8 @@ the incomplete data itself works, not to reach the paper's numbers.
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -16,7 +18,7 @@ from missiwae.baselines import (
     zero_impute,
 )
 from missiwae.config import ModelConfig, TrainConfig
-from missiwae.data import IncompleteDataset, load_incomplete_mnist
+from missiwae.data import BinarizedSplit, IncompleteDataset, load_incomplete_mnist
 from missiwae.evaluation import estimate_log_likelihood, imputation_accuracy, mean_bound
 from missiwae.imputation import impute_multiple, impute_single
 from missiwae.model import MissIWAE, make_generator
@@ -27,7 +29,7 @@ K = 5
 
 @pytest.fixture(scope="module")
 def splits(data_root) -> dict[str, IncompleteDataset]:
-    sizes = {"train": 4000, "valid": 500, "test": 300}
+    sizes: dict[BinarizedSplit, int] = {"train": 4000, "valid": 500, "test": 300}
     return {
         split: load_incomplete_mnist(split, missing_rate=0.5, seed=0, num_rows=rows, data_dir=data_root)
         for split, rows in sizes.items()
@@ -42,9 +44,13 @@ def trained(splits, tmp_path_factory) -> tuple[MissIWAE, float, list[EpochStats]
     untrained_bound = mean_bound(model, valid.x, valid.mask, K, generator=make_generator(0))
     checkpoint = str(tmp_path_factory.mktemp("checkpoint"))
     history = train(
-        model, splits["train"].x, splits["train"].mask,
+        model,
+        splits["train"].x,
+        splits["train"].mask,
         TrainConfig(K=K, epochs=2, batch_size=50, learning_rate=3e-3, seed=0),
-        valid=(valid.x, valid.mask), checkpoint_dir=checkpoint, progress=False,
+        valid=(valid.x, valid.mask),
+        checkpoint_dir=checkpoint,
+        progress=False,
     )
     return model, untrained_bound, history, checkpoint
 
@@ -53,7 +59,7 @@ def test_validation_bound_improves_with_training(trained):
     _, untrained_bound, history, _ = trained
     bounds = [untrained_bound] + [entry.valid_bound for entry in history]
     assert all(b is not None for b in bounds)
-    assert all(later > earlier for earlier, later in zip(bounds, bounds[1:], strict=False)), bounds
+    assert all(later > earlier for earlier, later in itertools.pairwise(bounds)), bounds
 
 
 def test_test_log_likelihood_beats_independent_bernoulli_pixels(trained, splits):
@@ -63,10 +69,13 @@ def test_test_log_likelihood_beats_independent_bernoulli_pixels(trained, splits)
     baseline = independent_bernoulli_log_likelihood(train_split.x, train_split.mask, test.x, test.mask)
     assert torch.isfinite(log_likelihood).all()
     assert float(log_likelihood.mean()) > float(baseline.mean()) + 5.0, (
-        float(log_likelihood.mean()), float(baseline.mean()))
+        float(log_likelihood.mean()),
+        float(baseline.mean()),
+    )
     # The complete-data log-likelihood of the same images is lower: more pixels to explain.
     complete = estimate_log_likelihood(
-        model, test.x, torch.ones_like(test.mask), 200, generator=make_generator(1))
+        model, test.x, torch.ones_like(test.mask), 200, generator=make_generator(1)
+    )
     assert float(complete.mean()) < float(log_likelihood.mean())
 
 

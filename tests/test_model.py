@@ -55,8 +55,9 @@ def test_nan_in_missing_entries_is_ignored_without_poisoning_gradients():
 def test_bound_is_finite_for_saturated_decoder_outputs():
     model = _model()
     x, mask = _batch()
+    last = list(model.decoder.modules())[-1]
+    assert isinstance(last, torch.nn.Linear)
     with torch.no_grad():
-        last = model.decoder.net[-1]
         last.bias.fill_(1e4)  # logits of 1e4: log p(x=0) = -1e4, finite
     bound = model.bound(x, mask, 5, make_generator(0))
     assert torch.isfinite(bound).all()
@@ -93,7 +94,9 @@ def test_learned_iota_fills_holes_with_a_trained_constant():
     model = _model(imputation="learned")
     xb, maskb = _batch()
     (-model.bound(xb, maskb, 2).mean()).backward()
-    assert model.iota.fill_value.grad is not None and model.iota.fill_value.grad.abs().sum() > 0
+    assert isinstance(model.iota, LearnedImputation)
+    grad = model.iota.fill_value.grad
+    assert grad is not None and grad.abs().sum() > 0
 
 
 def test_observation_models_match_torch_distributions():
