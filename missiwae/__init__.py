@@ -13,6 +13,7 @@ from missiwae.config import (
     RunConfig,
     TrainConfig,
 )
+from missiwae.estimator import MissIWAEImputer
 from missiwae.evaluation import estimate_log_likelihood, imputation_accuracy
 from missiwae.imputation import impute_multiple, impute_single, snis_expectation
 from missiwae.likelihoods import Bernoulli, Gaussian, StudentT
@@ -29,6 +30,7 @@ __all__ = [
     "Gaussian",
     "ImputeConfig",
     "MissIWAE",
+    "MissIWAEImputer",
     "ModelConfig",
     "RunConfig",
     "StudentT",

@@ -24,8 +24,9 @@ from missiwae.validation import check_incomplete_batch, check_positive
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
-# Importance samples per chunk are sized so that one (C, B, P, D) decoder output holds about
-# this many numbers: ~128 MB in float32, whatever L is.
+# Importance samples per chunk are sized so that the largest per-sample tensor (the (C, B, P, D)
+# decoder output or the widest hidden layer) holds about this many numbers: ~128 MB in float32,
+# whatever L is.
 DEFAULT_CHUNK_ELEMENTS = 2**25
 
 
@@ -139,13 +140,19 @@ class MissIWAE(nn.Module):
         check_positive("number of importance samples", num_samples)
         self.check_batch(x, mask)
         if chunk_size is None:
-            per_sample = max(1, x.shape[0] * self.num_features * self.likelihood.num_params)
-            chunk_size = max(1, DEFAULT_CHUNK_ELEMENTS // per_sample)
+            chunk_size = max(1, DEFAULT_CHUNK_ELEMENTS // (x.shape[0] * self._widest_per_sample()))
         check_positive("chunk_size", chunk_size)
         mu, sigma = self.posterior(x, mask)
         for start in range(0, num_samples, chunk_size):
             size = min(chunk_size, num_samples - start)
             yield self._weigh(x, mask, mu, sigma, size, generator)
+
+    def _widest_per_sample(self) -> int:
+        """The largest per-row tensor one importance sample creates: decoder output or layer."""
+        widest = self.num_features * self.likelihood.num_params
+        if self.config is not None and self.config.architecture == "mlp":
+            widest = max(widest, *self.config.hidden)
+        return widest
 
     def bound(
         self,

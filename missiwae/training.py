@@ -106,7 +106,8 @@ def train(
         history = [EpochStats(**entry) for entry in state["history"]]
     for epoch in range(len(history) + 1, config.epochs + 1):
         started = time.perf_counter()
-        bar = _progress_bar(epoch, config.epochs) if progress else None
+        num_batches = -(-x.shape[0] // config.batch_size)
+        bar = _progress_bar(epoch, config.epochs, num_batches) if progress else None
         train_bound = train_epoch(
             model,
             optimizer,
