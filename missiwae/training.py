@@ -144,11 +144,14 @@ def train(
     return history
 
 
-def _progress_bar(epoch: int, epochs: int) -> Callable[[Iterator[torch.Tensor]], Iterator[torch.Tensor]]:
+def _progress_bar(
+    epoch: int, epochs: int, num_batches: int
+) -> Callable[[Iterator[torch.Tensor]], Iterator[torch.Tensor]]:
     from tqdm.auto import tqdm
 
     def wrap(batches: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
-        return iter(tqdm(batches, desc=f"epoch {epoch}/{epochs}", leave=False, unit="batch"))
+        bar = tqdm(batches, total=num_batches, desc=f"epoch {epoch}/{epochs}", leave=False, unit="batch")
+        return iter(bar)
 
     return wrap
 
