@@ -3,6 +3,8 @@
 Pure torch + numpy: the Ray/MLflow pipeline lives in `pipelines/` and builds on this package.
 """
 
+from typing import Any
+
 from missiwae.bounds import effective_sample_size, log_mean_exp, miss_iwae_bound
 from missiwae.config import (
     ConfigError,
@@ -13,7 +15,6 @@ from missiwae.config import (
     RunConfig,
     TrainConfig,
 )
-from missiwae.estimator import MissIWAEImputer
 from missiwae.evaluation import estimate_log_likelihood, imputation_accuracy
 from missiwae.imputation import impute_multiple, impute_single, snis_expectation
 from missiwae.likelihoods import Bernoulli, Gaussian, StudentT
@@ -21,6 +22,16 @@ from missiwae.model import MissIWAE, make_generator
 from missiwae.training import load_model, save_checkpoint, train
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # scikit-learn is imported only when the estimator is asked for: with pandas installed,
+    # importing scikit-learn imports pandas, and pandas imports pyarrow when it is present.
+    if name == "MissIWAEImputer":
+        from missiwae.estimator import MissIWAEImputer
+
+        return MissIWAEImputer
+    raise AttributeError(f"module 'missiwae' has no attribute {name!r}")
 
 __all__ = [
     "Bernoulli",
