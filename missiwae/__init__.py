@@ -33,6 +33,7 @@ def __getattr__(name: str) -> Any:
         return MissIWAEImputer
     raise AttributeError(f"module 'missiwae' has no attribute {name!r}")
 
+
 __all__ = [
     "Bernoulli",
     "ConfigError",
