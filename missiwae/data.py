@@ -102,7 +102,8 @@ def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
 def _missing_hint(root: Path) -> str:
     return (
         f"The data root is {root}. Set the environment variable {DATA_DIR_ENV} (or pass "
-        "data_dir=...) to a directory holding mnist/ and binarized_mnist/"
+        "data_dir=... in Python, --data-dir on the command line) to a directory holding "
+        "mnist/ and binarized_mnist/"
     )
 
 
@@ -264,7 +265,8 @@ def load_mnist(
         missing = img_stem if img_path is None else lbl_stem
         raise DataError(
             f"{root / 'mnist' / (missing + '.gz')}: MNIST file not found. "
-            f"{_missing_hint(root)}, or pass download=True to fetch MNIST with torchvision."
+            f"{_missing_hint(root)}, or pass download=True (--download on the command line) "
+            "to fetch MNIST with torchvision."
         )
     return _load_mnist_cached(img_path, lbl_path, _file_stamp(img_path, lbl_path))
 

@@ -189,10 +189,17 @@ def _atomic_write(target: Path, write: Callable[[Path], object]) -> None:
     os.close(handle)
     try:
         write(Path(temporary))
+        os.chmod(temporary, 0o666 & ~_current_umask())  # mkstemp makes it owner-only
         os.replace(temporary, target)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _read_state(directory: str | Path) -> dict[str, Any]:
