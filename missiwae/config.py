@@ -23,7 +23,7 @@ class ConfigError(ValueError):
     """A setting is unknown, of the wrong type, or out of range."""
 
 
-def _require(condition: bool, message: str) -> None:
+def require(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
 
@@ -41,10 +41,10 @@ class DataConfig:
     num_test: int | None = None
 
     def __post_init__(self) -> None:
-        _require(0.0 <= self.missing_rate <= 1.0, "data.missing_rate must lie in [0, 1]")
+        require(0.0 <= self.missing_rate <= 1.0, "data.missing_rate must lie in [0, 1]")
         for name in ("num_train", "num_valid", "num_test"):
             value = getattr(self, name)
-            _require(value is None or value >= 1, f"data.{name} must be >= 1 or null")
+            require(value is None or value >= 1, f"data.{name} must be >= 1 or null")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,16 +62,16 @@ class ModelConfig:
     imputation: Imputation = "zero"
 
     def __post_init__(self) -> None:
-        _require(self.num_features >= 1, "model.num_features must be >= 1")
-        _require(self.latent_dim >= 1, "model.latent_dim must be >= 1")
-        _require(all(w >= 1 for w in self.hidden), "model.hidden widths must be >= 1")
+        require(self.num_features >= 1, "model.num_features must be >= 1")
+        require(self.latent_dim >= 1, "model.latent_dim must be >= 1")
+        require(all(w >= 1 for w in self.hidden), "model.hidden widths must be >= 1")
         if self.architecture == "conv":
-            _require(
+            require(
                 len(self.conv_channels) == 3 and all(c >= 1 for c in self.conv_channels),
                 "model.conv_channels must be three positive channel counts",
             )
             height, width = self.image_shape
-            _require(
+            require(
                 height * width == self.num_features,
                 f"model.image_shape {self.image_shape} does not hold "
                 f"model.num_features={self.num_features} pixels",
@@ -90,10 +90,10 @@ class TrainConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        _require(self.K >= 1, f"train.K must be >= 1, got {self.K}")
-        _require(self.batch_size >= 1, "train.batch_size must be >= 1")
-        _require(self.epochs >= 0, "train.epochs must be >= 0")
-        _require(self.learning_rate > 0, "train.learning_rate must be > 0")
+        require(self.K >= 1, f"train.K must be >= 1, got {self.K}")
+        require(self.batch_size >= 1, "train.batch_size must be >= 1")
+        require(self.epochs >= 0, "train.epochs must be >= 0")
+        require(self.learning_rate > 0, "train.learning_rate must be > 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,8 +105,8 @@ class EvaluateConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _require(self.num_samples >= 1, "evaluate.num_samples must be >= 1")
-        _require(self.batch_size >= 1, "evaluate.batch_size must be >= 1")
+        require(self.num_samples >= 1, "evaluate.num_samples must be >= 1")
+        require(self.batch_size >= 1, "evaluate.batch_size must be >= 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,10 +120,10 @@ class ImputeConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _require(self.num_samples >= 1, f"impute.num_samples (L) must be >= 1, got {self.num_samples}")
-        _require(self.num_imputations >= 1, "impute.num_imputations must be >= 1")
-        _require(self.batch_size >= 1, "impute.batch_size must be >= 1")
-        _require(self.chunk_size is None or self.chunk_size >= 1, "impute.chunk_size must be >= 1")
+        require(self.num_samples >= 1, f"impute.num_samples (L) must be >= 1, got {self.num_samples}")
+        require(self.num_imputations >= 1, "impute.num_imputations must be >= 1")
+        require(self.batch_size >= 1, "impute.batch_size must be >= 1")
+        require(self.chunk_size is None or self.chunk_size >= 1, "impute.chunk_size must be >= 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,19 +185,19 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
                 errors.append(str(error))
         raise ConfigError("; ".join(errors))
     if origin is Literal:
-        _require(value in args, f"{where} must be one of {list(args)}, got {value!r}")
+        require(value in args, f"{where} must be one of {list(args)}, got {value!r}")
         return value
     if origin is tuple:
-        _require(isinstance(value, list | tuple), f"{where} must be a list, got {value!r}")
+        require(isinstance(value, list | tuple), f"{where} must be a list, got {value!r}")
         item_type = args[0]
         if len(args) != 2 or args[1] is not Ellipsis:
-            _require(len(value) == len(args), f"{where} must have {len(args)} items")
+            require(len(value) == len(args), f"{where} must have {len(args)} items")
         return tuple(_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value))
     if annotation is bool:
-        _require(isinstance(value, bool), f"{where} must be true or false, got {value!r}")
+        require(isinstance(value, bool), f"{where} must be true or false, got {value!r}")
         return value
     if annotation is int:
-        _require(
+        require(
             isinstance(value, int) and not isinstance(value, bool),
             f"{where} must be an integer, got {value!r}",
         )
@@ -208,13 +208,13 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
                 value = float(value)
             except ValueError:
                 raise ConfigError(f"{where} must be a number, got {value!r}") from None
-        _require(
+        require(
             isinstance(value, int | float) and not isinstance(value, bool),
             f"{where} must be a number, got {value!r}",
         )
         return float(value)
     if annotation is str:
-        _require(isinstance(value, str), f"{where} must be a string, got {value!r}")
+        require(isinstance(value, str), f"{where} must be a string, got {value!r}")
         return value
     raise ConfigError(f"{where}: unsupported setting type {annotation!r}")  # pragma: no cover
 

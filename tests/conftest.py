@@ -28,3 +28,15 @@ def real_data_root() -> Path:
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     return real_data_root()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real local Ray cluster shared by the pipeline tests (more logical CPUs than cores)."""
+    import ray
+
+    from pipelines.runtime import ensure_ray
+
+    ensure_ray()
+    yield ray
+    ray.shutdown()

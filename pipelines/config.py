@@ -1,0 +1,153 @@
+"""The pipeline's settings: the library's sections plus one per distributed stage.
+
+Strict like `missiwae.config`: unknown keys and ill-typed values are errors naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from missiwae.config import (
+    ConfigError,
+    DataConfig,
+    EvaluateConfig,
+    ImputeConfig,
+    ModelConfig,
+    TrainConfig,
+    apply_overrides,
+    from_dict,
+    load_config_file,
+    require,
+    to_dict,
+)
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestConfig:
+    num_shards: int = 4  # Parquet files per split
+
+    def __post_init__(self) -> None:
+        require(self.num_shards >= 1, "ingest.num_shards must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScalingConfig:
+    """Ray Train: N data-parallel workers (DDP), CPU here and GPU on a cluster."""
+
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 0.5  # fractional: whole-CPU requests deadlock 2-core machines
+    max_failures: int = 2  # worker deaths survived by restarting from the last checkpoint
+
+    def __post_init__(self) -> None:
+        require(self.num_workers >= 1, "scaling.num_workers must be >= 1")
+        require(self.cpus_per_worker > 0, "scaling.cpus_per_worker must be > 0")
+        require(self.max_failures >= 0, "scaling.max_failures must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImputeStageConfig:
+    """Ray Data batch imputation: an actor pool, each actor holding the trained model."""
+
+    num_actors: int = 2
+    cpus_per_actor: float = 0.5
+    gpus_per_actor: float = 0.0
+    splits: tuple[str, ...] = ("train",)  # the classifier is trained on imputed training data
+
+    def __post_init__(self) -> None:
+        require(self.num_actors >= 1, "impute_stage.num_actors must be >= 1")
+        require(self.cpus_per_actor > 0, "impute_stage.cpus_per_actor must be > 0")
+        require(
+            all(s in ("train", "valid", "test") for s in self.splits),
+            "impute_stage.splits must name train / valid / test",
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class MissForestConfig:
+    enabled: bool = True
+    n_estimators: int = 100
+    max_iter: int = 10
+    max_samples: float | None = None  # rows per tree (fraction): the knob for big data
+
+    def __post_init__(self) -> None:
+        require(self.n_estimators >= 1, "missforest.n_estimators must be >= 1")
+        require(self.max_iter >= 1, "missforest.max_iter must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifyConfig:
+    """The two-layer dropout convnet trained on each imputed dataset, one Ray task per seed."""
+
+    num_seeds: int = 10
+    epochs: int = 50
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    patience: int = 5
+    cpus_per_task: float = 0.5
+    gpus_per_task: float = 0.0
+
+    def __post_init__(self) -> None:
+        require(self.num_seeds >= 1, "classify.num_seeds must be >= 1")
+        require(self.epochs >= 1, "classify.epochs must be >= 1")
+        require(self.cpus_per_task > 0, "classify.cpus_per_task must be > 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrackingConfig:
+    experiment: str = "missiwae"
+    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite under run_dir
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    run_dir: str = "runs/pipeline"
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    ingest: IngestConfig = dataclasses.field(default_factory=IngestConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    scaling: ScalingConfig = dataclasses.field(default_factory=ScalingConfig)
+    evaluate: EvaluateConfig = dataclasses.field(default_factory=EvaluateConfig)
+    impute: ImputeConfig = dataclasses.field(default_factory=ImputeConfig)
+    impute_stage: ImputeStageConfig = dataclasses.field(default_factory=ImputeStageConfig)
+    missforest: MissForestConfig = dataclasses.field(default_factory=MissForestConfig)
+    classify: ClassifyConfig = dataclasses.field(default_factory=ClassifyConfig)
+    tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> PipelineConfig:
+        return from_dict(cls, values)
+
+    @property
+    def run_path(self) -> Path:
+        return Path(self.run_dir).expanduser().resolve()
+
+
+def load_pipeline_config(config: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
+    """A preset name ("smoke", "paper") or a YAML/JSON path, then `section.key=value` overrides."""
+    path = Path(config)
+    if not path.suffix and (CONFIG_DIR / f"{config}.yaml").is_file():
+        path = CONFIG_DIR / f"{config}.yaml"
+    values = apply_overrides(load_config_file(path), overrides or [])
+    return PipelineConfig.from_dict(values)
+
+
+__all__ = [
+    "ClassifyConfig",
+    "ConfigError",
+    "ImputeStageConfig",
+    "IngestConfig",
+    "MissForestConfig",
+    "PipelineConfig",
+    "ScalingConfig",
+    "TrackingConfig",
+    "load_pipeline_config",
+]
