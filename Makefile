@@ -5,8 +5,10 @@ BIN := $(VENV)/bin
 # Where the MNIST files live (mnist/ and binarized_mnist/); ../shared/data in this workplace.
 export MISSIWAE_DATA_DIR ?= $(abspath ../shared/data)
 DEMO_DIR ?= runs/demo
+RUN_DIR ?= runs/smoke
+PRESET ?= smoke
 
-.PHONY: setup demo test lint unit clean
+.PHONY: setup run demo mlflow-ui test lint clean
 
 setup: $(VENV)/.installed
 
@@ -15,6 +17,15 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[pipeline,dev]"
 	touch $@
+
+# The whole job on an embedded local Ray, MLflow in a sqlite file under $(RUN_DIR).
+run: setup
+	$(BIN)/python pipelines/full.py --config $(PRESET) --set run_dir=$(RUN_DIR)
+
+# MLflow's UI for that run directory, on 127.0.0.1 only.
+mlflow-ui: setup
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(RUN_DIR))/mlflow.db \
+		--default-artifact-root file://$(abspath $(RUN_DIR))/mlartifacts --host 127.0.0.1 --port 5000 --workers 1
 
 # Small end to end run on static binarized MNIST with 50% MCAR: train -> evaluate -> impute.
 demo: setup

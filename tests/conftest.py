@@ -31,12 +31,23 @@ def data_root() -> Path:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
-    """A real local Ray cluster shared by the pipeline tests (more logical CPUs than cores)."""
+def _ray_session():
+    import ray
+
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def ray_cluster(_ray_session):
+    """A real local Ray cluster shared by the pipeline tests (more logical CPUs than cores).
+
+    Started on first use and kept for the session; a test that needs Ray down (the
+    `ray job submit` test runs its own head) may shut it down, and the next user restarts it.
+    """
     import ray
 
     from pipelines.runtime import ensure_ray
 
     ensure_ray()
-    yield ray
-    ray.shutdown()
+    return ray

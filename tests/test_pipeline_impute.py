@@ -1,0 +1,310 @@
+"""The Ray Data imputation stage on a real local cluster, real MNIST rows and a briefly trained model.
+
+One imputation job (2 actors) is shared by most tests; the rest run one more job each.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from missiwae.config import ImputeConfig, ModelConfig, TrainConfig
+from missiwae.data import load_incomplete_mnist
+from missiwae.evaluation import imputation_accuracy
+from missiwae.model import MissIWAE
+from missiwae.training import train
+from pipelines import impute
+from pipelines.config import ImputeStageConfig, MissForestConfig, PipelineConfig
+from pipelines.impute import (
+    MANIFEST,
+    ImputeActor,
+    ImputeResult,
+    as_matrix,
+    batch_seed,
+    column_matrix,
+    dataset_names,
+    read_dataset,
+    read_inputs,
+    run_imputation,
+)
+
+NUM_TRAIN, NUM_IMPUTE = 2000, 200
+FIRST_ROW = NUM_TRAIN  # row ids 2000..2199: not 0-based, and the random streams follow them
+L, M, BATCH = 20, 3, 50
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    shards: dict[str, list[Path]]
+    checkpoint: Path
+    row_id: np.ndarray  # (N,)
+    label: np.ndarray  # (N,)
+    pixels: np.ndarray  # (N, 784) uint8, the truth
+    mask: np.ndarray  # (N, 784) bool, True = observed
+
+
+def ingest_table(row_id: np.ndarray, label: np.ndarray, pixels: np.ndarray, mask: np.ndarray) -> pa.Table:
+    """The ingest stage's layout: Ray tensor columns for pixels (uint8 truth) and mask (bool)."""
+    from ray.data.extensions import ArrowTensorArray
+
+    return pa.table(
+        {
+            "row_id": pa.array(row_id.astype(np.int64)),
+            "split": pa.array(["train"] * len(row_id), type=pa.string()),
+            "label": pa.array(label.astype(np.int64)),
+            "pixels": ArrowTensorArray.from_numpy(np.ascontiguousarray(pixels.astype(np.uint8))),
+            "mask": ArrowTensorArray.from_numpy(np.ascontiguousarray(mask.astype(bool))),
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Inputs:
+    """A model trained for 5 epochs on 2000 real rows (seconds), and 200 other rows as 2 Parquet shards."""
+    root = tmp_path_factory.mktemp("impute_inputs")
+    data = load_incomplete_mnist("train", num_rows=NUM_TRAIN + NUM_IMPUTE, data_dir=data_root)
+    torch.manual_seed(0)
+    model = MissIWAE.from_config(ModelConfig())
+    checkpoint = root / "checkpoint"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a busy 2-core box: 1 thread ~5 s, 2 threads up to a minute
+    try:
+        train(
+            model,
+            data.x[:NUM_TRAIN],
+            data.mask[:NUM_TRAIN],
+            TrainConfig(K=5, batch_size=32, epochs=5, learning_rate=3e-3, seed=0),
+            checkpoint_dir=checkpoint,
+            progress=False,
+        )
+    finally:
+        torch.set_num_threads(threads)
+    pixels = data.x[NUM_TRAIN:].numpy().astype(np.uint8)
+    mask = data.mask[NUM_TRAIN:].numpy()
+    label = data.labels[NUM_TRAIN:].numpy()
+    row_id = np.arange(FIRST_ROW, FIRST_ROW + NUM_IMPUTE, dtype=np.int64)
+    files = []
+    for part, rows in enumerate(np.array_split(np.arange(NUM_IMPUTE), 2)):
+        path = root / "data" / "train" / f"part-{part:05d}-0.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(ingest_table(row_id[rows], label[rows], pixels[rows], mask[rows]), path)
+        files.append(path)
+    return Inputs({"train": files}, checkpoint, row_id, label, pixels, mask)
+
+
+def make_config(run_dir: Path, **changes: Any) -> PipelineConfig:
+    config = PipelineConfig(
+        run_dir=str(run_dir),
+        impute=ImputeConfig(num_samples=L, num_imputations=M, batch_size=BATCH, seed=0),
+        impute_stage=ImputeStageConfig(num_actors=2, cpus_per_actor=0.5),
+        missforest=MissForestConfig(enabled=True, n_estimators=3, max_iter=1),
+    )
+    return dataclasses.replace(config, **changes)
+
+
+_FIRST_RUN: dict[str, tuple[PipelineConfig, ImputeResult]] = {}
+
+
+@pytest.fixture
+def first_run(
+    ray_cluster: Any, inputs: Inputs, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[PipelineConfig, ImputeResult]:
+    """The shared 2-actor run, computed by the first test that asks (ray_cluster is per test)."""
+    if "run" not in _FIRST_RUN:
+        config = make_config(tmp_path_factory.mktemp("impute_run"))
+        _FIRST_RUN["run"] = (config, run_imputation(config, inputs.shards, inputs.checkpoint))
+    return _FIRST_RUN["run"]
+
+
+def snapshot(directory: Path) -> dict[str, int]:
+    """Every file under `directory` -> its modification time in ns (what a rewrite changes)."""
+    return {str(p.relative_to(directory)): p.stat().st_mtime_ns for p in directory.rglob("*") if p.is_file()}
+
+
+# ---------------------------------------------------------------------------------- invariants
+
+
+def test_every_dataset_is_complete_and_keeps_the_observed_pixels(first_run, inputs: Inputs) -> None:
+    config, result = first_run
+    names = dataset_names(M, missforest=True)
+    assert list(result.datasets) == names
+    assert result.reused == {"train": False}
+    assert result.splits == {"train": result.datasets}
+    observed = inputs.mask
+    for name, directory in result.datasets.items():
+        assert directory == config.run_path / "imputed" / "train" / name
+        row_id, label, pixels = read_dataset(directory)
+        assert pixels.dtype == np.float32 and pixels.shape == (NUM_IMPUTE, 784), name
+        assert not np.isnan(pixels).any(), name
+        np.testing.assert_array_equal(row_id, inputs.row_id, err_msg=name)
+        np.testing.assert_array_equal(label, inputs.label, err_msg=name)
+        np.testing.assert_array_equal(
+            pixels[observed], inputs.pixels[observed].astype(np.float32), err_msg=name
+        )
+        assert ((pixels >= 0) & (pixels <= 1)).all(), name
+    holes = ~observed
+    _, _, single = read_dataset(result.datasets["missiwae_single"])
+    assert single[holes].min() > 0 and single[holes].max() < 1  # posterior probabilities
+    copies = [read_dataset(result.datasets[f"missiwae_multiple_{m:02d}"])[2] for m in range(M)]
+    for m, copy in enumerate(copies):
+        assert set(np.unique(copy[holes])) == {0.0, 1.0}, m
+        for other in copies[:m]:
+            assert (copy[holes] != other[holes]).mean() > 0.01  # distinct draws
+    np.testing.assert_array_equal(read_dataset(result.datasets["zero"])[2][holes], 0.0)
+    np.testing.assert_array_equal(
+        read_dataset(result.datasets["complete"])[2], inputs.pixels.astype(np.float32)
+    )
+    _, _, forest = read_dataset(result.datasets["missforest"])
+    assert set(np.unique(forest[holes])) <= {0.0, 1.0}
+
+
+def test_metrics_and_accuracy(first_run, inputs: Inputs) -> None:
+    _, result = first_run
+    metrics = result.metrics
+    truth, mask = torch.from_numpy(inputs.pixels.astype(np.float32)), torch.from_numpy(inputs.mask)
+    for name in ("missiwae_single", "zero", "missforest", "missiwae_multiple_00"):
+        imputed = torch.from_numpy(read_dataset(result.datasets[name])[2])
+        assert metrics[f"train/accuracy/{name}"] == pytest.approx(
+            imputation_accuracy(imputed, truth, mask), rel=1e-6
+        )
+    multiple = [metrics[f"train/accuracy/missiwae_multiple_{m:02d}"] for m in range(M)]
+    assert metrics["train/accuracy/missiwae_multiple"] == pytest.approx(np.mean(multiple))
+    # A briefly trained model already beats filling the holes with the majority value.
+    assert metrics["train/accuracy/missiwae_single"] > metrics["train/accuracy/zero"] + 0.01
+    assert 1.0 <= metrics["train/ess_mean"] <= L
+    assert metrics["train/num_rows"] == NUM_IMPUTE
+    assert metrics["train/num_batches"] == NUM_IMPUTE // BATCH
+    assert metrics["train/num_actors_used"] == 2  # both actors of the pool got batches
+    assert metrics["train/rows_per_second"] > 0
+    assert metrics["train/missing_fraction"] == pytest.approx(1 - inputs.mask.mean())
+    assert set(result.seconds) == {f"train/{k}" for k in ("impute_job", "missforest", "write", "total")}
+
+
+def test_manifest_is_written(first_run) -> None:
+    config, result = first_run
+    manifest = json.loads((config.run_path / "imputed" / "train" / MANIFEST).read_text())
+    assert manifest["datasets"] == list(result.datasets)
+    assert manifest["metrics"] == result.metrics
+    assert manifest["num_rows"] == NUM_IMPUTE
+    assert not list((config.run_path / "imputed" / ".staging").iterdir())
+
+
+def test_rerun_reuses_the_output(first_run, inputs: Inputs) -> None:
+    config, result = first_run
+    split_dir = config.run_path / "imputed" / "train"
+    before = snapshot(split_dir)
+    # The actor count does not change the numbers, so it does not change the fingerprint either.
+    stage = dataclasses.replace(config.impute_stage, num_actors=1)
+    again = run_imputation(dataclasses.replace(config, impute_stage=stage), inputs.shards, inputs.checkpoint)
+    assert again.reused == {"train": True}
+    assert again.datasets == result.datasets
+    assert again.metrics == result.metrics
+    assert snapshot(split_dir) == before
+
+
+def test_crash_mid_write_leaves_no_visible_output(first_run, inputs: Inputs, monkeypatch) -> None:
+    config, _ = first_run
+    imputed_dir = config.run_path / "imputed"
+    before = snapshot(imputed_dir / "train")
+    original = impute._write_dataset
+    calls = []
+
+    def failing_writer(dataset: Any, directory: Path) -> None:
+        calls.append(directory)
+        if len(calls) == 3:  # two datasets are already written in full
+            raise OSError("disk full (simulated)")
+        original(dataset, directory)
+
+    monkeypatch.setattr(impute, "_write_dataset", failing_writer)
+    changed = make_config(config.run_path, impute=dataclasses.replace(config.impute, seed=1))
+    changed = dataclasses.replace(changed, missforest=MissForestConfig(enabled=False))
+    with pytest.raises(OSError, match="simulated"):
+        run_imputation(changed, inputs.shards, inputs.checkpoint)
+    assert len(calls) == 3 and all(".staging" in str(path) for path in calls)
+    # Nothing of the failed run is visible; the previous complete output is untouched.
+    assert sorted(p.name for p in imputed_dir.iterdir() if not p.name.startswith(".")) == ["train"]
+    assert not list((imputed_dir / ".staging").iterdir())
+    assert snapshot(imputed_dir / "train") == before
+    monkeypatch.undo()
+    assert run_imputation(config, inputs.shards, inputs.checkpoint).reused == {"train": True}
+
+
+def test_numbers_do_not_depend_on_the_actor_count(first_run, inputs: Inputs, tmp_path: Path) -> None:
+    _, result = first_run
+    config = make_config(tmp_path / "one_actor", missforest=MissForestConfig(enabled=False))
+    config = dataclasses.replace(config, impute_stage=ImputeStageConfig(num_actors=1, cpus_per_actor=0.5))
+    alone = run_imputation(config, inputs.shards, inputs.checkpoint)
+    assert alone.metrics["train/num_actors_used"] == 1
+    assert "missforest" not in alone.datasets
+    for name in dataset_names(M, missforest=False):
+        np.testing.assert_array_equal(
+            read_dataset(alone.datasets[name])[2], read_dataset(result.datasets[name])[2], err_msg=name
+        )
+
+
+# --------------------------------------------------------------------------- units (no Ray job)
+
+
+def test_actor_never_reads_the_truth_in_the_holes(inputs: Inputs) -> None:
+    actor = ImputeActor(str(inputs.checkpoint), num_samples=L, num_imputations=M, chunk_size=None, seed=0)
+    rows = slice(0, 8)
+    batch = {
+        "row_id": inputs.row_id[rows],
+        "label": inputs.label[rows],
+        "pixels": inputs.pixels[rows],
+        "mask": inputs.mask[rows],
+    }
+    flipped = dict(batch, pixels=np.where(inputs.mask[rows], inputs.pixels[rows], 1 - inputs.pixels[rows]))
+    out, out_flipped = actor(batch), actor(flipped)
+    holes = ~inputs.mask[rows]
+    # Only the holes of the input differ, and no output does.
+    np.testing.assert_array_equal(out["missiwae_single"], out_flipped["missiwae_single"])
+    np.testing.assert_array_equal(out["missiwae_multiple"], out_flipped["missiwae_multiple"])
+    np.testing.assert_array_equal(out["ess"], out_flipped["ess"])
+    assert out["missiwae_multiple"].shape == (8, M, 784)
+    assert (out["num_missing"] == holes.sum(axis=1)).all()
+    # Same batch, same numbers; another first row id, other random streams.
+    np.testing.assert_array_equal(actor(batch)["missiwae_single"], out["missiwae_single"])
+    shifted = actor(dict(batch, row_id=batch["row_id"] + 1))
+    assert not np.array_equal(shifted["missiwae_single"], out["missiwae_single"])
+
+
+def test_batch_seed_separates_streams() -> None:
+    seeds = {batch_seed(s, r, k) for s in (0, 1) for r in (0, 50, 2**40) for k in (0, 1)}
+    assert len(seeds) == 12 and all(0 <= s < 2**63 for s in seeds)
+    assert batch_seed(-1, 0, 0) == batch_seed(-1, 0, 0)
+
+
+def test_pixel_columns_of_every_encoding(tmp_path: Path) -> None:
+    values = np.arange(3 * 784, dtype=np.uint8).reshape(3, 784) % 2
+    fixed = pa.FixedSizeListArray.from_arrays(pa.array(values.ravel()), 784)
+    listed = pa.array(list(values), type=pa.list_(pa.uint8()))
+    for column in (fixed, listed):
+        np.testing.assert_array_equal(column_matrix(pa.chunked_array([column]), np.uint8), values)
+    per_row = np.empty(3, dtype=object)  # what Ray Data's numpy batches hold for list columns
+    for i, row in enumerate(values):
+        per_row[i] = row
+    np.testing.assert_array_equal(as_matrix(per_row, np.uint8), values)
+    np.testing.assert_array_equal(as_matrix(values, np.float32), values.astype(np.float32))
+    path = tmp_path / "shard.parquet"
+    table = ingest_table(np.arange(3), np.zeros(3), values, values.astype(bool))
+    pq.write_table(table, path)
+    row_id, label, pixels, mask = read_inputs([path])
+    np.testing.assert_array_equal(row_id, np.arange(3))
+    np.testing.assert_array_equal(label, np.zeros(3))
+    np.testing.assert_array_equal(pixels, values)
+    assert mask.dtype == np.bool_ and (mask == values.astype(bool)).all()
+
+
+def test_missing_split_is_an_error(inputs: Inputs, tmp_path: Path) -> None:
+    config = make_config(tmp_path, impute_stage=ImputeStageConfig(splits=("valid",)))
+    with pytest.raises(ValueError, match="valid"):
+        run_imputation(config, inputs.shards, inputs.checkpoint)

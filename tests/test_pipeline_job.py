@@ -1,0 +1,125 @@
+"""End to end: `ray start --head` on 127.0.0.1 with token auth, `ray job submit` the smoke job,
+wait for SUCCEEDED, then read the MLflow store with the MLflow client."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+RAY = str(Path(sys.executable).with_name("ray"))
+STAGES = {"ingest", "train", "impute", "classify"}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def ray_head(data_root: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """A real Ray head on loopback, token-authenticated; stopped (with its workers) afterwards."""
+    import ray
+
+    ray.shutdown()  # the in-process test cluster; `ray stop` below would kill it anyway
+    dashboard_port = _free_port()
+    env = {
+        **os.environ,
+        # The job's `python` is this environment's, as for a user with the venv activated.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),  # random per run: nothing written to disk
+        "MISSIWAE_DATA_DIR": str(data_root),
+    }
+    subprocess.run(
+        [
+            RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={_free_port()}",
+            "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
+            "--num-cpus=8", "--disable-usage-stats",
+        ],
+        env=env, check=True, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    try:
+        yield f"http://127.0.0.1:{dashboard_port}", env
+    finally:
+        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def _job_status(address: str, job_id: str, env: dict[str, str]) -> str:
+    output = subprocess.run(
+        [RAY, "job", "status", "--address", address, job_id],
+        env=env, capture_output=True, text=True, timeout=120,
+    ).stdout.lower()  # fmt: skip
+    # e.g. "Job 'x' succeeded", "Job 'x' failed", "Job 'x' is currently running"
+    for status in ("succeeded", "failed", "stopped", "running", "pending"):
+        if status in output:
+            return status.upper()
+    return "UNKNOWN"
+
+
+def test_smoke_job_submitted_to_a_ray_head_succeeds_and_is_tracked_in_mlflow(ray_head, tmp_path):
+    address, env = ray_head
+    run_dir = tmp_path / "run"
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    job_id = f"missiwae-smoke-{secrets.token_hex(4)}"
+    runtime_env = {
+        "env_vars": {"MISSIWAE_DATA_DIR": env["MISSIWAE_DATA_DIR"], "MLFLOW_TRACKING_URI": tracking_uri}
+    }
+    unauthenticated = {k: v for k, v in env.items() if k != "RAY_AUTH_TOKEN"}
+    refused = subprocess.run(
+        [RAY, "job", "list", "--address", address],
+        env=unauthenticated, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert refused.returncode != 0, "a client without the token must be refused"
+
+    subprocess.run(
+        [
+            RAY, "job", "submit", "--address", address, "--submission-id", job_id, "--no-wait",
+            "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env),
+            "--", "python", "pipelines/full.py", "--config", "smoke", "--set", f"run_dir={run_dir}",
+        ],
+        env=env, check=True, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    deadline = time.monotonic() + 1500
+    status = "PENDING"
+    while time.monotonic() < deadline:
+        status = _job_status(address, job_id, env)
+        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+            break
+        time.sleep(10)
+    logs = subprocess.run(
+        [RAY, "job", "logs", "--address", address, job_id],
+        env=env, capture_output=True, text=True, timeout=120,
+    ).stdout  # fmt: skip
+    assert status == "SUCCEEDED", logs[-6000:]
+    assert "missiwae_single" in logs and "MLflow" in logs  # the table and the pointer were printed
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("missiwae-smoke")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert {r.data.tags.get("stage") for r in children} >= STAGES
+    assert all(r.info.status == "FINISHED" for r in children)
+    assert parent.data.params["train.K"] == "20"
+    train_run = next(r for r in children if r.data.tags.get("stage") == "train")
+    assert "test_log_likelihood" in train_run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert any(path.endswith("table1.md") for path in artifacts), artifacts
