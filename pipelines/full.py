@@ -14,6 +14,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 # Run as a script (`python pipelines/full.py`, also under `ray job submit`): make the
 # repository root importable so `pipelines` resolves to this checkout.
@@ -67,6 +68,7 @@ def run(config: PipelineConfig) -> dict[str, float]:
             seconds["impute"] = time.perf_counter() - clock
             stage.log_metrics({**imputed.metrics, "seconds": seconds["impute"]})
             stage.log_params({f"dataset.{name}": str(path) for name, path in imputed.datasets.items()})
+            _log_figures(stage, ingest, trained.checkpoint_dir, imputed.datasets["missiwae_single"])
 
         with tracker.stage("classify") as stage:
             clock = time.perf_counter()
@@ -91,6 +93,23 @@ def run(config: PipelineConfig) -> dict[str, float]:
     print(f"MLflow: experiment '{config.tracking.experiment}', run {tracker.run_id}")
     print(f"  browse with: {ui_command(config)}")
     return seconds
+
+
+def _log_figures(stage: Any, ingest: Any, checkpoint_dir: Path, single_dir: Path) -> None:
+    """Figure 2 (samples) and Figure 3 (incomplete training digits beside their imputations)."""
+    from missiwae.training import load_model
+    from pipelines import figures
+    from pipelines.impute import read_dataset
+    from pipelines.ingest import load_split_numpy
+
+    x, mask, _, _ = load_split_numpy(ingest, "train")
+    _, _, imputed = read_dataset(single_dir)
+    for figure, name in (
+        (figures.samples_figure(load_model(checkpoint_dir)), "figure2_samples.png"),
+        (figures.imputations_figure(x, mask, imputed), "figure3_imputations.png"),
+    ):
+        stage.log_figure(figure, name)
+        figures.close(figure)
 
 
 def main(argv: list[str] | None = None) -> int:
