@@ -43,7 +43,7 @@ def run(config: PipelineConfig) -> dict[str, float]:
             ingest = run_ingest(config)
             seconds["ingest"] = time.perf_counter() - clock
             stage.log_metrics({f"rows_{split}": rows for split, rows in ingest.num_rows.items()})
-            stage.log_metrics({"reused": float(ingest.reused), "seconds": seconds["ingest"]})
+            stage.log_metrics({"reused": float(ingest.reused), "stage_seconds": seconds["ingest"]})
             stage.log_params({"data_dir": str(ingest.data_dir)})
 
         with tracker.stage("train") as stage:
@@ -58,7 +58,7 @@ def run(config: PipelineConfig) -> dict[str, float]:
             )
             seconds["train"] = time.perf_counter() - clock
             stage.log_metrics(
-                {"test_log_likelihood": trained.test_log_likelihood, "seconds": seconds["train"]}
+                {"test_log_likelihood": trained.test_log_likelihood, "stage_seconds": seconds["train"]}
             )
             stage.log_params({"checkpoint_dir": str(trained.checkpoint_dir)})
 
@@ -66,7 +66,7 @@ def run(config: PipelineConfig) -> dict[str, float]:
             clock = time.perf_counter()
             imputed = run_imputation(config, ingest.shards, trained.checkpoint_dir)
             seconds["impute"] = time.perf_counter() - clock
-            stage.log_metrics({**imputed.metrics, "seconds": seconds["impute"]})
+            stage.log_metrics({**imputed.metrics, "stage_seconds": seconds["impute"]})
             stage.log_params({f"dataset.{name}": str(path) for name, path in imputed.datasets.items()})
             _log_figures(stage, ingest, trained.checkpoint_dir, imputed.datasets["missiwae_single"])
 
@@ -78,7 +78,7 @@ def run(config: PipelineConfig) -> dict[str, float]:
             tables = write_table(result, config.run_path / "results")
             for path in tables.values():
                 stage.log_artifact(path)
-            stage.log_metrics({"seconds": seconds["classify"]})
+            stage.log_metrics({"stage_seconds": seconds["classify"]})
 
         seconds["total"] = time.perf_counter() - started
         tracker.log_metrics({f"seconds_{name}": value for name, value in seconds.items()})
