@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
@@ -65,6 +64,7 @@ import numpy as np
 
 from missiwae.config import to_dict
 from pipelines.config import PipelineConfig
+from pipelines.storage import exclusive, read_manifest, swap_into_place, write_json_atomic
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -148,11 +148,11 @@ def run_imputation(
     metrics: dict[str, float] = {}
     seconds: dict[str, float] = {}
     reused: dict[str, bool] = {}
-    with _exclusive(out_root / _LOCK):  # a second run on the same run_dir waits, then reuses
+    with exclusive(out_root / _LOCK):  # a second run on the same run_dir waits, then reuses
         for split in config.impute_stage.splits:
             files = sorted(Path(p) for p in shards[split])
             fingerprint = _fingerprint(config, split, files, checkpoint_hash)
-            manifest = _read_manifest(out_root / split)
+            manifest = read_manifest(out_root / split / MANIFEST)
             was_reused = manifest is not None and manifest.get("fingerprint") == fingerprint
             if not (was_reused and manifest is not None and _intact(out_root / split, manifest)):
                 was_reused = False
@@ -244,8 +244,9 @@ def _impute_split(
             "inputs": [str(p) for p in files],
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        _write_json_atomic(staging / MANIFEST, manifest)  # last: marks the split complete
-        _swap_into_place(staging, out_root / split, staging_root)
+        write_json_atomic(staging / MANIFEST, manifest)  # last: marks the split complete
+        trash = staging_root / f"old-{split}-{uuid.uuid4().hex}"
+        swap_into_place(staging, out_root / split, trash)
     except BaseException:
         if missforest_ref is not None:
             ray.cancel(missforest_ref)  # no-op once it has finished
@@ -589,14 +590,6 @@ def _hash_files(paths: Sequence[Path]) -> str:
     return digest.hexdigest()
 
 
-def _read_manifest(directory: Path) -> dict[str, Any] | None:
-    try:
-        manifest = json.loads((directory / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return None
-    return manifest if isinstance(manifest, dict) else None
-
-
 def _intact(directory: Path, manifest: dict[str, Any]) -> bool:
     """Every dataset directory holds exactly the manifest's files."""
     try:
@@ -609,36 +602,9 @@ def _intact(directory: Path, manifest: dict[str, Any]) -> bool:
         return False
 
 
-def _write_json_atomic(target: Path, value: Any) -> None:
-    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
-    temporary.write_text(json.dumps(value, indent=2))
-    os.replace(temporary, target)
-
-
-def _swap_into_place(source: Path, target: Path, staging_root: Path) -> None:
-    """Make `source` appear at `target` by renames; a previous `target` is removed after."""
-    old = None
-    if target.exists():
-        old = staging_root / f"old-{target.name}-{uuid.uuid4().hex}"
-        os.replace(target, old)
-    os.replace(source, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def _remove_staging(staging_root: Path, split: str) -> None:
     for leftover in [*staging_root.glob(f"{split}-*"), *staging_root.glob(f"old-{split}-*")]:
         shutil.rmtree(leftover, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager

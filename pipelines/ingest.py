@@ -29,16 +29,13 @@ later run would trust; such leftovers are removed on the next run. A re-run with
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
 import itertools
 import json
-import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +44,7 @@ import numpy as np
 from missiwae.config import to_dict
 from missiwae.data import NUM_PIXELS, load_incomplete_mnist
 from pipelines.config import PipelineConfig
+from pipelines.storage import TEMP_PREFIX, exclusive, read_manifest, swap_into_place, write_json_atomic
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -57,7 +55,7 @@ COLUMNS: tuple[str, ...] = ("row_id", "split", "label", "pixels", "mask")
 MANIFEST = "_MANIFEST.json"
 # Bump when the shard layout or schema changes: old manifests then stop matching.
 FORMAT_VERSION = 1
-_TEMP_PREFIX = ".tmp-"  # temporary split folders being written, and old ones being removed
+_TEMP_PREFIX = TEMP_PREFIX  # temporary split folders being written, and old ones being removed
 _LOCK = ".ingest.lock"
 
 
@@ -95,9 +93,9 @@ def run_ingest(config: PipelineConfig) -> IngestResult:
     data_dir = config.run_path / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = ingest_fingerprint(config)
-    with _exclusive(data_dir / _LOCK):  # a second ingest of the same run_dir waits, then reuses
+    with exclusive(data_dir / _LOCK):  # a second ingest of the same run_dir waits, then reuses
         _remove_temporaries(data_dir)  # left by a crashed run: never complete by construction
-        manifest = _read_manifest(data_dir)
+        manifest = read_manifest(data_dir / MANIFEST)
         if (
             manifest is not None
             and manifest.get("fingerprint") == fingerprint
@@ -127,7 +125,7 @@ def run_ingest(config: PipelineConfig) -> IngestResult:
             "splits": splits,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        _write_json_atomic(data_dir / MANIFEST, manifest)
+        write_json_atomic(data_dir / MANIFEST, manifest)
         return _result(data_dir, manifest, reused=False, seconds=time.perf_counter() - started)
 
 
@@ -168,7 +166,8 @@ def _write_split(config: PipelineConfig, data_dir: Path, split: str) -> tuple[li
             raise RuntimeError(
                 f"Ray Data wrote {len(names)} files for split {split!r}, expected {num_shards}"
             )
-        _swap_into_place(temporary, data_dir / split)
+        trash = data_dir / f"{_TEMP_PREFIX}old-{split}-{uuid.uuid4().hex}"
+        swap_into_place(temporary, data_dir / split, trash)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
@@ -211,41 +210,12 @@ def _shard_names() -> ray.data.datasource.FilenameProvider:
     return ShardNames()
 
 
-def _swap_into_place(source: Path, target: Path) -> None:
-    """Make `source` appear at `target` by renames; a previous `target` is removed after."""
-    old = None
-    if target.exists():
-        old = target.with_name(f"{_TEMP_PREFIX}old-{target.name}-{uuid.uuid4().hex}")
-        os.replace(target, old)
-    os.replace(source, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def _remove_temporaries(data_dir: Path) -> None:
     for leftover in data_dir.glob(f"{_TEMP_PREFIX}*"):
         if leftover.is_dir():
             shutil.rmtree(leftover, ignore_errors=True)
         else:
             leftover.unlink(missing_ok=True)
-
-
-@contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _read_manifest(data_dir: Path) -> dict[str, Any] | None:
-    try:
-        manifest = json.loads((data_dir / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return None
-    return manifest if isinstance(manifest, dict) else None
 
 
 def _intact(data_dir: Path, manifest: dict[str, Any]) -> bool:
@@ -262,12 +232,6 @@ def _intact(data_dir: Path, manifest: dict[str, Any]) -> bool:
     except (KeyError, TypeError, ValueError, OSError):
         return False
     return True
-
-
-def _write_json_atomic(target: Path, value: Any) -> None:
-    temporary = target.with_name(f"{_TEMP_PREFIX}{target.name}-{uuid.uuid4().hex}")
-    temporary.write_text(json.dumps(value, indent=2))
-    os.replace(temporary, target)
 
 
 def _result(data_dir: Path, manifest: dict[str, Any], *, reused: bool, seconds: float) -> IngestResult:
