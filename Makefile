@@ -7,8 +7,9 @@ export MISSIWAE_DATA_DIR ?= $(abspath ../shared/data)
 DEMO_DIR ?= runs/demo
 RUN_DIR ?= runs/smoke
 PRESET ?= smoke
+SPACE ?= paper
 
-.PHONY: setup run demo mlflow-ui test lint clean
+.PHONY: setup run sweep demo mlflow-ui test lint clean
 
 setup: $(VENV)/.installed
 
@@ -21,6 +22,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 # The whole job on an embedded local Ray, MLflow in a sqlite file under $(RUN_DIR).
 run: setup
 	$(BIN)/python pipelines/full.py --config $(PRESET) --set run_dir=$(RUN_DIR)
+
+# A Ray Tune sweep (tune/spaces/$(SPACE).yaml) over the $(PRESET) preset; runs again = resume.
+sweep: setup
+	$(BIN)/python -m tune.sweep --space $(SPACE) --config $(PRESET) --set run_dir=$(RUN_DIR)
 
 # MLflow's UI for that run directory, on 127.0.0.1 only.
 mlflow-ui: setup

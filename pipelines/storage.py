@@ -29,10 +29,25 @@ def read_manifest(path: Path) -> dict[str, Any] | None:
 TEMP_PREFIX = ".tmp-"  # what a crash may leave behind; stages sweep names with this prefix
 
 
+@contextmanager
+def atomic_file(target: Path) -> Iterator[Path]:
+    """A temporary sibling path to write; renamed onto `target` when the block succeeds and
+    removed when it fails, so `target` is always absent, the old file, or the whole new one."""
+    temporary = target.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}-{target.name}")
+    try:
+        yield temporary
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_text_atomic(target: Path, text: str) -> None:
+    with atomic_file(target) as temporary:
+        temporary.write_text(text)
+
+
 def write_json_atomic(target: Path, value: Any) -> None:
-    temporary = target.with_name(f"{TEMP_PREFIX}{target.name}-{uuid.uuid4().hex}")
-    temporary.write_text(json.dumps(value, indent=2))
-    os.replace(temporary, target)
+    write_text_atomic(target, json.dumps(value, indent=2))
 
 
 def swap_into_place(source: Path, target: Path, trash: Path) -> None:

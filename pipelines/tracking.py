@@ -144,6 +144,11 @@ class RunLogger:
         self.experiment_id = experiment_id
         self._ended = False
 
+    @classmethod
+    def connect(cls, tracking_uri: str, run_id: str, experiment_id: str) -> RunLogger:
+        """Log into an existing run from another object or process (e.g. a Tune callback)."""
+        return cls(MlflowClient(tracking_uri=tracking_uri), run_id, experiment_id)
+
     @property
     def artifact_uri(self) -> str:
         return str(self.client.get_run(self.run_id).info.artifact_uri)
@@ -205,17 +210,26 @@ class RunLogger:
         with contextlib.suppress(Exception):  # the store may be the failure: keep the original
             self.end("FAILED", error)
 
+    def child(self, name: str, tags: Mapping[str, Any] | None = None) -> RunLogger:
+        """A new nested run (tag ``mlflow.parentRunId`` = this run); the caller ends it."""
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=name,
+            tags={**{k: str(v) for k, v in (tags or {}).items()}, PARENT_RUN_TAG: self.run_id},
+        )
+        return RunLogger(self.client, run.info.run_id, self.experiment_id)
+
+    def reopen(self, run_id: str) -> RunLogger:
+        """An existing run of this experiment, set RUNNING again (a resumed sweep's trial)."""
+        self.client.update_run(run_id, status="RUNNING")
+        return RunLogger(self.client, run_id, self.experiment_id)
+
     @contextmanager
     def stage(self, name: str, params: Mapping[str, Any] | None = None) -> Iterator[RunLogger]:
         """A nested run (tags ``mlflow.parentRunId`` = this run, ``stage`` = name), FINISHED
         when the block completes; when an exception escapes, the nested run and this run are
         both ended FAILED and the exception propagates."""
-        run = self.client.create_run(
-            self.experiment_id,
-            run_name=name,
-            tags={PARENT_RUN_TAG: self.run_id, STAGE_TAG: name},
-        )
-        child = RunLogger(self.client, run.info.run_id, self.experiment_id)
+        child = self.child(name, {STAGE_TAG: name})
         try:
             if params:
                 child.log_params(params)
@@ -238,7 +252,12 @@ class Tracker(RunLogger):
     """
 
     def __init__(
-        self, config: PipelineConfig, run_name: str | None = None, tags: Mapping[str, Any] | None = None
+        self,
+        config: PipelineConfig,
+        run_name: str | None = None,
+        tags: Mapping[str, Any] | None = None,
+        *,
+        resume_run_id: str | None = None,
     ) -> None:
         self.config = config
         self.tracking_uri = resolve_tracking_uri(config)
@@ -249,6 +268,11 @@ class Tracker(RunLogger):
                 Path(db).parent.mkdir(parents=True, exist_ok=True)
         client = MlflowClient(tracking_uri=self.tracking_uri)
         experiment_id = self._experiment(client, config.tracking.experiment)
+        if resume_run_id is not None and _run_exists(client, resume_run_id, experiment_id):
+            # An interrupted job run again (a restored sweep): keep logging into its run.
+            client.update_run(resume_run_id, status="RUNNING")
+            super().__init__(client, resume_run_id, experiment_id)
+            return
         run = client.create_run(experiment_id, run_name=run_name, tags=_context_tags(tags))
         super().__init__(client, run.info.run_id, experiment_id)
         try:
@@ -285,6 +309,14 @@ class Tracker(RunLogger):
             self.end()
         else:
             self._fail(exc)
+
+
+def _run_exists(client: MlflowClient, run_id: str, experiment_id: str) -> bool:
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        return False
+    return bool(run.info.experiment_id == experiment_id and run.info.lifecycle_stage == "active")
 
 
 def _context_tags(tags: Mapping[str, Any] | None) -> dict[str, str]:

@@ -432,11 +432,17 @@ def _copy_checkpoint(checkpoint: Any, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def evaluate_test_log_likelihood(config: PipelineConfig, ingest: IngestResult, model_dir: Path) -> float:
-    """Mean importance-sampled log p(x_o) over the test split (evaluate.num_samples samples)."""
+def evaluate_test_log_likelihood(
+    config: PipelineConfig, ingest: IngestResult, model_dir: Path, *, complete: bool = False
+) -> float:
+    """Mean importance-sampled log p(x_o) over the test split (evaluate.num_samples samples);
+    `complete=True`: log p(x) of the complete test images (every pixel observed), the paper's
+    Figure 1 (left) measure, comparable across models trained with and without missing data."""
     device = "cuda" if config.scaling.use_gpu and torch.cuda.is_available() else "cpu"
     model = load_model(model_dir, device)
     x, mask, _, _ = load_split_numpy(ingest, "test")
+    if complete:
+        mask = np.ones_like(mask)
     per_row = estimate_log_likelihood(
         model,
         torch.from_numpy(x).to(device),
