@@ -99,6 +99,23 @@ class ClassifyConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ReportConfig:
+    """`python -m pipelines.report`: which sweep gives Figure 1 (left), which of its models the
+    other experiments use, and the L grid of Figure 1 (right)."""
+
+    space: str = "paper"  # tune/spaces/<space>.yaml: the Figure 1 (left) sweep
+    miss_vae: str = "K=1 zero"  # sweep trial labels of the two models compared in Figure 1 (right)
+    miss_iwae: str = "K=50 zero"  # ... and the model behind Table 1 and Figures 2 and 3
+    accuracy_samples: tuple[int, ...] = (1, 10, 100, 1000, 10000)  # L in Figure 1 (right)
+    accuracy_rows: int | None = None  # training rows scored in Figure 1 (right); None: all
+
+    def __post_init__(self) -> None:
+        require(len(self.accuracy_samples) >= 1, "report.accuracy_samples must not be empty")
+        require(all(n >= 1 for n in self.accuracy_samples), "report.accuracy_samples must be >= 1")
+        require(self.accuracy_rows is None or self.accuracy_rows >= 1, "report.accuracy_rows must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
 class TrackingConfig:
     experiment: str = "missiwae"
     tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite under run_dir
@@ -118,6 +135,7 @@ class PipelineConfig:
     missforest: MissForestConfig = dataclasses.field(default_factory=MissForestConfig)
     classify: ClassifyConfig = dataclasses.field(default_factory=ClassifyConfig)
     tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
+    report: ReportConfig = dataclasses.field(default_factory=ReportConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -147,6 +165,7 @@ __all__ = [
     "IngestConfig",
     "MissForestConfig",
     "PipelineConfig",
+    "ReportConfig",
     "ScalingConfig",
     "TrackingConfig",
     "load_pipeline_config",
