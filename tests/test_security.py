@@ -146,3 +146,23 @@ def test_mlflow_gets_no_home_paths_and_no_secrets(tmp_path: Path, monkeypatch) -
     assert "run_dir=~/runs/smoke" in everything and "data_dir=~/data" in everything  # scrubbed, kept
     for leaked in (str(home), secret, "hunter22"):
         assert leaked not in everything, leaked
+
+
+def test_cluster_config_and_local_services_expose_nothing_without_auth() -> None:
+    import yaml
+
+    cluster = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    starts = [c for key in ("head_start_ray_commands", "worker_start_ray_commands") for c in cluster[key]]
+    ray_starts = [c for c in starts if "ray start" in c]
+    assert len(ray_starts) == 2
+    for command in ray_starts:
+        assert "RAY_AUTH_MODE=token" in command and "RAY_AUTH_TOKEN_PATH=" in command, command
+        assert "0.0.0.0" not in command
+    head = next(c for c in ray_starts if "--head" in c)
+    assert "--dashboard-host=127.0.0.1" in head
+    inbound = cluster["provider"]["security_group"]["IpPermissions"]
+    assert [(rule["FromPort"], rule["ToPort"]) for rule in inbound] == [(22, 22)]  # SSH only
+    makefile = (REPO / "Makefile").read_text()
+    assert "--host 127.0.0.1" in makefile and "0.0.0.0" not in makefile
+    readme = (REPO / "README.md").read_text()
+    assert "ray dashboard cluster.yaml" in readme and "ssh -N -L 8265:127.0.0.1:8265" in readme
