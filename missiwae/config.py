@@ -260,7 +260,11 @@ def apply_overrides(values: Mapping[str, Any], overrides: list[str]) -> dict[str
     """Apply `section.key=value` overrides (values parsed as YAML scalars: 5, 1e-3, true, [1, 2])."""
     import yaml
 
-    merged: dict[str, Any] = json.loads(json.dumps(values))
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(values).__name__}")
+    # A deep copy through JSON; default=str turns what YAML may add (dates) into strings, which
+    # from_dict then refuses by key name.
+    merged: dict[str, Any] = json.loads(json.dumps(values, default=str))
     for override in overrides:
         key, sep, raw = override.partition("=")
         if not sep or not key:

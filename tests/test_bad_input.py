@@ -290,6 +290,7 @@ _VALID_YAML = "train:\n  K: 5\n  epochs: 1\nmodel:\n  hidden: [8, 8]\n  latent_d
     content=st.one_of(
         st.binary(max_size=60),
         st.text(max_size=60),
+        st.sampled_from(["data: 2020-01-01\n", "- 1\n- 2\n", "train: [1]\n", "1: {2: 3}\n", "? [a]\n: 1\n"]),
         st.tuples(st.integers(0, len(_VALID_YAML)), st.text(max_size=4)).map(
             lambda cut: _VALID_YAML[: cut[0]] + cut[1]
         ),
@@ -548,3 +549,53 @@ def test_a_checkpoint_of_another_model_configuration_is_refused_by_name(
                 checkpoint_dir=directory,
                 progress=False,
             )
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 5) | st.text(max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(["model", "data", "train", "x"]), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+
+
+@pytest.fixture(scope="module")
+def checkpoint_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """The three files of a tiny CLI checkpoint (weights, model config, run config), as bytes."""
+    from missiwae.cli import RUN_CONFIG_FILE
+
+    directory = tmp_path_factory.mktemp("cli_checkpoint")
+    run_config = RunConfig.from_dict({"model": {"hidden": [4], "latent_dim": 2}, "train": {"epochs": 1}})
+    model = MissIWAE.from_config(run_config.model)
+    save_checkpoint(directory, model, torch.optim.Adam(model.parameters()), run_config.train, [])
+    (directory / RUN_CONFIG_FILE).write_text(json.dumps(run_config.to_dict()))
+    return {p.name: p.read_bytes() for p in directory.iterdir() if not p.name.startswith(".")}
+
+
+@settings(max_examples=100, suppress_health_check=FIXTURES)
+@given(data=st.data(), command=st.sampled_from(["evaluate", "impute"]))
+def test_cli_reports_a_corrupt_checkpoint_as_a_one_line_error(
+    data: st.DataObject,
+    command: str,
+    checkpoint_files: dict[str, bytes],
+    tmp_path: Path,
+    empty_data_dir: Path,
+) -> None:
+    """One of the checkpoint's files truncated, overwritten in places or extended; an intact
+    checkpoint would end at the empty data directory, so every example exits 2."""
+    count_example("CLI: truncated/corrupt checkpoint files (model.pt, config.json, run_config.json)")
+    directory = tmp_path / "checkpoint"
+    directory.mkdir(exist_ok=True)
+    victim = data.draw(st.sampled_from(sorted(checkpoint_files)))
+    for name, content in checkpoint_files.items():
+        if name != victim:
+            (directory / name).write_bytes(content)
+        elif name.endswith(".json") and data.draw(st.booleans()):  # valid JSON, wrong shape
+            (directory / name).write_text(json.dumps(data.draw(_JSON)))
+        else:
+            (directory / name).write_bytes(data.draw(corrupted(content)))
+    code, stderr = run_cli([command, "--checkpoint", str(directory), "--data-dir", str(empty_data_dir)])
+    assert code == 2, stderr
+    assert "Traceback" not in stderr and "error:" in stderr, stderr
