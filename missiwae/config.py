@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -94,6 +95,7 @@ class TrainConfig:
         require(self.batch_size >= 1, "train.batch_size must be >= 1")
         require(self.epochs >= 0, "train.epochs must be >= 0")
         require(self.learning_rate > 0, "train.learning_rate must be > 0")
+        require(_is_device(self.device), f"train.device must be a torch device, got {self.device!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,6 +149,16 @@ class RunConfig:
 T = TypeVar("T")
 
 
+def _is_device(name: str) -> bool:
+    import torch
+
+    try:
+        torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        return False
+    return True
+
+
 def to_dict(config: Any) -> dict[str, Any]:
     """A JSON-ready dict (tuples become lists)."""
     return json.loads(json.dumps(dataclasses.asdict(config)))
@@ -159,7 +171,7 @@ def from_dict(cls: type[T], values: Mapping[str, Any], *, _where: str = "") -> T
     assert dataclasses.is_dataclass(cls)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(values) - set(names))
+    unknown = sorted(str(key) for key in set(values) - set(names))
     if unknown:
         where = f" in section '{_where}'" if _where else ""
         raise ConfigError(f"unknown config key(s) {unknown}{where}; valid keys: {names}")
@@ -212,6 +224,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             isinstance(value, int | float) and not isinstance(value, bool),
             f"{where} must be a number, got {value!r}",
         )
+        # No setting means anything at NaN or infinity (a learning rate of inf trains to NaN).
+        require(math.isfinite(value), f"{where} must be a finite number, got {value!r}")
         return float(value)
     if annotation is str:
         require(isinstance(value, str), f"{where} must be a string, got {value!r}")
@@ -224,13 +238,17 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    text = path.read_text()
-    if path.suffix == ".json":
-        loaded = json.loads(text)
-    else:
-        import yaml
+    import yaml
 
-        loaded = yaml.safe_load(text)
+    try:
+        text = path.read_text()
+        loaded = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"config file {path} is not text ({error})") from error
+    except (ValueError, yaml.YAMLError) as error:  # json.JSONDecodeError is a ValueError
+        kind = "JSON" if path.suffix == ".json" else "YAML"
+        message = " ".join(str(error).split())
+        raise ConfigError(f"config file {path} is not valid {kind}: {message}") from error
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
@@ -242,7 +260,11 @@ def apply_overrides(values: Mapping[str, Any], overrides: list[str]) -> dict[str
     """Apply `section.key=value` overrides (values parsed as YAML scalars: 5, 1e-3, true, [1, 2])."""
     import yaml
 
-    merged: dict[str, Any] = json.loads(json.dumps(values))
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(values).__name__}")
+    # A deep copy through JSON; default=str turns what YAML may add (dates) into strings, which
+    # from_dict then refuses by key name.
+    merged: dict[str, Any] = json.loads(json.dumps(values, default=str))
     for override in overrides:
         key, sep, raw = override.partition("=")
         if not sep or not key:
@@ -253,5 +275,9 @@ def apply_overrides(values: Mapping[str, Any], overrides: list[str]) -> dict[str
             target = target.setdefault(section, {})
             if not isinstance(target, dict):
                 raise ConfigError(f"override {override!r}: {section} is not a section")
-        target[leaf] = yaml.safe_load(raw)
+        try:
+            target[leaf] = yaml.safe_load(raw)
+        except yaml.YAMLError as error:
+            message = " ".join(str(error).split())
+            raise ConfigError(f"override {override!r}: the value is not valid YAML ({message})") from error
     return merged

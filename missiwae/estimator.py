@@ -152,7 +152,14 @@ class MissIWAEImputer(TransformerMixin, BaseEstimator):
         if self.standardize and self.observation != "bernoulli":
             # nanmean/nanstd over observed entries only: the holes must not bias the scaling.
             self.mean_ = np.nanmean(X, axis=0)
-            std = np.nanstd(X, axis=0)
+            with np.errstate(over="ignore", invalid="ignore"):
+                std = np.nanstd(X, axis=0)
+            too_wide = np.flatnonzero(~np.isfinite(std))
+            if too_wide.size:  # the variance overflowed float64: no scaling can represent it
+                raise ValueError(
+                    f"column(s) {too_wide.tolist()} of X span too wide a range to standardise "
+                    "(their variance overflows float64); rescale them first"
+                )
             # A constant column would divide by zero; scale 1 keeps it (and its imputations) as is.
             self.scale_ = np.where(std > 0, std, 1.0)
         else:
@@ -327,7 +334,15 @@ class MissIWAEImputer(TransformerMixin, BaseEstimator):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Standardised float32 x (holes set to 0, a finite placeholder) and bool mask (N, D)."""
         scaled = np.where(mask, (X - self.mean_) / self.scale_, 0.0)
-        x = torch.as_tensor(scaled, dtype=torch.float32, device=device)
+        with np.errstate(over="ignore"):
+            scaled32 = scaled.astype(np.float32)
+        if not np.isfinite(scaled32).all():  # the model computes in float32 (|x| < 3.4e38)
+            raise ValueError(
+                "X holds values too large for the model's float32 arithmetic"
+                + (" after standardisation" if self.standardize else "")
+                + "; rescale the columns"
+            )
+        x = torch.as_tensor(scaled32, device=device)
         return x, torch.as_tensor(mask, device=device)
 
     def _to_original_units(self, imputed: torch.Tensor) -> NDArray[np.float64]:

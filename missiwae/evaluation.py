@@ -11,7 +11,7 @@ import torch
 
 from missiwae.bounds import StreamingLogWeights
 from missiwae.model import MissIWAE
-from missiwae.validation import check_incomplete_batch, check_positive
+from missiwae.validation import check_positive
 
 
 @torch.no_grad()
@@ -32,7 +32,7 @@ def estimate_log_likelihood(
     """
     check_positive("num_samples", num_samples)
     check_positive("batch_size", batch_size)
-    check_incomplete_batch(x, mask, model.num_features, complete=model.uses_oracle)
+    model.check_batch(x, mask)
     was_training = model.training
     model.eval()
     estimates = []
@@ -57,7 +57,7 @@ def mean_bound(
     generator: torch.Generator | None = None,
 ) -> float:
     """The average missIWAE bound L_K over the rows of (x, mask) (the validation metric)."""
-    check_incomplete_batch(x, mask, model.num_features, complete=model.uses_oracle)
+    model.check_batch(x, mask)
     total = 0.0
     for start in range(0, x.shape[0], batch_size):
         rows = slice(start, start + batch_size)

@@ -106,6 +106,8 @@ def impute_single(
     With `threshold` (binary data) the imputed entries are 1 where P(x_j = 1 | x_o) > threshold,
     else 0: 1/2 gives the paper's imputation-accuracy rule. Rows go `batch_size` at a time.
     """
+    check_positive("number of importance samples", num_samples)
+    model.check_batch(x, mask)  # before x.shape is read: x may not even be a tensor
     parts = []
     for rows in _row_batches(x.shape[0], batch_size):
         result = snis_expectation(
@@ -152,6 +154,8 @@ def impute_multiple(
     `batch_size` at a time.
     """
     check_positive("num_imputations", num_imputations)
+    check_positive("number of importance samples", num_samples)
+    model.check_batch(x, mask)  # before x.shape is read: x may not even be a tensor
     parts = [
         _sir(model, x[rows], mask[rows], num_imputations, num_samples, chunk_size, generator)
         for rows in _row_batches(x.shape[0], batch_size)

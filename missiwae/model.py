@@ -79,7 +79,9 @@ class MissIWAE(nn.Module):
         return bool(getattr(self.iota, "requires_complete_data", False))
 
     def check_batch(self, x: torch.Tensor, mask: torch.Tensor) -> None:
-        check_incomplete_batch(x, mask, self.num_features, complete=self.uses_oracle)
+        """Bad input gets an error naming the problem (see `check_incomplete_batch`)."""
+        dtype = next(self.parameters()).dtype
+        check_incomplete_batch(x, mask, self.num_features, complete=self.uses_oracle, dtype=dtype)
 
     def posterior(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q_γ(z | ι(x_o)): (mu, sigma), each (B, d)."""

@@ -17,10 +17,9 @@ from typing import Any
 
 import torch
 
-from missiwae.config import ModelConfig, TrainConfig, from_dict, to_dict
+from missiwae.config import ConfigError, ModelConfig, TrainConfig, from_dict, to_dict
 from missiwae.evaluation import mean_bound
 from missiwae.model import MissIWAE, make_generator
-from missiwae.validation import check_incomplete_batch
 
 WEIGHTS_FILE = "model.pt"
 CONFIG_FILE = "config.json"
@@ -85,9 +84,9 @@ def train(
     `resume` is set and one exists there, training continues after its last epoch with the
     same optimiser state and random streams (so a resumed run matches an uninterrupted one).
     """
-    check_incomplete_batch(x, mask, model.num_features, complete=model.uses_oracle)
+    model.check_batch(x, mask)
     if valid is not None:
-        check_incomplete_batch(*valid, model.num_features, complete=model.uses_oracle)
+        model.check_batch(*valid)
     device = torch.device(config.device)
     model.to(device)
     x, mask = x.to(device), mask.to(device)
@@ -217,9 +216,18 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> Mis
     config_path = Path(directory) / CONFIG_FILE
     if not config_path.is_file():
         raise FileNotFoundError(f"no checkpoint config at {config_path}")
-    model_config = from_dict(ModelConfig, json.loads(config_path.read_text())["model"])
+    try:
+        saved = json.loads(config_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"checkpoint config {config_path} is not valid JSON ({error})") from error
+    if not isinstance(saved, dict) or "model" not in saved:
+        raise ValueError(f"checkpoint config {config_path} has no 'model' section")
+    try:
+        model_config = from_dict(ModelConfig, saved["model"])
+    except ConfigError as error:
+        raise ConfigError(f"checkpoint config {config_path}: {error}") from error
     model = MissIWAE.from_config(model_config)
-    model.load_state_dict(_read_state(directory)["model"])
+    _load_weights(model, _read_state(directory), directory)
     return model.to(device).eval()
 
 
@@ -228,6 +236,28 @@ def load_training_state(
 ) -> dict[str, Any]:
     """Load weights and optimiser state in place; return the rest (history, RNG states)."""
     state = _read_state(directory)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    _load_weights(model, state, directory)
+    path = Path(directory) / WEIGHTS_FILE
+    if "optimizer" not in state:
+        raise ValueError(f"checkpoint {path} holds no optimiser state to resume from")
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except (KeyError, RuntimeError, ValueError) as error:
+        raise ValueError(f"checkpoint {path}: optimiser state does not fit the model ({error})") from error
     return state
+
+
+def _load_weights(model: MissIWAE, state: dict[str, Any], directory: str | Path) -> None:
+    """Load state["model"] into `model`; a checkpoint of another configuration is a ValueError
+    that says so (torch's own message lists every mismatched tensor)."""
+    path = Path(directory) / WEIGHTS_FILE
+    weights = state.get("model") if isinstance(state, dict) else None
+    if not isinstance(weights, dict):
+        raise ValueError(f"checkpoint {path} holds no model weights (not a missiwae checkpoint?)")
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:
+        first = " ".join(str(error).split())[:300]
+        raise ValueError(
+            f"checkpoint {path} was written for another model configuration than {model.config}: {first}"
+        ) from error

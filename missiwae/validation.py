@@ -6,11 +6,18 @@ import torch
 
 
 def check_incomplete_batch(
-    x: torch.Tensor, mask: torch.Tensor, num_features: int | None = None, *, complete: bool = False
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    num_features: int | None = None,
+    *,
+    complete: bool = False,
+    dtype: torch.dtype | None = None,
 ) -> None:
     """Validate data x (B, D) and mask (B, D) bool (True = observed).
 
-    Observed entries must be finite; with `complete=True` (oracle ι) every entry must be.
+    B must be at least 1. Observed entries must be finite; with `complete=True` (oracle ι)
+    every entry must be. `dtype`: the model's parameter dtype, which x must share (torch would
+    otherwise fail deep inside a layer with a message about matrix dtypes).
     """
     if not isinstance(x, torch.Tensor) or not isinstance(mask, torch.Tensor):
         raise TypeError("x and mask must be torch tensors")
@@ -24,6 +31,13 @@ def check_incomplete_batch(
         raise ValueError(f"x has {x.shape[1]} features, the model expects {num_features}")
     if not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+    if dtype is not None and x.dtype != dtype:
+        raise TypeError(
+            f"x has dtype {x.dtype} but the model's parameters are {dtype}: "
+            f"convert the data (x.to({dtype})) or the model (model.to({dtype}))"
+        )
+    if x.shape[0] == 0:
+        raise ValueError(f"x has no rows (shape {tuple(x.shape)}): nothing to evaluate or impute")
     finite = torch.isfinite(x)
     if not bool(finite[mask].all()):
         raise ValueError("x has NaN or inf in observed entries (mask True); mark them missing")

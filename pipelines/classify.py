@@ -40,12 +40,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import ray
 
 from missiwae.classifier import ClassifierConfig, ClassifierResult, pool_predictions, train_classifier
 from pipelines.config import PipelineConfig
 from pipelines.runtime import ensure_ray
+from pipelines.storage import read_parquet_table
 
 __all__ = [
     "PAPER_ORDER",
@@ -218,7 +218,7 @@ def read_imputed(
     labels outside 0..9 or non-finite pixels (the classifier needs complete data)."""
     tables = []
     for path in _parquet_files(source, name):
-        table = pq.read_table(path)
+        table = read_parquet_table(path)
         missing = [c for c in _COLUMNS if c not in table.column_names]
         if missing:
             raise ValueError(f"dataset {name!r}: {path} lacks column(s) {missing}")

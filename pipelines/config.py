@@ -62,6 +62,7 @@ class ImputeStageConfig:
     def __post_init__(self) -> None:
         require(self.num_actors >= 1, "impute_stage.num_actors must be >= 1")
         require(self.cpus_per_actor > 0, "impute_stage.cpus_per_actor must be > 0")
+        require(self.gpus_per_actor >= 0, "impute_stage.gpus_per_actor must be >= 0")
         require(
             all(s in ("train", "valid", "test") for s in self.splits),
             "impute_stage.splits must name train / valid / test",
@@ -78,6 +79,10 @@ class MissForestConfig:
     def __post_init__(self) -> None:
         require(self.n_estimators >= 1, "missforest.n_estimators must be >= 1")
         require(self.max_iter >= 1, "missforest.max_iter must be >= 1")
+        require(
+            self.max_samples is None or 0 < self.max_samples <= 1,
+            "missforest.max_samples must lie in (0, 1] or be null",
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +100,11 @@ class ClassifyConfig:
     def __post_init__(self) -> None:
         require(self.num_seeds >= 1, "classify.num_seeds must be >= 1")
         require(self.epochs >= 1, "classify.epochs must be >= 1")
+        require(self.batch_size >= 1, "classify.batch_size must be >= 1")
+        require(self.learning_rate > 0, "classify.learning_rate must be > 0")
+        require(self.patience >= 0, "classify.patience must be >= 0")
         require(self.cpus_per_task > 0, "classify.cpus_per_task must be > 0")
+        require(self.gpus_per_task >= 0, "classify.gpus_per_task must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)

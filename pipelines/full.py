@@ -31,9 +31,11 @@ def run(config: PipelineConfig) -> dict[str, float]:
     from pipelines.impute import run_imputation
     from pipelines.ingest import load_split_numpy, run_ingest
     from pipelines.runtime import ensure_ray
+    from pipelines.storage import ensure_writable
     from pipelines.tracking import Tracker, ui_command
     from pipelines.train import run_training
 
+    ensure_writable(config.run_path)  # a bad run_dir fails now, not after training
     ensure_ray()
     seconds: dict[str, float] = {}
     started = time.perf_counter()
@@ -90,8 +92,11 @@ def run(config: PipelineConfig) -> dict[str, float]:
     print()
     print("stage times: " + ", ".join(f"{name} {value:.0f} s" for name, value in seconds.items()))
     print(f"results: {config.run_path / 'results'}")
-    print(f"MLflow: experiment '{config.tracking.experiment}', run {tracker.run_id}")
-    print(f"  browse with: {ui_command(config)}")
+    if tracker.run_id is not None and tracker.health.ok:
+        print(f"MLflow: experiment '{config.tracking.experiment}', run {tracker.run_id}")
+        print(f"  browse with: {ui_command(config)}")
+    else:  # the store failed: the TrackingWarning above says what was not logged
+        print("MLflow: not (fully) logged, see the TrackingWarning above; the results are on disk")
     return seconds
 
 
@@ -133,7 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as error:
         print(f"pipelines/full.py: error: {error}", file=sys.stderr)
         return 2
-    run(config)
+    try:
+        run(config)
+    except (OSError, DataError) as error:  # OutputError: a run_dir that cannot be written
+        print(f"pipelines/full.py: error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -64,7 +64,16 @@ import numpy as np
 
 from missiwae.config import to_dict
 from pipelines.config import PipelineConfig
-from pipelines.storage import exclusive, read_manifest, swap_into_place, write_json_atomic
+from pipelines.storage import (
+    OutputError,
+    ensure_writable,
+    exclusive,
+    output_error,
+    read_manifest,
+    read_parquet_table,
+    swap_into_place,
+    write_json_atomic,
+)
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -84,6 +93,10 @@ _STAGING = ".staging"
 _LOCK = ".impute.lock"
 _SNIS_STREAM, _SIR_STREAM = 0, 1
 WAIT_FOR_ACTORS_S = 600  # the actor pool must be up within this time (model load included)
+# A dead actor is restarted and its batch retried on it (at-least-once; the output is still one
+# row per input row because a batch's output only counts once its task returns). Bounded, so a
+# batch that kills every actor it touches fails the job instead of looping.
+ACTOR_MAX_RESTARTS = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +136,11 @@ def dataset_names(num_imputations: int, missforest: bool = True) -> list[str]:
 
 
 def run_imputation(
-    config: PipelineConfig, shards: Mapping[str, Sequence[Path]], checkpoint_dir: Path
+    config: PipelineConfig,
+    shards: Mapping[str, Sequence[Path]],
+    checkpoint_dir: Path,
+    *,
+    _fault_injection: str | None = None,
 ) -> ImputeResult:
     """Impute every split of ``config.impute_stage.splits``; see the module docstring.
 
@@ -132,6 +149,8 @@ def run_imputation(
             their resources, splits), ``missforest`` and ``run_dir``.
         shards: split -> Parquet files of the ingest layout (row_id, label, pixels, mask).
         checkpoint_dir: a missiwae checkpoint (``missiwae.training.load_model``).
+        _fault_injection: TEST ONLY, a marker-file path: the first actor to start its second
+            batch creates the marker and kills its process (see ``ImputeActor``).
     """
     checkpoint_dir = Path(checkpoint_dir)
     for split in config.impute_stage.splits:
@@ -143,7 +162,7 @@ def run_imputation(
                 raise FileNotFoundError(f"input shard of split {split!r} not found: {path}")
     checkpoint_hash = _hash_files([checkpoint_dir / "model.pt", checkpoint_dir / "config.json"])
     out_root = config.run_path / "imputed"
-    out_root.mkdir(parents=True, exist_ok=True)
+    ensure_writable(out_root)
     result_splits: dict[str, dict[str, Path]] = {}
     metrics: dict[str, float] = {}
     seconds: dict[str, float] = {}
@@ -156,7 +175,9 @@ def run_imputation(
             was_reused = manifest is not None and manifest.get("fingerprint") == fingerprint
             if not (was_reused and manifest is not None and _intact(out_root / split, manifest)):
                 was_reused = False
-                manifest = _impute_split(config, split, files, checkpoint_dir, fingerprint, out_root)
+                manifest = _impute_split(
+                    config, split, files, checkpoint_dir, fingerprint, out_root, _fault_injection
+                )
             assert manifest is not None
             result_splits[split] = {name: out_root / split / name for name in manifest["datasets"]}
             metrics.update({k: float(v) for k, v in manifest["metrics"].items()})
@@ -173,6 +194,7 @@ def _impute_split(
     checkpoint_dir: Path,
     fingerprint: str,
     out_root: Path,
+    fault_marker: str | None = None,
 ) -> dict[str, Any]:
     """Compute one split into a staging directory and rename it into place; returns the manifest."""
     import ray
@@ -195,7 +217,7 @@ def _impute_split(
             missforest_ref = task.remote(x_nan, to_dict(config.missforest), config.impute.seed)
 
         clock = time.perf_counter()
-        imputed = _imputation_dataset(config, files, checkpoint_dir).materialize()
+        imputed = _imputation_dataset(config, files, checkpoint_dir, fault_marker).materialize()
         job_seconds = time.perf_counter() - clock
         stats = _summarise(imputed, config.impute.num_imputations)
 
@@ -247,10 +269,12 @@ def _impute_split(
         write_json_atomic(staging / MANIFEST, manifest)  # last: marks the split complete
         trash = staging_root / f"old-{split}-{uuid.uuid4().hex}"
         swap_into_place(staging, out_root / split, trash)
-    except BaseException:
+    except BaseException as error:
         if missforest_ref is not None:
             ray.cancel(missforest_ref)  # no-op once it has finished
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(error, OSError) and not isinstance(error, OutputError):
+            raise output_error(error, f"the imputed split {split!r}", out_root) from error
         raise
     return manifest
 
@@ -258,7 +282,9 @@ def _impute_split(
 # ------------------------------------------------------------------------------- Ray Data job
 
 
-def _imputation_dataset(config: PipelineConfig, files: list[Path], checkpoint_dir: Path) -> ray.data.Dataset:
+def _imputation_dataset(
+    config: PipelineConfig, files: list[Path], checkpoint_dir: Path, fault_marker: str | None = None
+) -> ray.data.Dataset:
     """The lazy Ray Data job: ordered read, fixed-size blocks, the actor pool."""
     import ray.data
 
@@ -278,12 +304,15 @@ def _imputation_dataset(config: PipelineConfig, files: list[Path], checkpoint_di
                 "chunk_size": impute.chunk_size,
                 "seed": impute.seed,
                 "device": _device(config),
+                "fault_marker": fault_marker,
             },
             batch_size=impute.batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=stage.num_actors),
             num_cpus=stage.cpus_per_actor,
             num_gpus=stage.gpus_per_actor if stage.gpus_per_actor > 0 else None,
+            max_restarts=ACTOR_MAX_RESTARTS,
+            max_task_retries=ACTOR_MAX_RESTARTS,
         )
 
 
@@ -295,6 +324,10 @@ class ImputeActor:
     missiwae_single (B, 784) float32; missiwae_multiple (B, M, 784) uint8; ess (B,) float32;
     num_missing, correct_single, correct_zero (B,) int64; correct_multiple (B, M) int64;
     actor (B,) str and batch_start (B,) int64 (debugging: who imputed what, in which batch).
+
+    ``fault_marker`` is for tests only: the first actor (of all) to begin its second batch
+    creates that file and kills its own process (os._exit), so Ray restarts it and retries the
+    batch; the marker makes sure it happens once.
     """
 
     def __init__(
@@ -305,6 +338,7 @@ class ImputeActor:
         chunk_size: int | None,
         seed: int,
         device: str = "cpu",
+        fault_marker: str | None = None,
     ) -> None:
         import ray
 
@@ -315,6 +349,7 @@ class ImputeActor:
         self.num_samples, self.num_imputations = num_samples, num_imputations
         self.chunk_size, self.seed = chunk_size, seed
         self.actor_id = ray.get_runtime_context().get_actor_id() or f"pid-{os.getpid()}"
+        self.fault_marker, self.calls = fault_marker, 0
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
@@ -322,6 +357,9 @@ class ImputeActor:
         from missiwae.imputation import impute_multiple, impute_single
         from missiwae.model import make_generator
 
+        self.calls += 1
+        if self.fault_marker and self.calls == 2:
+            _die_once(self.fault_marker)
         row_id = np.asarray(batch["row_id"], dtype=np.int64)
         pixels = as_matrix(batch["pixels"], np.uint8)
         mask = as_matrix(batch["mask"], np.bool_)
@@ -368,6 +406,18 @@ class ImputeActor:
             "actor": np.array([self.actor_id] * num_rows),
             "batch_start": np.full(num_rows, start, dtype=np.int64),
         }
+
+
+def _die_once(marker: str) -> None:
+    """Kill this actor's process unless `marker` exists; create it atomically first (O_EXCL),
+    so of several actors racing here exactly one dies."""
+    try:
+        handle = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.write(handle, f"imputation actor killed itself (pid {os.getpid()})\n".encode())
+    os.close(handle)
+    os._exit(1)
 
 
 def batch_seed(seed: int, first_row_id: int, stream: int) -> int:
@@ -484,9 +534,8 @@ def read_inputs(files: Sequence[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarr
     Returns row_id int64 (N,), label int64 (N,), pixels uint8 (N, 784), mask bool (N, 784).
     """
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    table = pa.concat_tables([pq.read_table(p, columns=list(INPUT_COLUMNS)) for p in files])
+    table = pa.concat_tables([read_parquet_table(p, columns=list(INPUT_COLUMNS)) for p in files])
     return (
         table.column("row_id").to_numpy().astype(np.int64),
         table.column("label").to_numpy().astype(np.int64),
@@ -498,12 +547,11 @@ def read_inputs(files: Sequence[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarr
 def read_dataset(directory: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One imputed dataset, sorted by row_id: row_id int64 (N,), label int64 (N,), pixels float32 (N, 784)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     files = sorted(Path(directory).glob("*.parquet"))
     if not files:
         raise FileNotFoundError(f"no Parquet files in {directory}")
-    table = pa.concat_tables([pq.read_table(p, columns=list(OUTPUT_COLUMNS)) for p in files])
+    table = pa.concat_tables([read_parquet_table(p, columns=list(OUTPUT_COLUMNS)) for p in files])
     row_id = table.column("row_id").to_numpy().astype(np.int64)
     order = np.argsort(row_id, kind="stable")
     label = table.column("label").to_numpy().astype(np.int64)

@@ -44,7 +44,17 @@ import numpy as np
 from missiwae.config import to_dict
 from missiwae.data import NUM_PIXELS, load_incomplete_mnist
 from pipelines.config import PipelineConfig
-from pipelines.storage import TEMP_PREFIX, exclusive, read_manifest, swap_into_place, write_json_atomic
+from pipelines.storage import (
+    TEMP_PREFIX,
+    OutputError,
+    ensure_writable,
+    exclusive,
+    output_error,
+    read_manifest,
+    read_parquet_table,
+    swap_into_place,
+    write_json_atomic,
+)
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -91,7 +101,7 @@ def run_ingest(config: PipelineConfig) -> IngestResult:
     """Write (or reuse) the Parquet shards of the three splits; see the module docstring."""
     started = time.perf_counter()
     data_dir = config.run_path / "data"
-    data_dir.mkdir(parents=True, exist_ok=True)
+    ensure_writable(data_dir)
     fingerprint = ingest_fingerprint(config)
     with exclusive(data_dir / _LOCK):  # a second ingest of the same run_dir waits, then reuses
         _remove_temporaries(data_dir)  # left by a crashed run: never complete by construction
@@ -168,8 +178,10 @@ def _write_split(config: PipelineConfig, data_dir: Path, split: str) -> tuple[li
             )
         trash = data_dir / f"{_TEMP_PREFIX}old-{split}-{uuid.uuid4().hex}"
         swap_into_place(temporary, data_dir / split, trash)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(temporary, ignore_errors=True)
+        if isinstance(error, OSError) and not isinstance(error, OutputError):
+            raise output_error(error, f"the ingest split {split!r}", data_dir) from error
         raise
     return names, num_rows
 
@@ -273,11 +285,10 @@ def load_split_numpy(
         labels int64 (N,), row_id int64 (N,) (= arange(N) for a complete split).
     """
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     _check_split(ingest, split)
     columns = ["row_id", "label", "pixels", "mask"]
-    table = pa.concat_tables([pq.read_table(path, columns=columns) for path in ingest.shards[split]])
+    table = pa.concat_tables([read_parquet_table(path, columns=columns) for path in ingest.shards[split]])
     row_id = table.column("row_id").to_numpy()
     order = np.argsort(row_id, kind="stable")
     pixels = _tensor_column(table.column("pixels"))

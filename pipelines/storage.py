@@ -6,15 +6,60 @@ place: a reader sees a whole dataset or none. A file lock keeps two runs of one 
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
 import shutil
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from missiwae.data import DataError
+
+TEMP_PREFIX = ".tmp-"  # what a crash may leave behind; stages sweep names with this prefix
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+
+class OutputError(OSError):
+    """An output location cannot be written (permissions, read-only or full file system, a file
+    where a directory should be). The message names the path; nothing partial is left visible."""
+
+
+def ensure_writable(directory: Path) -> None:
+    """Create `directory` if needed and prove a file can be written there (then remove it), so
+    a bad run_dir fails in a second, before any stage has run. Root ignores permission bits,
+    so this is a real write, not an access() check."""
+    probe = directory / f"{TEMP_PREFIX}write-probe-{uuid.uuid4().hex}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as handle:
+            handle.write(b"probe")
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as error:
+        raise OutputError(
+            error.errno or errno.EIO,
+            f"output directory {directory} is not writable ({error.strerror or error}); "
+            "choose another run_dir or fix its permissions / free space",
+        ) from error
+    finally:
+        with suppress(OSError):
+            probe.unlink(missing_ok=True)
+
+
+def output_error(error: OSError, what: str, where: Path) -> OutputError:
+    """`error` (raised while writing `what` under `where`) as an OutputError that says what
+    failed and that nothing partial is visible."""
+    return OutputError(
+        error.errno or errno.EIO,
+        f"writing {what} under {where} failed ({error.strerror or error}); nothing partial is visible "
+        "and earlier complete outputs are intact: free space or fix permissions, then run again",
+    )
 
 
 def read_manifest(path: Path) -> dict[str, Any] | None:
@@ -24,9 +69,6 @@ def read_manifest(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return manifest if isinstance(manifest, dict) else None
-
-
-TEMP_PREFIX = ".tmp-"  # what a crash may leave behind; stages sweep names with this prefix
 
 
 @contextmanager
@@ -71,3 +113,16 @@ def exclusive(lock_path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def read_parquet_table(path: str | os.PathLike[str], columns: list[str] | None = None) -> pa.Table:
+    """One Parquet file as an Arrow table; a truncated, corrupt or foreign file (or one lacking
+    `columns`) is a DataError naming it, not an Arrow traceback."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path, columns=columns)
+    except (pa.ArrowException, OSError, ValueError) as error:
+        message = " ".join(str(error).split())[:300]
+        raise DataError(f"{path}: not a readable Parquet file of this pipeline ({message})") from error

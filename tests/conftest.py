@@ -2,14 +2,44 @@
 
 from __future__ import annotations
 
+import collections
 import os
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from missiwae.data import DATA_DIR_ENV
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Property tests are deterministic in CI: a fixed derandomised search, no example database on
+# disk, no per-example deadline (a busy 2-core machine makes timings meaningless).
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    database=None,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# Generated bad inputs tried per property test (`count_example`), printed at the end of the run.
+EXAMPLES_TRIED: collections.Counter[str] = collections.Counter()
+
+
+def count_example(test: str) -> None:
+    EXAMPLES_TRIED[test] += 1
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if EXAMPLES_TRIED:
+        total = sum(EXAMPLES_TRIED.values())
+        terminalreporter.section("generated bad inputs")
+        for test, count in sorted(EXAMPLES_TRIED.items()):
+            terminalreporter.write_line(f"{count:6d}  {test}")
+        terminalreporter.write_line(f"{total:6d}  in all")
 
 
 def real_data_root() -> Path:

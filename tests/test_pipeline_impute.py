@@ -68,8 +68,11 @@ def ingest_table(row_id: np.ndarray, label: np.ndarray, pixels: np.ndarray, mask
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> Inputs:
+    return make_inputs(tmp_path_factory.mktemp("impute_inputs"), data_root)
+
+
+def make_inputs(root: Path, data_root: Path) -> Inputs:
     """A model trained for 5 epochs on 2000 real rows (seconds), and 200 other rows as 2 Parquet shards."""
-    root = tmp_path_factory.mktemp("impute_inputs")
     data = load_incomplete_mnist("train", num_rows=NUM_TRAIN + NUM_IMPUTE, data_dir=data_root)
     torch.manual_seed(0)
     model = MissIWAE.from_config(ModelConfig())

@@ -83,14 +83,26 @@ def test_smoke_job_submitted_to_a_ray_head_succeeds_and_is_tracked_in_mlflow(ray
     )  # fmt: skip
     assert refused.returncode != 0, "a client without the token must be refused"
 
-    subprocess.run(
-        [
-            RAY, "job", "submit", "--address", address, "--submission-id", job_id, "--no-wait",
-            "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env),
-            "--", "python", "pipelines/full.py", "--config", "smoke", "--set", f"run_dir={run_dir}",
-        ],
-        env=env, check=True, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    def submit(submission_id: str, environment: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                RAY, "job", "submit", "--address", address, "--submission-id", submission_id, "--no-wait",
+                "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env),
+                "--", "python", "pipelines/full.py", "--config", "smoke", "--set", f"run_dir={run_dir}",
+            ],
+            env=environment, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+
+    # The same job without the token: refused, and nothing was queued.
+    intruder = submit(f"{job_id}-no-token", unauthenticated)
+    assert intruder.returncode != 0, intruder.stdout[-2000:]
+    assert "token" in (intruder.stdout + intruder.stderr).lower()
+    accepted = submit(job_id, env)
+    assert accepted.returncode == 0, accepted.stderr[-2000:]
+    listed = subprocess.run(
+        [RAY, "job", "list", "--address", address], env=env, capture_output=True, text=True, timeout=120
+    ).stdout
+    assert job_id in listed and f"{job_id}-no-token" not in listed
     deadline = time.monotonic() + 1500
     status = "PENDING"
     while time.monotonic() < deadline:

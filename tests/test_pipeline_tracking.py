@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from pipelines.config import PipelineConfig, TrackingConfig
 from pipelines.tracking import (
     Tracker,
+    TrackingWarning,
     flatten_params,
     resolve_artifact_location,
     resolve_tracking_uri,
@@ -26,9 +28,15 @@ def config(tmp_path, monkeypatch) -> PipelineConfig:
     return PipelineConfig(run_dir=str(tmp_path / "run"), tracking=TrackingConfig(experiment="test-exp"))
 
 
+def ids(tracker: Tracker) -> tuple[str, str]:
+    """(run id, experiment id) of a tracker whose store worked (both are None otherwise)."""
+    assert tracker.run_id is not None and tracker.experiment_id is not None
+    return tracker.run_id, tracker.experiment_id
+
+
 def _children(client: MlflowClient, tracker: Tracker) -> dict[str, Run]:
     runs = client.search_runs(
-        [tracker.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{tracker.run_id}'"
+        [ids(tracker)[1]], filter_string=f"tags.`mlflow.parentRunId` = '{tracker.run_id}'"
     )
     return {run.data.tags["stage"]: run for run in runs}
 
@@ -47,7 +55,7 @@ def test_environment_and_config_override_the_default(config, monkeypatch, tmp_pa
     with Tracker(config, "env") as tracker:
         pass
     assert (tmp_path / "env.db").is_file() and not (config.run_path / "mlflow.db").exists()
-    assert MlflowClient(tracker.tracking_uri).get_run(tracker.run_id).info.status == "FINISHED"
+    assert MlflowClient(tracker.tracking_uri).get_run(ids(tracker)[0]).info.status == "FINISHED"
 
     own = dataclasses.replace(config, tracking=TrackingConfig(tracking_uri="sqlite:///rel/own.db"))
     assert resolve_tracking_uri(own) == f"sqlite:///{Path('rel/own.db').resolve()}"  # made absolute
@@ -74,16 +82,16 @@ def test_parent_and_nested_runs(config, tmp_path) -> None:
 
     assert (config.run_path / "mlflow.db").is_file()
     client = MlflowClient(tracker.tracking_uri)
-    experiment = client.get_experiment(tracker.experiment_id)
+    experiment = client.get_experiment(ids(tracker)[1])
     assert experiment.name == "test-exp"
     assert experiment.artifact_location == (config.run_path / "mlartifacts").as_uri()
 
-    parent = client.get_run(tracker.run_id)
+    parent = client.get_run(ids(tracker)[0])
     assert parent.info.status == "FINISHED" and parent.info.run_name == "pipeline"
     assert parent.data.params["train.K"] == str(config.train.K)
     assert parent.data.params == flatten_params(config.to_dict())
     assert parent.data.metrics["total_seconds"] == 1.5
-    assert "config.yaml" in [f.path for f in client.list_artifacts(tracker.run_id)]
+    assert "config.yaml" in [f.path for f in client.list_artifacts(ids(tracker)[0])]
 
     children = _children(client, tracker)
     assert sorted(children) == ["classify", "train"]
@@ -109,7 +117,7 @@ def test_exception_in_stage_fails_both_runs(config) -> None:
         stage.log_metrics({"x": 1.0})
         raise RuntimeError("boom")
     client = MlflowClient(tracker.tracking_uri)
-    parent = client.get_run(tracker.run_id)
+    parent = client.get_run(ids(tracker)[0])
     (child,) = _children(client, tracker).values()
     assert parent.info.status == "FAILED" and child.info.status == "FAILED"
     assert child.data.tags["error"] == "RuntimeError: boom"
@@ -119,5 +127,82 @@ def test_exception_in_stage_fails_both_runs(config) -> None:
     loose = Tracker(config, "loose")
     with pytest.raises(ValueError), loose.stage("train"):
         raise ValueError("bad")
-    assert client.get_run(loose.run_id).info.status == "FAILED"
-    assert not client.search_runs([tracker.experiment_id], filter_string="attributes.status = 'RUNNING'")
+    assert client.get_run(ids(loose)[0]).info.status == "FAILED"
+    assert not client.search_runs([ids(tracker)[1]], filter_string="attributes.status = 'RUNNING'")
+
+
+# ------------------------------------------------------------------ a store that cannot be used
+
+
+def _job_with_results(config: PipelineConfig) -> tuple[Tracker, Path, list[warnings.WarningMessage]]:
+    """What full.py does, in small: a parent run and a stage that writes a result to disk and
+    logs it. Returns the tracker, the result file and the TrackingWarnings raised."""
+    result = config.run_path / "results" / "table1.md"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with Tracker(config, "offline") as tracker, tracker.stage("classify") as stage:
+            result.parent.mkdir(parents=True, exist_ok=True)
+            result.write_text("| dataset | accuracy |\n| zero | 0.9 |\n")
+            stage.log_metrics({"accuracy": 0.9}, step=1)
+            stage.log_artifact(result)
+        tracker.log_metrics({"seconds_total": 1.0})
+    return tracker, result, [w for w in caught if issubclass(w.category, TrackingWarning)]
+
+
+def test_an_unreachable_tracking_server_loses_only_the_tracking_and_says_what(config, monkeypatch) -> None:
+    # MLflow retries a refused connection for minutes by default; one quick try is enough here.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    offline = dataclasses.replace(config, tracking=TrackingConfig(tracking_uri="http://127.0.0.1:9"))
+    tracker, result, caught = _job_with_results(offline)
+
+    assert result.is_file()  # the job's own output is there
+    assert tracker.run_id is None and not tracker.health.ok
+    assert len(caught) == 1  # one warning, at the end, listing what was not logged
+    message = str(caught[0].message)
+    assert "http://127.0.0.1:9" in message
+    for lost in ("the parent run", "job: params", "job: artifact config.yaml", "classify: metrics"):
+        assert lost in message, message
+    assert "classify: artifact table1.md" in message and str(offline.run_path) in message
+
+
+def test_a_read_only_store_loses_only_the_tracking_and_says_what(config, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # MLflow makes a "file:" folder in the working directory
+    db = tmp_path / "store" / "mlflow.db"
+    writable = dataclasses.replace(
+        config, tracking=dataclasses.replace(config.tracking, tracking_uri=f"sqlite:///{db}")
+    )
+    with Tracker(writable, "first"):  # creates the schema and the experiment
+        pass
+    # SQLite's URI mode=ro opens the database read-only for every user, root included (chmod
+    # would not stop root, and CI runs as root).
+    read_only = dataclasses.replace(
+        config,
+        tracking=dataclasses.replace(config.tracking, tracking_uri=f"sqlite:///file:{db}?mode=ro&uri=true"),
+    )
+    tracker, result, caught = _job_with_results(read_only)
+
+    assert result.is_file()
+    assert not tracker.health.ok
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert "readonly" in message.replace("-", "").replace(" ", "").lower(), message
+    assert "classify: metrics" in message and "classify: artifact table1.md" in message
+    assert len(MlflowClient(f"sqlite:///{db}").search_runs([ids_of_experiment(db)])) == 1  # only "first"
+
+
+def test_a_store_path_that_cannot_be_created_loses_only_the_tracking(config, tmp_path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("a file where the store's directory should be")
+    broken = dataclasses.replace(
+        config, tracking=TrackingConfig(tracking_uri=f"sqlite:///{blocker}/mlflow.db")
+    )
+    tracker, result, caught = _job_with_results(broken)
+    assert result.is_file() and tracker.run_id is None
+    assert len(caught) == 1 and "the parent run" in str(caught[0].message)
+
+
+def ids_of_experiment(db: Path) -> str:
+    experiment = MlflowClient(f"sqlite:///{db}").get_experiment_by_name("test-exp")
+    assert experiment is not None
+    return str(experiment.experiment_id)

@@ -43,7 +43,7 @@ class SweepResult:
     outputs: dict[str, Path]  # ranking.md / .csv / .json, figure1_left.png
     restored: bool  # True: an interrupted sweep was continued
     complete: bool  # every trial finished (done, or stopped early by the scheduler)
-    mlflow_run_id: str
+    mlflow_run_id: str | None  # None: the MLflow store was unreachable (results are on disk)
     seconds: float
 
 
