@@ -59,10 +59,18 @@ class ModelConfig:
     conv_channels: tuple[int, ...] = (16, 32, 32)  # three 5x5 stride-2 convolutions
     image_shape: tuple[int, int] = (28, 28)
     observation: Observation = "bernoulli"
+    # Per-column observation models (a mixed table: e.g. bernoulli for 0/1 columns, gaussian
+    # for the rest); empty: every column uses `observation`.
+    column_types: tuple[Observation, ...] = ()
     imputation: Imputation = "zero"
 
     def __post_init__(self) -> None:
         require(self.num_features >= 1, "model.num_features must be >= 1")
+        require(
+            not self.column_types or len(self.column_types) == self.num_features,
+            f"model.column_types names {len(self.column_types)} columns, "
+            f"model.num_features is {self.num_features}",
+        )
         require(self.latent_dim >= 1, "model.latent_dim must be >= 1")
         require(all(w >= 1 for w in self.hidden), "model.hidden widths must be >= 1")
         if self.architecture == "conv":
