@@ -39,9 +39,24 @@ class DataConfig:
     num_train: int | None = None  # None: the whole split
     num_valid: int | None = None
     num_test: int | None = None
+    # A user's table (CSV or Parquet, NaN = missing) instead of MNIST: pipelines/full.py only
+    # (the `missiwae` command line and `missing_rate`/`num_*` are MNIST settings). Its rows are
+    # split into train/valid/test by a seeded permutation with these fractions.
+    path: str | None = None
+    label_column: str | None = None  # kept aside as the label; not modelled, not imputed
+    valid_fraction: float = 0.1
+    test_fraction: float = 0.1
 
     def __post_init__(self) -> None:
         require(0.0 <= self.missing_rate <= 1.0, "data.missing_rate must lie in [0, 1]")
+        require(
+            0.0 < self.valid_fraction < 1.0 and 0.0 < self.test_fraction < 1.0,
+            "data.valid_fraction and data.test_fraction must lie in (0, 1)",
+        )
+        require(
+            self.valid_fraction + self.test_fraction < 1.0,
+            "data.valid_fraction + data.test_fraction must leave rows for training",
+        )
         for name in ("num_train", "num_valid", "num_test"):
             value = getattr(self, name)
             require(value is None or value >= 1, f"data.{name} must be >= 1 or null")
