@@ -104,12 +104,11 @@ def run_table(config: PipelineConfig) -> dict[str, float]:
     """A user's table (data.path): ingest -> train -> impute; the MNIST-only parts (missForest
     on pixels, the classifier, digit figures, accuracy against a known truth) are skipped."""
     from pipelines.ingest import run_ingest
-    from pipelines.runtime import ensure_ray
     from pipelines.tabular import run_tabular_imputation, tabular_model_config
     from pipelines.tracking import Tracker, ui_command
     from pipelines.train import run_training
 
-    ensure_ray()
+    # Ray starts inside the stages, after the table has been read and checked.
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     with Tracker(config, run_name=f"table-{Path(config.run_dir).name}") as tracker:
@@ -226,7 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as error:
         print(f"pipelines/full.py: error: {error}", file=sys.stderr)
         return 2
-    run(config)
+    try:
+        run(config)
+    except ConfigError as error:  # e.g. a table with non-numeric columns, found at ingest
+        print(f"pipelines/full.py: error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -1,5 +1,8 @@
 """Ray Data ingest: masked static binarized MNIST -> Parquet shards, one folder per split.
 
+With ``data.path`` set, a user's CSV / Parquet table is ingested instead, in the same layout
+(float standardised ``pixels`` and a few extra columns; see pipelines/tabular.py).
+
 Layout under ``{run_dir}/data``::
 
     train/part-00000-0.parquet ... part-{num_shards-1:05d}-0.parquet
@@ -116,14 +119,14 @@ def run_ingest(config: PipelineConfig) -> IngestResult:
         (data_dir / MANIFEST).unlink(missing_ok=True)
         from pipelines.runtime import ensure_ray
 
-        ensure_ray()
         splits: dict[str, dict[str, Any]] = {}
         table_info: dict[str, Any] | None = None
         tables: dict[str, pa.Table] = {}
-        if config.data.path is not None:
+        if config.data.path is not None:  # read (and reject a bad table) before Ray starts
             from pipelines.tabular import tabular_split_tables
 
             tables, table_info = tabular_split_tables(config)
+        ensure_ray()
         for split in SPLITS:
             table = tables[split] if table_info is not None else _mnist_table(config, split)
             names, num_rows = write_split_table(data_dir, split, table, config.ingest.num_shards)

@@ -47,6 +47,16 @@ def test_read_table_rejects_non_numeric_and_empty_columns_by_name(tmp_path: Path
         read_table(tmp_path / "t.txt")
 
 
+def test_full_job_on_a_table_with_text_column_exits_with_the_column_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    path = tmp_path / "bad.csv"
+    pd.DataFrame({"x": [1.0, np.nan, 3.0, 4.0], "city": ["a", "b", None, "d"]}).to_csv(path, index=False)
+    assert full.main(["--data", str(path), "--set", f"run_dir={tmp_path / 'run'}"]) == 2
+    assert "column(s) ['city'] of bad.csv are not numeric" in capsys.readouterr().err
+
+
 def test_parquet_reads_like_csv_and_binary_columns_are_bernoulli(tmp_path: Path) -> None:
     frame = write_csv(tmp_path / "t.csv")
     frame.to_parquet(tmp_path / "t.parquet")
