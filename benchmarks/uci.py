@@ -102,7 +102,7 @@ def impute(method: str, X_missing: np.ndarray, seed: int, args: argparse.Namespa
         mice = IterativeImputer(estimator=BayesianRidge(), max_iter=20, random_state=seed)
         return mice.fit_transform(X_missing)
     if method == "missforest":
-        forest = MissForest(n_estimators=100, feature_types="continuous", n_jobs=1, random_state=seed)
+        forest = MissForest(n_estimators=args.trees, feature_types="continuous", n_jobs=1, random_state=seed)
         return np.asarray(forest.fit_transform(X_missing), dtype=np.float64)
     if method == "knn":
         return KNNImputer(n_neighbors=5).fit_transform(X_missing)
@@ -168,7 +168,7 @@ def write_outputs(results: dict[str, Any], args: argparse.Namespace, wall_second
         },
         "missiwae_steps": args.steps,
         "mice": "IterativeImputer(BayesianRidge(), max_iter=20)",
-        "missforest": "MissForest(n_estimators=100, feature_types='continuous'), max_iter=10",
+        "missforest": f"MissForest(n_estimators={args.trees}, feature_types='continuous', max_iter=10)",
         "knn": "KNNImputer(n_neighbors=5)",
         "wall_seconds": wall_seconds,
         "machine": f"{platform.machine()} {platform.system()}, torch threads {args.threads}",
@@ -204,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=2000, help="missIWAE Adam steps (batches of 64)")
     parser.add_argument("--num-samples", type=int, default=1000, help="missIWAE L for SNIS imputation")
     parser.add_argument("--observation", default="student_t", choices=("gaussian", "student_t"))
+    parser.add_argument("--trees", type=int, default=100, help="missForest trees per column")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--out", default="benchmarks/results/uci", help="output path without suffix")
     args = parser.parse_args(argv)
