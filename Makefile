@@ -9,7 +9,7 @@ RUN_DIR ?= runs/smoke
 PRESET ?= smoke
 SPACE ?= paper
 
-.PHONY: setup run sweep demo mlflow-ui test lint clean
+.PHONY: setup run sweep demo mlflow-ui test lint clean bench-uci
 
 setup: $(VENV)/.installed
 
@@ -37,6 +37,10 @@ demo: setup
 	$(BIN)/missiwae train --config configs/demo.yaml --out $(DEMO_DIR) --fresh --no-progress
 	$(BIN)/missiwae evaluate --checkpoint $(DEMO_DIR)
 	$(BIN)/missiwae impute --checkpoint $(DEMO_DIR)
+
+# The MIWAE paper's UCI protocol on scikit-learn's bundled tables (writes benchmarks/results/uci.*).
+bench-uci: setup
+	$(BIN)/python benchmarks/uci.py
 
 lint: setup
 	$(BIN)/ruff check .

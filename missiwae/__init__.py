@@ -17,7 +17,7 @@ from missiwae.config import (
 )
 from missiwae.evaluation import estimate_log_likelihood, imputation_accuracy
 from missiwae.imputation import impute_multiple, impute_single, snis_expectation
-from missiwae.likelihoods import Bernoulli, Gaussian, StudentT
+from missiwae.likelihoods import Bernoulli, Gaussian, Mixed, StudentT
 from missiwae.model import MissIWAE, make_generator
 from missiwae.training import load_model, save_checkpoint, train
 
@@ -43,6 +43,7 @@ __all__ = [
     "ImputeConfig",
     "MissIWAE",
     "MissIWAEImputer",
+    "Mixed",
     "ModelConfig",
     "RunConfig",
     "StudentT",

@@ -387,6 +387,11 @@ def _load_split(config: RunConfig, split: str, download: bool = False) -> Incomp
     The subset is data.py's: a fixed permutation of the split, not a prefix (the binarized
     MNIST test split is sorted by label), and each row keeps the mask it has in the full split.
     """
+    if config.data.path is not None:
+        raise CliError(
+            "data.path (a user table) is read by `python pipelines/full.py --data PATH` or the "
+            "scikit-learn MissIWAEImputer; the `missiwae` command line trains on MNIST"
+        )
     num_rows = {
         "train": config.data.num_train,
         "valid": config.data.num_valid,

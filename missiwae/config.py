@@ -40,9 +40,24 @@ class DataConfig:
     num_train: int | None = None  # None: the whole split
     num_valid: int | None = None
     num_test: int | None = None
+    # A user's table (CSV or Parquet, NaN = missing) instead of MNIST: pipelines/full.py only
+    # (the `missiwae` command line and `missing_rate`/`num_*` are MNIST settings). Its rows are
+    # split into train/valid/test by a seeded permutation with these fractions.
+    path: str | None = None
+    label_column: str | None = None  # kept aside as the label; not modelled, not imputed
+    valid_fraction: float = 0.1
+    test_fraction: float = 0.1
 
     def __post_init__(self) -> None:
         require(0.0 <= self.missing_rate <= 1.0, "data.missing_rate must lie in [0, 1]")
+        require(
+            0.0 < self.valid_fraction < 1.0 and 0.0 < self.test_fraction < 1.0,
+            "data.valid_fraction and data.test_fraction must lie in (0, 1)",
+        )
+        require(
+            self.valid_fraction + self.test_fraction < 1.0,
+            "data.valid_fraction + data.test_fraction must leave rows for training",
+        )
         for name in ("num_train", "num_valid", "num_test"):
             value = getattr(self, name)
             require(value is None or value >= 1, f"data.{name} must be >= 1 or null")
@@ -60,10 +75,18 @@ class ModelConfig:
     conv_channels: tuple[int, ...] = (16, 32, 32)  # three 5x5 stride-2 convolutions
     image_shape: tuple[int, int] = (28, 28)
     observation: Observation = "bernoulli"
+    # Per-column observation models (a mixed table: e.g. bernoulli for 0/1 columns, gaussian
+    # for the rest); empty: every column uses `observation`.
+    column_types: tuple[Observation, ...] = ()
     imputation: Imputation = "zero"
 
     def __post_init__(self) -> None:
         require(self.num_features >= 1, "model.num_features must be >= 1")
+        require(
+            not self.column_types or len(self.column_types) == self.num_features,
+            f"model.column_types names {len(self.column_types)} columns, "
+            f"model.num_features is {self.num_features}",
+        )
         require(self.latent_dim >= 1, "model.latent_dim must be >= 1")
         require(all(w >= 1 for w in self.hidden), "model.hidden widths must be >= 1")
         if self.architecture == "conv":

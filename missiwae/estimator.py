@@ -54,8 +54,13 @@ class MissIWAEImputer(TransformerMixin, BaseEstimator):
     Parameters
     ----------
     observation : {"gaussian", "student_t", "bernoulli"}
-        Observation model p_θ(x | z). "bernoulli" needs observed values in {0, 1} and imputes
-        probabilities P(x_j = 1 | x_o) in [0, 1] (round them for hard labels).
+        Observation model p_θ(x | z) of the columns `column_types` does not assign otherwise.
+        "bernoulli" needs observed values in {0, 1} and imputes probabilities P(x_j = 1 | x_o)
+        in [0, 1] (round them for hard labels).
+    column_types : "auto", None or sequence of {"gaussian", "student_t", "bernoulli"}
+        Per-column observation models (p_θ(x | z) is then a product over column groups).
+        "auto": columns whose observed values are all 0 or 1 are "bernoulli", the others use
+        `observation`; None: every column uses `observation`; a sequence: one name per column.
     latent_dim : int
         Dimension d of the latent z.
     hidden : tuple of int
@@ -72,8 +77,8 @@ class MissIWAEImputer(TransformerMixin, BaseEstimator):
     num_samples : int
         L, importance samples per row for SNIS (`transform`) and SIR (`sample`).
     standardize : bool
-        Standardise each column with its observed mean and standard deviation before training
-        (ignored for "bernoulli", whose data must stay in {0, 1}).
+        Standardise each continuous column with its observed mean and standard deviation
+        before training ("bernoulli" columns stay in {0, 1}).
     random_state : int, numpy RandomState or None
         Seeds weight initialisation, training and imputation; None gives a random seed.
     device : str
@@ -87,9 +92,11 @@ class MissIWAEImputer(TransformerMixin, BaseEstimator):
         The trained model (on standardised data when `standardize`).
     n_features_in_ : int
         D, the number of columns seen in `fit`.
+    column_types_ : list of str
+        The observation model of each column, as resolved from `column_types` in `fit`.
     mean_, scale_ : ndarray of shape (D,)
         The per-column shift and scale applied before training (0 and 1 when not
-        standardising); std-0 columns get scale 1.
+        standardising, and for bernoulli columns); std-0 columns get scale 1.
     history_ : list of EpochStats
         Per-epoch training bound and time.
     seed_ : int
@@ -99,6 +106,7 @@ class MissIWAEImputer(TransformerMixin, BaseEstimator):
     def __init__(
         self,
         observation: str = "gaussian",
+        column_types: str | tuple[str, ...] | list[str] | None = "auto",
         latent_dim: int = 10,
         hidden: tuple[int, ...] = (128, 128),
         activation: str = "tanh",
@@ -116,6 +124,7 @@ class MissIWAEImputer(TransformerMixin, BaseEstimator):
         # scikit-learn convention: store the parameters untouched (clone and set_params rely on
         # it); all checking happens in `fit`.
         self.observation = observation
+        self.column_types = column_types
         self.latent_dim = latent_dim
         self.hidden = hidden
         self.activation = activation
@@ -147,11 +156,13 @@ class MissIWAEImputer(TransformerMixin, BaseEstimator):
                 f"column(s) {empty.tolist()} of X have no observed value (all NaN); "
                 "drop them before fitting: nothing can be learned about them"
             )
+        self.column_types_ = self._resolve_column_types(X, mask)
         self._check_binary(X, mask)
 
-        if self.standardize and self.observation != "bernoulli":
+        continuous = np.array([t != "bernoulli" for t in self.column_types_])
+        if self.standardize and continuous.any():
             # nanmean/nanstd over observed entries only: the holes must not bias the scaling.
-            self.mean_ = np.nanmean(X, axis=0)
+            mean = np.nanmean(X, axis=0)
             with np.errstate(over="ignore", invalid="ignore"):
                 std = np.nanstd(X, axis=0)
             too_wide = np.flatnonzero(~np.isfinite(std))
@@ -161,7 +172,8 @@ class MissIWAEImputer(TransformerMixin, BaseEstimator):
                     "(their variance overflows float64); rescale them first"
                 )
             # A constant column would divide by zero; scale 1 keeps it (and its imputations) as is.
-            self.scale_ = np.where(std > 0, std, 1.0)
+            self.mean_ = np.where(continuous, mean, 0.0)
+            self.scale_ = np.where(continuous & (std > 0), std, 1.0)
         else:
             self.mean_ = np.zeros(X.shape[1])
             self.scale_ = np.ones(X.shape[1])
@@ -169,13 +181,19 @@ class MissIWAEImputer(TransformerMixin, BaseEstimator):
         # One integer seed drives everything, so a fixed random_state gives a fixed model and
         # fixed imputations; None draws a fresh one (scikit-learn semantics).
         self.seed_ = int(check_random_state(self.random_state).randint(2**31 - 1))
+        # One type for every column: the plain model (no Mixed wrapper); otherwise the
+        # continuous default stays `observation` and column_types carries the mix.
+        mixed = len(set(self.column_types_)) > 1
+        observation = self.observation if mixed else self.column_types_[0]
+        column_types = tuple(self.column_types_) if mixed else ()
         model_config = ModelConfig(
             num_features=X.shape[1],
             architecture="mlp",
             latent_dim=int(self.latent_dim),
             hidden=tuple(int(width) for width in self.hidden),
             activation=self.activation,  # type: ignore[arg-type]  # checked in _check_params
-            observation=self.observation,  # type: ignore[arg-type]
+            observation=observation,  # type: ignore[arg-type]
+            column_types=column_types,  # type: ignore[arg-type]
             imputation=self.imputation,  # type: ignore[arg-type]
         )
         train_config = TrainConfig(
@@ -310,12 +328,33 @@ class MissIWAEImputer(TransformerMixin, BaseEstimator):
             raise ValueError("X contains inf; only NaN may mark a missing entry")
         return array
 
+    def _resolve_column_types(self, X: NDArray[np.float64], mask: NDArray[np.bool_]) -> list[str]:
+        """One observation model name per column, from `column_types` and `observation`."""
+        num_features = X.shape[1]
+        spec = self.column_types
+        if spec is None:
+            return [self.observation] * num_features
+        if isinstance(spec, str):
+            if spec != "auto":
+                raise ValueError(
+                    f"column_types must be 'auto', None or a list of {list(_OBSERVATIONS)}, got {spec!r}"
+                )
+            binary = [bool(np.isin(X[mask[:, j], j], (0.0, 1.0)).all()) for j in range(num_features)]
+            return ["bernoulli" if is_binary else self.observation for is_binary in binary]
+        types = list(spec)
+        if len(types) != num_features:
+            raise ValueError(f"column_types names {len(types)} columns, but X has {num_features} features")
+        for name in types:
+            _check_choice("column_types entry", name, _OBSERVATIONS)
+        return types
+
     def _check_binary(self, X: NDArray[np.float64], mask: NDArray[np.bool_]) -> None:
-        if self.observation == "bernoulli" and not np.isin(X[mask], (0.0, 1.0)).all():
-            raise ValueError(
-                "observation='bernoulli' needs observed values in {0, 1}; "
-                "use 'gaussian' or 'student_t' for continuous data"
-            )
+        for j, name in enumerate(self.column_types_):
+            if name == "bernoulli" and not np.isin(X[mask[:, j], j], (0.0, 1.0)).all():
+                raise ValueError(
+                    f"column {j} is modelled as bernoulli (observation / column_types) and needs "
+                    "observed values in {0, 1}; use 'gaussian' or 'student_t' for continuous data"
+                )
 
     def _check_transform_input(self, X: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
         check_is_fitted(self)

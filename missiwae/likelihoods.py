@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -140,13 +141,64 @@ class StudentT(ObservationModel):
         return loc + scale * normal / torch.sqrt(chi2 / df)
 
 
-def observation_model(name: Observation) -> ObservationModel:
-    """The observation model a config names."""
+class Mixed(ObservationModel):
+    """A product over column groups, each with its own model: p(x | z) = Π_g p_g(x_{G_g} | z).
+
+    `column_types[j]` names the model of column j (e.g. bernoulli for 0/1 columns, gaussian for
+    the rest). The decoder emits P = max_g P_g parameter maps over all D columns; group g reads
+    the first P_g maps of its own columns (maps a group does not use get no gradient). Every
+    method is per entry, so log_prob_observed is the sum of the groups' log p(x_o | z).
+    """
+
+    def __init__(self, column_types: Sequence[Observation]) -> None:
+        if not column_types:
+            raise ValueError("Mixed needs at least one column type")
+        self.column_types = tuple(column_types)
+        names = sorted(set(self.column_types))
+        self.groups: list[tuple[ObservationModel, list[int]]] = [
+            (observation_model(name), [j for j, t in enumerate(self.column_types) if t == name])
+            for name in names
+        ]
+        self.num_params = max(model.num_params for model, _ in self.groups)
+        order = [j for _, columns in self.groups for j in columns]
+        # Group outputs are concatenated in group order; this puts them back in column order.
+        self._inverse = [0] * len(order)
+        for position, column in enumerate(order):
+            self._inverse[column] = position
+
+    def _combine(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(parts, dim=-1)[..., self._inverse]
+
+    def _params(self, params: torch.Tensor, model: ObservationModel, columns: list[int]) -> torch.Tensor:
+        return params[..., : model.num_params, :][..., columns]
+
+    def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self._combine(
+            [model.log_prob(self._params(params, model, cols), x[..., cols]) for model, cols in self.groups]
+        )
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        return self._combine([model.mean(self._params(params, model, cols)) for model, cols in self.groups])
+
+    def sample(self, params: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self._combine(
+            [model.sample(self._params(params, model, cols), generator) for model, cols in self.groups]
+        )
+
+
+def observation_model(name: Observation, column_types: Sequence[Observation] = ()) -> ObservationModel:
+    """The observation model a config names; `column_types` (one per column) makes it Mixed.
+
+    A column_types list naming a single model is that model, not a one-group Mixed.
+    """
     models: dict[str, type[ObservationModel]] = {
         "bernoulli": Bernoulli,
         "gaussian": Gaussian,
         "student_t": StudentT,
     }
-    if name not in models:
-        raise ValueError(f"unknown observation model {name!r}; choose from {sorted(models)}")
-    return models[name]()
+    for each in (name, *column_types):
+        if each not in models:
+            raise ValueError(f"unknown observation model {each!r}; choose from {sorted(models)}")
+    if len(set(column_types)) > 1:
+        return Mixed(column_types)
+    return models[column_types[0] if column_types else name]()

@@ -1,5 +1,8 @@
 """Ray Data ingest: masked static binarized MNIST -> Parquet shards, one folder per split.
 
+With ``data.path`` set, a user's CSV / Parquet table is ingested instead, in the same layout
+(float standardised ``pixels`` and a few extra columns; see pipelines/tabular.py).
+
 Layout under ``{run_dir}/data``::
 
     train/part-00000-0.parquet ... part-{num_shards-1:05d}-0.parquet
@@ -77,15 +80,23 @@ class IngestResult:
     reused: bool  # True: an intact manifest with the same fingerprint was found, nothing written
     seconds: float
     fingerprint: str = ""
+    # A user's table (data.path): columns, column_types, mean, scale, source... (tabular.py);
+    # None for MNIST.
+    table: dict[str, Any] | None = None
 
 
 def ingest_fingerprint(config: PipelineConfig) -> str:
     """sha256 of the settings that decide the shards' content and layout."""
-    payload = {
+    payload: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "data": to_dict(config.data),
         "ingest": to_dict(config.ingest),
     }
+    if config.data.path is not None:  # the table's bytes, not only its name, decide the shards
+        from pipelines.tabular import TABULAR_FORMAT_VERSION, file_sha256
+
+        payload["source_sha256"] = file_sha256(config.data.path)
+        payload["tabular_format_version"] = TABULAR_FORMAT_VERSION
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -118,10 +129,17 @@ def run_ingest(config: PipelineConfig) -> IngestResult:
         (data_dir / MANIFEST).unlink(missing_ok=True)
         from pipelines.runtime import ensure_ray
 
-        ensure_ray()
         splits: dict[str, dict[str, Any]] = {}
+        table_info: dict[str, Any] | None = None
+        tables: dict[str, pa.Table] = {}
+        if config.data.path is not None:  # read (and reject a bad table) before Ray starts
+            from pipelines.tabular import tabular_split_tables
+
+            tables, table_info = tabular_split_tables(config)
+        ensure_ray()
         for split in SPLITS:
-            names, num_rows = _write_split(config, data_dir, split)
+            table = tables[split] if table_info is not None else _mnist_table(config, split)
+            names, num_rows = write_split_table(data_dir, split, table, config.ingest.num_shards)
             splits[split] = {
                 "num_rows": num_rows,
                 "shards": names,
@@ -135,14 +153,13 @@ def run_ingest(config: PipelineConfig) -> IngestResult:
             "splits": splits,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
+        if table_info is not None:
+            manifest["table"] = table_info
         write_json_atomic(data_dir / MANIFEST, manifest)
         return _result(data_dir, manifest, reused=False, seconds=time.perf_counter() - started)
 
 
-def _write_split(config: PipelineConfig, data_dir: Path, split: str) -> tuple[list[str], int]:
-    """Write one split into a temporary folder with Ray Data, then swap it into place."""
-    import ray.data
-
+def _mnist_table(config: PipelineConfig, split: str) -> pa.Table:
     dataset = load_incomplete_mnist(
         split,  # type: ignore[arg-type]
         missing_rate=config.data.missing_rate,
@@ -150,14 +167,19 @@ def _write_split(config: PipelineConfig, data_dir: Path, split: str) -> tuple[li
         num_rows=_split_rows(config, split),
         data_dir=config.data.data_dir,
     )
-    table = split_table(
+    return split_table(
         split,
         pixels=dataset.x.numpy(),
         mask=dataset.mask.numpy(),
         labels=dataset.labels.numpy(),
     )
+
+
+def write_split_table(data_dir: Path, split: str, table: pa.Table, num_shards: int) -> tuple[list[str], int]:
+    """Write one split's table into a temporary folder with Ray Data, then swap it into place."""
+    import ray.data
+
     num_rows = table.num_rows
-    num_shards = config.ingest.num_shards
     if num_shards > num_rows:
         raise ValueError(f"ingest.num_shards={num_shards} exceeds the {num_rows} rows of split {split!r}")
     # One Arrow block per shard (contiguous row ranges), one write task and file per block.
@@ -255,6 +277,7 @@ def _result(data_dir: Path, manifest: dict[str, Any], *, reused: bool, seconds: 
         reused=reused,
         seconds=seconds,
         fingerprint=str(manifest["fingerprint"]),
+        table=manifest.get("table"),
     )
 
 
@@ -303,14 +326,16 @@ def load_split_numpy(
 
 
 def _tensor_column(column: pa.ChunkedArray) -> np.ndarray:
-    """A (n, 784) array from a Ray tensor-extension column or its list storage."""
+    """A (n, width) array from a Ray tensor-extension column or its list storage (width: 784
+    pixels for MNIST, the number of columns for a user's table)."""
     import pyarrow as pa
 
     parts = []
     for chunk in column.chunks:
         storage = chunk.storage if isinstance(chunk, pa.ExtensionArray) else chunk
         values = storage.flatten().to_numpy(zero_copy_only=False)
-        parts.append(values.reshape(len(chunk), NUM_PIXELS))
+        if len(chunk):
+            parts.append(values.reshape(len(chunk), -1))
     if not parts:
         return np.zeros((0, NUM_PIXELS))
     return np.concatenate(parts)
@@ -331,4 +356,5 @@ __all__ = [
     "read_split",
     "run_ingest",
     "split_table",
+    "write_split_table",
 ]

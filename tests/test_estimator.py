@@ -265,3 +265,65 @@ def test_constant_column_is_kept_with_unit_scale() -> None:
     imputer = MissIWAEImputer(**TINY, random_state=0).fit(X_missing)
     assert imputer.scale_[2] == 1.0 and imputer.mean_[2] == 4.0
     assert np.isfinite(imputer.transform(X_missing)).all()
+
+
+def mixed_table(seed: int = 0, num_rows: int = 300) -> tuple[np.ndarray, np.ndarray]:
+    """(complete X, X with 30% MCAR NaN): 4 continuous columns and 2 binary ones, all driven by
+    one shared latent factor, so each type helps impute the other."""
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((num_rows, 1))
+    continuous = z * np.array([1.0, -2.0, 0.5, 3.0]) + 0.2 * rng.standard_normal((num_rows, 4))
+    continuous = continuous * 10.0 + 100.0
+    binary = (z + 0.3 * rng.standard_normal((num_rows, 2)) > 0).astype(float)
+    X = np.hstack([continuous[:, :2], binary[:, :1], continuous[:, 2:], binary[:, 1:]])
+    return X, np.where(rng.random(X.shape) < 0.3, np.nan, X)
+
+
+def test_auto_column_types_model_binary_columns_as_bernoulli_and_impute_probabilities() -> None:
+    _, X_missing = mixed_table()
+    holes = np.isnan(X_missing)
+    imputer = MissIWAEImputer(**{**TINY, "epochs": 30}, random_state=0).fit(X_missing)
+    expected = ["gaussian", "gaussian", "bernoulli", "gaussian", "gaussian", "bernoulli"]
+    assert imputer.column_types_ == expected
+    assert type(imputer.model_.likelihood).__name__ == "Mixed"
+    binary = np.array([t == "bernoulli" for t in expected])
+    # Binary columns are not standardised: the Bernoulli model needs them in {0, 1}.
+    assert np.array_equal(imputer.mean_[binary], [0.0, 0.0])
+    assert np.array_equal(imputer.scale_[binary], [1.0, 1.0])
+    np.testing.assert_allclose(imputer.mean_[~binary], np.nanmean(X_missing, axis=0)[~binary])
+    out = imputer.transform(X_missing)
+    assert not np.isnan(out).any() and np.array_equal(out[~holes], X_missing[~holes])
+    filled = out[:, binary][holes[:, binary]]
+    assert ((filled > 0) & (filled < 1)).all()  # probabilities P(x_j = 1 | x_o)
+    copies = imputer.sample(X_missing, n_imputations=2)
+    assert np.isin(copies[:, :, binary], (0.0, 1.0)).all()
+    assert all(np.array_equal(copy[~holes], X_missing[~holes]) for copy in copies)
+
+
+def test_explicit_and_disabled_column_types_override_auto_detection() -> None:
+    _, X_missing = mixed_table(num_rows=80)
+    everything_gaussian = MissIWAEImputer(**TINY, column_types=None, random_state=0).fit(X_missing)
+    assert everything_gaussian.column_types_ == ["gaussian"] * 6
+    assert type(everything_gaussian.model_.likelihood).__name__ == "Gaussian"
+    explicit = ["student_t", "gaussian", "bernoulli", "student_t", "gaussian", "gaussian"]
+    imputer = MissIWAEImputer(**TINY, column_types=explicit, random_state=0).fit(X_missing)
+    assert imputer.column_types_ == explicit
+    with pytest.raises(ValueError, match="column_types names 2 columns, but X has 6 features"):
+        MissIWAEImputer(**TINY, column_types=["gaussian", "bernoulli"]).fit(X_missing)
+    with pytest.raises(ValueError, match="column 0 is modelled as bernoulli"):
+        MissIWAEImputer(**TINY, column_types=["bernoulli"] * 6).fit(X_missing)
+    with pytest.raises(ValueError, match="column_types must be 'auto', None or a list"):
+        MissIWAEImputer(**TINY, column_types="mixed").fit(X_missing)
+
+
+def test_round_trip_clone_and_pipeline_on_a_small_mixed_table() -> None:
+    X, X_missing = mixed_table(num_rows=120)
+    holes = np.isnan(X_missing)
+    pipeline = Pipeline([("impute", MissIWAEImputer(**TINY, random_state=0)), ("model", Ridge())])
+    y = X[:, 0]
+    fitted = pipeline.fit(X_missing, y)
+    completed = fitted.named_steps["impute"].transform(X_missing)
+    assert not np.isnan(completed).any() and np.array_equal(completed[~holes], X_missing[~holes])
+    assert np.isfinite(fitted.predict(X_missing)).all()
+    refit = clone(pipeline).fit(X_missing, y)  # a clone refits to the very same numbers
+    np.testing.assert_array_equal(refit.predict(X_missing), fitted.predict(X_missing))

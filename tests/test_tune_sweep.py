@@ -49,6 +49,7 @@ def test_tiny_sweep_runs_every_trial_logs_one_mlflow_run_each_and_ranks_them(
     result = run_sweep(config, load_space("tiny"), preset="tiny-test")
 
     assert result.complete and not result.restored
+    assert result.mlflow_run_id is not None
     assert sorted(r.trial for r in result.rows) == ["K=1 oracle", "K=1 zero", "K=2 oracle", "K=2 zero"]
     assert all(r.status == "done" and r.epochs == 1 for r in result.rows)
     lls = [r.test_log_likelihood for r in result.rows]

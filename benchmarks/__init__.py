@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that print comparable numbers (run them as `python benchmarks/<name>.py`)."""
