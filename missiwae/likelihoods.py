@@ -129,17 +129,18 @@ class _MaskedBernoulliLogProb(torch.autograd.Function):
         weight = mask.to(logits.dtype)  # (…, D) 1 = observed
         weighted_x = torch.where(mask, x, 0.0) * weight  # m·x, NaN placeholders in holes → 0
         # Σ m (x l − max(l, 0)), the part of the log-density without a logarithm.
-        linear = logits * weighted_x
-        linear.sub_(logits.relu().mul_(weight))
+        buffer = torch.relu(logits).mul_(weight)
+        linear = torch.mul(logits, weighted_x).sub_(buffer).sum(-1)
         # Σ m log(1 + e^{−|l|}) through block products; the masked factors are exactly 1.
-        factors = logits.abs().neg_().exp_().mul_(weight).add_(1.0)
-        num_features = factors.shape[-1]
-        pad = -num_features % _PRODUCT_BLOCK
-        if pad:
-            factors = F.pad(factors, (0, pad), value=1.0)
-        blocks = factors.view(*factors.shape[:-1], -1, _PRODUCT_BLOCK).prod(-1)
+        factors = torch.abs(logits, out=buffer).neg_().exp_().mul_(weight).add_(1.0)
+        # Whole blocks as a strided view (no copy), then the remainder as one short block.
+        whole = factors.shape[-1] // _PRODUCT_BLOCK * _PRODUCT_BLOCK
+        log_terms = torch.log(factors[..., whole:].prod(-1))
+        if whole:
+            blocks = factors.unfold(-1, _PRODUCT_BLOCK, _PRODUCT_BLOCK).prod(-1)
+            log_terms += torch.log(blocks).sum(-1)
         ctx.save_for_backward(logits, weighted_x, weight)
-        return linear.sum(-1) - torch.log(blocks).sum(-1)
+        return linear - log_terms
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
