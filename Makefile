@@ -9,7 +9,7 @@ RUN_DIR ?= runs/smoke
 PRESET ?= smoke
 SPACE ?= paper
 
-.PHONY: setup run sweep demo mlflow-ui test lint clean bench-uci
+.PHONY: setup run sweep demo mlflow-ui test lint clean bench bench-setup bench-uci
 
 setup: $(VENV)/.installed
 
@@ -49,6 +49,29 @@ lint: setup
 
 test: lint
 	$(BIN)/python -m pytest
+
+# The peer (hyperimpute's MIWAE) lives in its own virtual environment: its pins clash with ours.
+# Full install first; if a dependency cannot be installed, the plugin's own imports only.
+PEER_VENV ?= $(abspath .peer-venv)
+export MISSIWAE_PEER_PYTHON ?= $(PEER_VENV)/bin/python
+PEER_MINIMAL_DEPS := torch==2.14.1 numpy pandas scikit-learn scipy optuna loguru==0.6.0 pydantic cloudpickle
+
+bench-setup: $(PEER_VENV)/.installed
+
+$(PEER_VENV)/.installed:
+	$(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/python -m pip install --quiet hyperimpute==0.1.17 torch==2.14.1 || \
+		( $(PEER_VENV)/bin/python -m pip install --quiet --no-deps hyperimpute==0.1.17 && \
+		  $(PEER_VENV)/bin/python -m pip install --quiet $(PEER_MINIMAL_DEPS) )
+	touch $@
+
+# Throughput, memory, fraction of peak, Ray scaling: tables on stdout, JSON in benchmarks/results/.
+# Runs our own benchmarks even when the peer cannot be installed (the scripts say why).
+bench: setup
+	-$(MAKE) bench-setup
+	$(BIN)/python -m benchmarks.bench_train
+	$(BIN)/python -m benchmarks.bench_impute
+	$(BIN)/python -m benchmarks.bench_ray
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
