@@ -5,6 +5,7 @@ Strict like `missiwae.config`: unknown keys and ill-typed values are errors nami
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
@@ -158,6 +159,18 @@ class PipelineConfig:
         return Path(self.run_dir).expanduser().resolve()
 
 
+def add_override_argument(parser: argparse.ArgumentParser) -> None:
+    """The entry points' repeatable `--set section.key=value` (read by load_pipeline_config)."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one setting (repeatable), e.g. --set train.epochs=5; unknown keys are errors",
+    )
+
+
 def load_pipeline_config(config: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
     """A preset name ("smoke", "paper") or a YAML/JSON path, then `section.key=value` overrides."""
     path = Path(config)
@@ -177,5 +190,6 @@ __all__ = [
     "ReportConfig",
     "ScalingConfig",
     "TrackingConfig",
+    "add_override_argument",
     "load_pipeline_config",
 ]

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from missiwae.config import ConfigError
 from missiwae.data import DataError
-from pipelines.config import PipelineConfig, load_pipeline_config
+from pipelines.config import PipelineConfig, add_override_argument, load_pipeline_config
 
 MANIFEST_NAME = "_MANIFEST.json"
 
@@ -38,7 +38,6 @@ def run(config: PipelineConfig) -> dict[str, float]:
     from pipelines.runtime import ensure_ray
     from pipelines.storage import ensure_writable
     from pipelines.tracking import Tracker, ui_command
-    from pipelines.train import run_training
 
     ensure_writable(config.run_path)  # a bad run_dir fails now, not after training
     ensure_ray()
@@ -53,21 +52,7 @@ def run(config: PipelineConfig) -> dict[str, float]:
             stage.log_metrics({"reused": float(ingest.reused), "stage_seconds": seconds["ingest"]})
             stage.log_params({"data_dir": str(ingest.data_dir)})
 
-        with tracker.stage("train") as stage:
-            clock = time.perf_counter()
-            trained = run_training(
-                config,
-                ingest,
-                on_epoch=lambda entry: stage.log_metrics(
-                    {k: float(v) for k, v in entry.items() if k != "epoch" and v is not None},
-                    step=int(entry["epoch"]),
-                ),
-            )
-            seconds["train"] = time.perf_counter() - clock
-            stage.log_metrics(
-                {"test_log_likelihood": trained.test_log_likelihood, "stage_seconds": seconds["train"]}
-            )
-            stage.log_params({"checkpoint_dir": str(trained.checkpoint_dir)})
+        trained = _train_stage(tracker, config, ingest, seconds)
 
         with tracker.stage("impute") as stage:
             clock = time.perf_counter()
@@ -111,7 +96,6 @@ def run_table(config: PipelineConfig) -> dict[str, float]:
     from pipelines.ingest import run_ingest
     from pipelines.tabular import run_tabular_imputation, tabular_model_config
     from pipelines.tracking import Tracker, ui_command
-    from pipelines.train import run_training
 
     # Ray starts inside the stages, after the table has been read and checked.
     seconds: dict[str, float] = {}
@@ -135,21 +119,7 @@ def run_table(config: PipelineConfig) -> dict[str, float]:
             stage.log_dict(ingest.table, "table.json")  # columns, types, standardisation
 
         config = tabular_model_config(config, ingest)  # num_features, column_types from the table
-        with tracker.stage("train") as stage:
-            clock = time.perf_counter()
-            trained = run_training(
-                config,
-                ingest,
-                on_epoch=lambda entry: stage.log_metrics(
-                    {k: float(v) for k, v in entry.items() if k != "epoch" and v is not None},
-                    step=int(entry["epoch"]),
-                ),
-            )
-            seconds["train"] = time.perf_counter() - clock
-            stage.log_metrics(
-                {"test_log_likelihood": trained.test_log_likelihood, "stage_seconds": seconds["train"]}
-            )
-            stage.log_params({"checkpoint_dir": str(trained.checkpoint_dir)})
+        trained = _train_stage(tracker, config, ingest, seconds)
 
         with tracker.stage("impute") as stage:
             clock = time.perf_counter()
@@ -177,6 +147,28 @@ def run_table(config: PipelineConfig) -> dict[str, float]:
     print(f"MLflow: experiment '{config.tracking.experiment}', run {tracker.run_id}")
     print(f"  browse with: {ui_command(config)}")
     return seconds
+
+
+def _train_stage(tracker: Any, config: PipelineConfig, ingest: Any, seconds: dict[str, float]) -> Any:
+    """The Ray Train stage as a nested run: per-epoch metrics live, then the test log-likelihood."""
+    from pipelines.train import run_training
+
+    with tracker.stage("train") as stage:
+        clock = time.perf_counter()
+        trained = run_training(
+            config,
+            ingest,
+            on_epoch=lambda entry: stage.log_metrics(
+                {k: float(v) for k, v in entry.items() if k != "epoch" and v is not None},
+                step=int(entry["epoch"]),
+            ),
+        )
+        seconds["train"] = time.perf_counter() - clock
+        stage.log_metrics(
+            {"test_log_likelihood": trained.test_log_likelihood, "stage_seconds": seconds["train"]}
+        )
+        stage.log_params({"checkpoint_dir": str(trained.checkpoint_dir)})
+    return trained
 
 
 def _log_figures(stage: Any, ingest: Any, checkpoint_dir: Path, single_dir: Path) -> None:
@@ -213,14 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="PATH",
         help="a CSV or Parquet table (NaN = missing) instead of MNIST; sets data.path",
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override one setting (repeatable), e.g. --set train.epochs=5",
-    )
+    add_override_argument(parser)
     args = parser.parse_args(argv)
     try:
         preset = args.config or ("table" if args.data else "smoke")

@@ -38,7 +38,7 @@ import numpy as np
 
 from missiwae.config import ConfigError
 from missiwae.data import DataError
-from pipelines.config import PipelineConfig, load_pipeline_config
+from pipelines.config import PipelineConfig, add_override_argument, load_pipeline_config
 
 REPO = Path(__file__).resolve().parents[1]
 # Imputation accuracy of missForest and missIWAE in the paper's Figure 1 (right) is shown only
@@ -230,6 +230,21 @@ def _trial_checkpoints(sweep_dir: Path) -> dict[str, Path]:
     return out
 
 
+def preset_notes(preset: str) -> str:
+    """The leading comment of pipelines/configs/<preset>.yaml (what the preset reduces), if any."""
+    from pipelines.config import CONFIG_DIR
+
+    path = CONFIG_DIR / f"{preset}.yaml"
+    if not path.is_file():
+        return ""
+    notes = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        notes.append(line.lstrip("# ").rstrip())
+    return "\n".join(notes)
+
+
 def run_report(config: PipelineConfig, preset: str, out_dir: Path, command: str) -> dict[str, Any]:
     """Run every experiment and write the report; returns results.json's content."""
     from missiwae.training import load_model
@@ -247,7 +262,7 @@ def run_report(config: PipelineConfig, preset: str, out_dir: Path, command: str)
     ensure_ray()
     out_dir.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
-    results: dict[str, Any] = {"preset": preset, "command": command}
+    results: dict[str, Any] = {"preset": preset, "command": command, "preset_notes": preset_notes(preset)}
     with Tracker(config, run_name=f"report-{preset}") as tracker:
         with tracker.stage("figure1_left") as stage:
             clock = time.perf_counter()
@@ -411,6 +426,9 @@ def render_report(results: Mapping[str, Any], sweep_table: str) -> str:
         "|---|---:|",
     ]
     lines += [f"| {stage} | {value:.0f} |" for stage, value in results["seconds"].items()]
+    if results.get("preset_notes"):
+        lines += ["", "What the preset reduces from the paper's settings, in its own words:", "", "```"]
+        lines += [results["preset_notes"], "```"]
     lines += ["", "```json", json.dumps(results["config"], indent=1), "```", ""]
     return "\n".join(lines)
 
@@ -449,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", default="cpu", help="preset (tiny, cpu, paper) or a YAML/JSON file")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    add_override_argument(parser)
     parser.add_argument("--out", default=None, help="report directory (default: reports/<preset>)")
     args = parser.parse_args(argv)
     preset = Path(args.config).stem

@@ -28,7 +28,7 @@ from typing import Any
 
 from missiwae.config import ConfigError
 from missiwae.data import DataError
-from pipelines.config import PipelineConfig, load_pipeline_config
+from pipelines.config import PipelineConfig, add_override_argument, load_pipeline_config
 from pipelines.storage import write_json_atomic
 from tune.space import SearchSpace, check_space, load_space, trial_config
 
@@ -195,14 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--space", default="paper", help="search space preset (paper, wide, tiny) or YAML")
     parser.add_argument("--config", default="smoke", help="pipeline preset (smoke, paper) or YAML/JSON")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override one base setting (repeatable), e.g. --set train.epochs=5",
-    )
+    add_override_argument(parser)
     parser.add_argument("--name", default=None, help="sweep directory name (default: the space's)")
     parser.add_argument("--fresh", action="store_true", help="discard an earlier sweep of that name")
     parser.add_argument("--max-concurrent", type=int, default=None, help="trials at once")
