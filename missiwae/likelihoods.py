@@ -95,6 +95,10 @@ class Bernoulli(ObservationModel):
             return super().log_prob_observed(params, x, mask)
         if torch.broadcast_shapes(logits.shape, x.shape, mask.shape) != logits.shape:
             return super().log_prob_observed(params, x, mask)
+        if logits.numel() < _FUSED_MIN_ENTRIES:
+            # Small tensors (K = 1 steps): the custom Function's fixed cost outweighs the
+            # saved log1p calls; the plain masked sum is faster there (benchmarks/README.md).
+            return torch.where(mask, self.log_prob(params, x), 0.0).sum(-1)
         return masked_bernoulli_log_prob(logits, x, mask)
 
     def mean(self, params: torch.Tensor) -> torch.Tensor:
@@ -105,6 +109,9 @@ class Bernoulli(ObservationModel):
         uniform = torch.rand(probs.shape, generator=generator, device=probs.device, dtype=probs.dtype)
         return (uniform < probs).to(probs.dtype)
 
+
+# Below this many logits the plain masked sum is used (a K = 1 step has 64 x 784 = 50 176).
+_FUSED_MIN_ENTRIES = 2**20
 
 # 64 factors in (1, 2] multiply to at most 2^64, far inside float32's range (2^128).
 _PRODUCT_BLOCK = 64

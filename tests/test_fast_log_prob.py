@@ -33,7 +33,10 @@ def value_and_grad(fn, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 
 @pytest.mark.parametrize("num_features", [5, 64, 784, 130])
-def test_masked_bernoulli_log_prob_equals_the_plain_masked_sum(num_features):
+def test_masked_bernoulli_log_prob_equals_the_plain_masked_sum(num_features, monkeypatch):
+    import missiwae.likelihoods as likelihoods
+
+    monkeypatch.setattr(likelihoods, "_FUSED_MIN_ENTRIES", 1)  # the fused Function at any size
     params, x, mask = batch(num_features, 1)
     model = Bernoulli()
     fast, fast_grad = value_and_grad(
@@ -91,3 +94,28 @@ def test_bernoulli_fast_path_matches_torch_distributions():
     leaf = logits.clone().requires_grad_()
     (grad,) = torch.autograd.grad(masked_bernoulli_log_prob(leaf, x, mask).sum(), leaf)
     torch.testing.assert_close(grad, torch.where(mask, x_filled - torch.sigmoid(logits), 0.0).expand_as(grad))
+
+
+def test_bernoulli_uses_the_fused_function_on_large_tensors_and_still_equals_the_plain_sum(monkeypatch):
+    """Above the size threshold Bernoulli.log_prob_observed goes through the fused Function
+    (below it, the plain masked sum): both sides of the switch give the definition's numbers."""
+    import missiwae.likelihoods as likelihoods
+
+    calls: list[int] = []
+    fused = likelihoods.masked_bernoulli_log_prob
+
+    def counting(*args: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return fused(*args)
+
+    monkeypatch.setattr(likelihoods, "masked_bernoulli_log_prob", counting)
+    params, x, mask = batch(784, 1)
+    model = Bernoulli()
+    plain = plain_masked_sum(model, params, x, mask)
+    small = model.log_prob_observed(params, torch.where(mask, x, 0.0), mask)
+    assert not calls
+    monkeypatch.setattr(likelihoods, "_FUSED_MIN_ENTRIES", 1)
+    large = model.log_prob_observed(params, torch.where(mask, x, 0.0), mask)
+    assert calls
+    torch.testing.assert_close(small, plain, rtol=1e-12, atol=1e-10)
+    torch.testing.assert_close(large, plain, rtol=1e-12, atol=1e-10)
