@@ -30,7 +30,6 @@ import math
 import os
 import re
 import statistics
-import tempfile
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -45,7 +44,7 @@ import ray
 from missiwae.classifier import ClassifierConfig, ClassifierResult, pool_predictions, train_classifier
 from pipelines.config import PipelineConfig
 from pipelines.runtime import ensure_ray
-from pipelines.storage import read_parquet_table
+from pipelines.storage import read_parquet_table, write_text_atomic
 
 __all__ = [
     "PAPER_ORDER",
@@ -563,20 +562,6 @@ def _csv_text(records: Sequence[Mapping[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_table(result: ClassifyResult, directory: Path | str) -> dict[str, Path]:
     """Write ``table1.csv`` (summary), ``table1.md`` and ``classify_runs.csv`` (one row per
     dataset and seed) into ``directory``, each atomically (temp file + rename).
@@ -585,7 +570,7 @@ def write_table(result: ClassifyResult, directory: Path | str) -> dict[str, Path
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out / "table1.csv", "markdown": out / "table1.md", "runs": out / "classify_runs.csv"}
-    _write_atomic(paths["csv"], _csv_text([r.record() for r in result.summary]))
-    _write_atomic(paths["markdown"], format_table(result))
-    _write_atomic(paths["runs"], _csv_text([r.record() for r in result.runs]))
+    write_text_atomic(paths["csv"], _csv_text([r.record() for r in result.summary]))
+    write_text_atomic(paths["markdown"], format_table(result))
+    write_text_atomic(paths["runs"], _csv_text([r.record() for r in result.runs]))
     return paths

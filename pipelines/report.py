@@ -247,6 +247,9 @@ def preset_notes(preset: str) -> str:
 
 def run_report(config: PipelineConfig, preset: str, out_dir: Path, command: str) -> dict[str, Any]:
     """Run every experiment and write the report; returns results.json's content."""
+    import torch
+
+    from missiwae.evaluation import imputation_accuracy
     from missiwae.training import load_model
     from pipelines import figures
     from pipelines.classify import format_table, run_classification, write_table
@@ -319,8 +322,9 @@ def run_report(config: PipelineConfig, preset: str, out_dir: Path, command: str)
                 assert np.array_equal(mf_ids, row_id), (
                     "missForest rows do not line up with the training split"
                 )
-                missing = ~mask[rows]
-                missforest = float(((mf_pixels[rows] > 0.5) == (x[rows] > 0.5))[missing].mean())
+                missforest = imputation_accuracy(
+                    torch.from_numpy(mf_pixels[rows]), torch.from_numpy(x[rows]), torch.from_numpy(mask[rows])
+                )
             seconds["figure1_right"] = time.perf_counter() - clock
             samples = list(config.report.accuracy_samples)
             figure = accuracy_figure(samples, curves, missforest)

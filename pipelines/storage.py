@@ -84,8 +84,11 @@ def atomic_file(target: Path) -> Iterator[Path]:
 
 
 def write_text_atomic(target: Path, text: str) -> None:
-    with atomic_file(target) as temporary:
-        temporary.write_text(text)
+    """`text` (UTF-8) at `target`, whole or not at all, flushed to disk before the rename."""
+    with atomic_file(target) as temporary, temporary.open("w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def write_json_atomic(target: Path, value: Any) -> None:
