@@ -38,7 +38,8 @@ def main() -> None:
         print(f"[peer] not run: {peer_info}")
     before = not args.no_before and common.before_dir() is not None
     with tempfile.TemporaryDirectory() as folder:
-        data = common.mnist_npz("train", 4000, Path(folder))
+        # Enough rows for the warm-up and the timed steps of the largest batch (at most 50 000).
+        data = common.mnist_npz("train", min(50_000, max(4000, 52 * args.batch_size)), Path(folder))
         base = ["--data", str(data), "--threads", str(args.threads), "--device", args.device]
         base += ["--batch-size", str(args.batch_size), "--K", args.K]
         cpu = args.device == "cpu"

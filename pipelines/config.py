@@ -76,8 +76,14 @@ class MissForestConfig:
     n_estimators: int = 100
     max_iter: int = 10
     max_samples: float | None = None  # rows per tree (fraction): the knob for big data
+    # Forests fitted at once within a sweep (the D forests of a sweep are independent): 1 runs
+    # them one after another inside one Ray task; k > 1, or -1 for every CPU of the cluster,
+    # fans them out as Ray actors through Ray's joblib backend. The imputation does not depend
+    # on it (missiwae.missforest seeds each forest by sweep and column).
+    n_jobs: int = 1
 
     def __post_init__(self) -> None:
+        require(self.n_jobs == -1 or self.n_jobs >= 1, "missforest.n_jobs must be >= 1 or -1 (all CPUs)")
         require(self.n_estimators >= 1, "missforest.n_estimators must be >= 1")
         require(self.max_iter >= 1, "missforest.max_iter must be >= 1")
         require(

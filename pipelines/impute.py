@@ -498,18 +498,36 @@ def _summarise(imputed: ray.data.Dataset, num_imputations: int) -> dict[str, flo
 
 
 def _missforest_task(x_nan: np.ndarray, settings: dict[str, Any], seed: int) -> tuple[np.ndarray, float]:
-    """One Ray task: missForest on the whole split (N, 784) with NaN holes; (imputed, seconds)."""
+    """One Ray task: missForest on the whole split (N, 784) with NaN holes; (imputed, seconds).
+
+    With settings["n_jobs"] != 1 the forests of each sweep fan out from this task to Ray
+    actors (Ray's joblib backend), so a cluster fits up to hundreds of columns at once.
+    """
+    import contextlib
+
+    import joblib
+
     from missiwae.missforest import MissForest
 
+    n_jobs = int(settings.get("n_jobs", 1))
+    backend: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    if n_jobs != 1:
+        from ray.util.joblib import register_ray
+
+        register_ray()
+        # The pool's actors take no CPU of their own (Ray's default), so SPREAD is what puts
+        # them on every node rather than all beside this task.
+        backend = joblib.parallel_config(backend="ray", ray_remote_args={"scheduling_strategy": "SPREAD"})
     started = time.perf_counter()
     imputer = MissForest(
         max_iter=settings["max_iter"],
         n_estimators=settings["n_estimators"],
         max_samples=settings["max_samples"],
-        n_jobs=1,
+        n_jobs=n_jobs,
         random_state=seed % 2**32,
     )
-    imputed = np.asarray(imputer.fit_transform(x_nan), dtype=np.float32)
+    with backend:
+        imputed = np.asarray(imputer.fit_transform(x_nan), dtype=np.float32)
     return imputed, time.perf_counter() - started
 
 
@@ -619,7 +637,8 @@ def _fingerprint(config: PipelineConfig, split: str, files: list[Path], checkpoi
         "format_version": FORMAT_VERSION,
         "split": split,
         "impute": to_dict(config.impute),
-        "missforest": to_dict(config.missforest),
+        # n_jobs changes how the forests are scheduled, not what they impute
+        "missforest": {k: v for k, v in to_dict(config.missforest).items() if k != "n_jobs"},
         "device": _device(config),  # CPU and CUDA random streams differ
         "torch": torch.__version__,
         "checkpoint": checkpoint_hash,

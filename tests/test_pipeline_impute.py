@@ -311,3 +311,28 @@ def test_missing_split_is_an_error(inputs: Inputs, tmp_path: Path) -> None:
     config = make_config(tmp_path, impute_stage=ImputeStageConfig(splits=("valid",)))
     with pytest.raises(ValueError, match="valid"):
         run_imputation(config, inputs.shards, inputs.checkpoint)
+
+
+def test_missforest_fanned_out_to_ray_actors_imputes_exactly_what_one_sequential_task_does(
+    ray_cluster: Any, inputs: Inputs
+) -> None:
+    import ray
+
+    from pipelines.impute import _missforest_task
+
+    pixels, mask = inputs.pixels[:60, 300:340], inputs.mask[:60, 300:340]
+    x_nan = np.where(mask, pixels.astype(np.float32), np.float32(np.nan))
+    settings = {"n_estimators": 3, "max_iter": 1, "max_samples": None}
+    task = ray.remote(_missforest_task).options(num_cpus=0.5)
+    def pool_actors() -> set[str]:
+        # from the GCS (the test cluster runs no dashboard, which ray.util.state would need)
+        actors = ray._private.state.actors().values()
+        return {a["ActorID"] for a in actors if a["ActorClassName"].endswith("PoolActor")}
+
+    before = pool_actors()
+    sequential, _ = ray.get(task.remote(x_nan, {**settings, "n_jobs": 1}, 0))
+    fanned_out, _ = ray.get(task.remote(x_nan, {**settings, "n_jobs": 2}, 0))
+    pool = pool_actors() - before
+    assert len(pool) >= 2  # the forests really ran in a pool of Ray actors
+    assert not np.isnan(fanned_out).any()
+    np.testing.assert_array_equal(fanned_out, sequential)

@@ -11,6 +11,7 @@ from pipelines.report import (
     figure1_left_verdicts,
     figure1_right_verdicts,
     render_report,
+    rerender,
     run_report,
     table1_verdicts,
 )
@@ -48,6 +49,12 @@ def test_figure1_right_claims_follow_the_accuracy_curves():
     assert _verdicts(figure1_right_verdicts(samples, vae, iwae, 0.85)) == ["holds", "holds"]
     assert _verdicts(figure1_right_verdicts(samples, vae, iwae, 0.87))[0] == "does not hold"
     assert _verdicts(figure1_right_verdicts(samples, iwae, vae, 0.85))[1] == "does not hold"
+    # "best" is per L: missVAE at L=10 000 above missIWAE at L=1000 does not break the claim
+    rising = [0.80, 0.86, 0.88, 0.900, 0.908]
+    assert _verdicts(figure1_right_verdicts(samples, rising, iwae, 0.85))[1] == "holds"
+    tied = [0.80, 0.86, 0.88, 0.905, 0.90]  # equal at L=1000: not "best"
+    assert _verdicts(figure1_right_verdicts(samples, tied, iwae, 0.85))[1] == "does not hold"
+    assert _verdicts(figure1_right_verdicts(samples, vae, iwae, 0.906))[1] == "does not hold"
     assert (
         _verdicts(figure1_right_verdicts([1, 10], vae[:2], iwae[:2], math.nan))
         == ["not measurable at this budget"] * 2
@@ -94,3 +101,9 @@ def test_tiny_report_runs_every_experiment_and_writes_a_readme_with_verdicts(
     for v in results["verdicts"]:
         assert f"| {v['claim']} | **{v['verdict']}** |" in readme
     assert str(Path.home()) not in readme or str(Path.home()) == "/"
+
+    # --rerender recomputes the same verdicts from results.json alone and says so.
+    (out / "README.md").write_text("stale")
+    rerendered = rerender(out)
+    assert rerendered["verdicts"] == results["verdicts"]
+    assert "recomputed from those numbers" in (out / "README.md").read_text()

@@ -1,0 +1,104 @@
+"""The time-boxed single-GPU report (pipelines/report_gpu.py), run here on the CPU at toy size."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from pipelines import report_gpu
+from pipelines.report_gpu import RESULT_FILE, figure1_specs, folder_name, render, run
+
+
+def test_a_time_boxed_run_trains_evaluates_and_imputes_with_every_model_then_renders_the_report(
+    data_root, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("MISSIWAE_DATA_DIR", str(data_root))
+    folder = tmp_path / "run"
+    status = run(
+        folder,
+        budget_s=30,
+        device="cpu",
+        train_rows=640,
+        missforest_jobs=1,
+        eval_samples=5,
+        accuracy_samples=(1, 10),
+        figure3_samples=10,
+    )
+    machine = json.loads((folder / "machine.json").read_text())
+    assert all(machine["exit"][spec.label] == 0 for spec in figure1_specs(folder, 0, 1, "cpu", None))
+    for spec in figure1_specs(folder, 0, 1, "cpu", None):
+        result = json.loads((Path(spec.out) / RESULT_FILE).read_text())
+        assert result["epochs"] > 0 and result["steps"] > 0
+        assert result["test_log_likelihood_per_row"], spec.label
+        assert all(math.isfinite(v) and v < 0 for v in result["test_log_likelihood_per_row"])
+        if spec.accuracy:
+            # the smallest L always, the rest as far as the deadline allowed, in order
+            assert list(result["accuracy_vs_L"]) in (["1"], ["1", "10"])
+    # missForest on 1000 x 784 cannot finish in 30 s on one process: it is killed and said so.
+    forest_finished = machine["exit"]["missforest"] == 0
+    assert status == (0 if forest_finished else 1)
+
+    report = tmp_path / "report"
+    text = render(folder, report, "python -m pipelines.report_gpu run --budget-s 30")
+    assert {"README.md", "results.json", "figure1_left.png", "figure1_right.png"} <= {
+        p.name for p in report.iterdir()
+    }
+    assert {"figure2_samples.png", "figure3_imputations.png"} <= {p.name for p in report.iterdir()}
+    summary = json.loads((report / "results.json").read_text())
+    assert len(summary["verdicts"]) == 5
+    for verdict in summary["verdicts"]:
+        assert f"| {verdict['claim']} | **{verdict['verdict']}** |" in text
+    if not forest_finished:
+        assert "| not finished |" in text
+        assert summary["verdicts"][3]["verdict"] == "not measurable at this budget"
+
+
+def _fake_run(folder: Path, rows: dict[str, list[float]]) -> None:
+    """A run folder where each listed model evaluated the given per-row log-likelihoods."""
+    folder.mkdir()
+    machine = {"gpu": "none", "torch": "x", "cpus": 2, "budget_s": 10, "started": "t", "seconds": 10}
+    (folder / "machine.json").write_text(json.dumps(machine))
+    for spec in figure1_specs(folder, 0, 10, "cpu", None):
+        if spec.label not in rows:
+            continue
+        Path(spec.out).mkdir()
+        result = {
+            "spec": {"K": spec.K, "imputation": spec.imputation, "missing_rate": spec.missing_rate},
+            "epochs": 1.5,
+            "history": [{"epochs": 1.5, "train_bound": -100.0, "seconds": 1.0}],
+            "test_log_likelihood_per_row": rows[spec.label],
+        }
+        (Path(spec.out) / RESULT_FILE).write_text(json.dumps(result))
+
+
+def test_models_are_compared_on_the_test_images_all_of_them_evaluated_and_a_missing_model_is_reported(
+    tmp_path,
+):
+    rows = {
+        "K=1 zero": [-100.0, -100.0, -50.0],  # the third row is beyond the common prefix
+        "K=1 oracle": [-96.0, -96.0],
+        "K=50 zero": [-95.0, -95.0, -95.0, -95.0],
+        "K=50 oracle": [-94.5, -94.5],
+        "complete VAE (K=1)": [-94.0, -94.0],
+    }
+    _fake_run(tmp_path / "run", rows)
+    text = render(tmp_path / "run", tmp_path / "report", "cmd")
+    summary = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert summary["test_rows"] == 2
+    assert summary["test_log_likelihood"]["K=1 zero"] == -100.0
+    assert math.isnan(summary["test_log_likelihood"]["complete IWAE (K=50)"])
+    assert "| complete IWAE (K=50) | | | did not finish |" in text
+    verdicts = [v["verdict"] for v in summary["verdicts"]]
+    assert verdicts == ["holds", "holds", "holds"]  # +4 nats at K=1; 0.5 apart at K=50; VAE − missIWAE = 1
+    assert "Not reached before the deadline." in text  # no accuracy curves in this folder
+
+
+def test_folder_names_are_plain_and_distinct():
+    labels = [spec.label for spec in figure1_specs(Path("x"), 0, 1, "cpu", None)]
+    names = [folder_name(label) for label in labels]
+    assert len(set(names)) == len(names)
+    assert all(name.replace("_", "").isalnum() for name in names)
+    assert np.isclose(report_gpu.LEARNING_RATE, 1e-3)
