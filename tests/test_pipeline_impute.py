@@ -324,6 +324,7 @@ def test_missforest_fanned_out_to_ray_actors_imputes_exactly_what_one_sequential
     x_nan = np.where(mask, pixels.astype(np.float32), np.float32(np.nan))
     settings = {"n_estimators": 3, "max_iter": 1, "max_samples": None}
     task = ray.remote(_missforest_task).options(num_cpus=0.5)
+
     def pool_actors() -> set[str]:
         # from the GCS (the test cluster runs no dashboard, which ray.util.state would need)
         actors = ray._private.state.actors().values()

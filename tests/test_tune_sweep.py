@@ -12,8 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from mlflow.tracking import MlflowClient
 
+from missiwae.config import ConfigError
 from pipelines.config import PipelineConfig
 from tests.conftest import REPO
 from tune.space import load_space
@@ -46,9 +48,12 @@ def test_tiny_sweep_runs_every_trial_logs_one_mlflow_run_each_and_ranks_them(
     ray_cluster, data_root, tmp_path
 ):
     config = PipelineConfig.from_dict(tiny_config(tmp_path / "run", data_root))
+    sigint_handler = signal.getsignal(signal.SIGINT)
     result = run_sweep(config, load_space("tiny"), preset="tiny-test")
 
     assert result.complete and not result.restored
+    # Tune's own Ctrl-C handler does not outlive the sweep (the caller's Ctrl-C works again).
+    assert signal.getsignal(signal.SIGINT) is sigint_handler
     assert result.mlflow_run_id is not None
     assert sorted(r.trial for r in result.rows) == ["K=1 oracle", "K=1 zero", "K=2 oracle", "K=2 zero"]
     assert all(r.status == "done" and r.epochs == 1 for r in result.rows)
@@ -73,6 +78,20 @@ def test_tiny_sweep_runs_every_trial_logs_one_mlflow_run_each_and_ranks_them(
     client = MlflowClient(f"sqlite:///{tmp_path / 'run' / 'mlflow.db'}")
     artifacts = {a.path for a in client.list_artifacts(result.mlflow_run_id)}
     assert {"ranking.md", "ranking.csv", "figure1_left.png"} <= artifacts
+
+    # Settings no trial reads (the classifier's) leave the finished sweep valid: it is
+    # restored, nothing is trained again. A setting trials do read is refused.
+    values = tiny_config(tmp_path / "run", data_root)
+    reused = run_sweep(
+        PipelineConfig.from_dict({**values, "classify": {"epochs": 2}}),
+        load_space("tiny"),
+        preset="tiny-test",
+    )
+    assert reused.restored and reused.complete
+    assert [r.test_log_likelihood for r in reused.rows] == lls
+    changed = {**values, "train": {**values["train"], "learning_rate": 1e-3}}
+    with pytest.raises(ConfigError, match="other settings"):
+        run_sweep(PipelineConfig.from_dict(changed), load_space("tiny"), preset="tiny-test")
 
 
 def _sweep_command(space: Path, config: Path) -> list[str]:

@@ -21,7 +21,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import shutil
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,9 @@ from tune.space import SearchSpace, check_space, load_space, trial_config
 
 EXPERIMENT = "tune"  # Tune's experiment directory under the sweep directory
 STATE_FILE = "sweep_state.json"
+# What a trial's result depends on. Settings outside these (imputation, missForest, the
+# classifier, tracking, the report) can change without invalidating a finished sweep.
+TRIAL_SECTIONS = ("data", "ingest", "model", "train", "scaling", "evaluate")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +54,11 @@ class SweepResult:
 
 def sweep_dir_of(config: PipelineConfig, space: SearchSpace, name: str | None = None) -> Path:
     return config.run_path / "sweeps" / (name or space.name)
+
+
+def trial_settings(base: dict[str, Any]) -> dict[str, Any]:
+    """The TRIAL_SECTIONS of a config dict: equal for two configs whose trials are the same."""
+    return {section: base.get(section) for section in TRIAL_SECTIONS}
 
 
 def run_sweep(
@@ -88,7 +98,7 @@ def run_sweep(
     state = read_state(state_path)
     experiment_dir = sweep_dir / EXPERIMENT
     restored = ray.tune.Tuner.can_restore(str(experiment_dir))
-    if restored and state.get("base") not in (None, base):
+    if restored and state.get("base") is not None and trial_settings(state["base"]) != trial_settings(base):
         raise ConfigError(
             f"{sweep_dir} holds a sweep run with other settings; use --fresh to start over or --name "
             "to keep both"
@@ -142,7 +152,14 @@ def run_sweep(
                     verbose=1,
                 ),
             )
-        grid = tuner.fit()
+        previous_sigint = signal.getsignal(signal.SIGINT)
+        try:
+            grid = tuner.fit()
+        finally:
+            # Tune leaves its own SIGINT handler installed: a later Ctrl-C in the caller (the
+            # report's Table 1 stage, say) would only print Tune's "stopping" warning.
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, previous_sigint)
 
         statuses = {tid: t.get("status", "") for tid, t in read_state(state_path).get("trials", {}).items()}
         rows = []
