@@ -136,17 +136,24 @@ class MissIWAE(nn.Module):
         num_samples: int,
         chunk_size: int | None = None,
         generator: torch.Generator | None = None,
+        proposal_mask: torch.Tensor | None = None,
     ) -> Iterator[ImportanceSamples]:
         """`num_samples` importance samples in chunks of at most `chunk_size`, sharing one q.
 
-        Peak memory is that of one chunk, so it does not grow with `num_samples`.
+        Peak memory is that of one chunk, so it does not grow with `num_samples`. With
+        `proposal_mask` (B, D) bool, a subset of `mask`, the proposal is q(z | ι(x_o')) for the
+        entries o' it marks, while the weights still score every observed entry.
         """
         check_positive("number of importance samples", num_samples)
         self.check_batch(x, mask)
         if chunk_size is None:
             chunk_size = max(1, DEFAULT_CHUNK_ELEMENTS // (x.shape[0] * self._widest_per_sample()))
         check_positive("chunk_size", chunk_size)
-        mu, sigma = self.posterior(x, mask)
+        if proposal_mask is not None:
+            self.check_batch(x, proposal_mask)
+            if bool((proposal_mask & ~mask).any()):
+                raise ValueError("proposal_mask may only mark observed entries (True where mask is True)")
+        mu, sigma = self.posterior(x, mask if proposal_mask is None else proposal_mask)
         for start in range(0, num_samples, chunk_size):
             size = min(chunk_size, num_samples - start)
             yield self._weigh(x, mask, mu, sigma, size, generator)

@@ -122,3 +122,39 @@ def test_standard_normal_log_prob_matches_torch_distributions():
     z = torch.randn(4, 6, 3, dtype=torch.float64)
     expected = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
     torch.testing.assert_close(standard_normal_log_prob(z), expected)
+
+
+def test_a_proposal_from_part_of_the_observed_entries_still_estimates_log_p_x_o(truth, data):
+    from missiwae.evaluation import estimate_log_likelihood
+
+    x, mask = data
+    model = linear_gaussian_model(truth)  # q is the exact posterior given what it is shown
+    log_p = truth.log_marginal(x, mask)
+    same = estimate_log_likelihood(model, x, mask, 7, generator=make_generator(0), proposal_mask=mask)
+    default = estimate_log_likelihood(model, x, mask, 7, generator=make_generator(0))
+    torch.testing.assert_close(same, default, rtol=0, atol=0)
+    # Showing the encoder a random half of the observed entries gives a broader q: the
+    # estimate is no longer exact with few samples but converges to log p(x_o) as S grows.
+    half = mask & (torch.rand(mask.shape, generator=torch.Generator().manual_seed(3)) < 0.5)
+    assert bool((half != mask).any())
+
+    def estimates(num_samples: int, seed: int, replicas: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and standard error over independent replicas, per row."""
+        values = estimate_log_likelihood(
+            model,
+            x.repeat(replicas, 1),
+            mask.repeat(replicas, 1),
+            num_samples,
+            generator=make_generator(seed),
+            proposal_mask=half.repeat(replicas, 1),
+        ).view(replicas, -1)
+        return values.mean(0), values.std(0) / math.sqrt(replicas)
+
+    differs = (half != mask).any(1)
+    one, one_error = estimates(1, 1, replicas=32)
+    gap, gap_error = (log_p - one)[differs].sum(), one_error[differs].square().sum().sqrt()
+    assert float(gap) > 5 * float(gap_error)  # with S = 1 the broader q leaves a gap
+    many, many_error = estimates(5000, 2, replicas=8)
+    assert bool(((many - log_p).abs() <= 5 * many_error + 1e-9).all()), (many - log_p, many_error)
+    with pytest.raises(ValueError, match="only mark observed entries"):
+        estimate_log_likelihood(model, x, mask, 2, proposal_mask=~mask | half)

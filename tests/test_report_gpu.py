@@ -55,6 +55,9 @@ def test_a_time_boxed_run_trains_evaluates_and_imputes_with_every_model_then_ren
         assert "| not finished |" in text
         assert summary["verdicts"][3]["verdict"] == "not measurable at this budget"
 
+    table = report_gpu.proposal_check(folder, ["K=1 zero", "K=1 oracle"], rows=4, samples=3)
+    assert table.count("\n| K=1 ") == 2
+
 
 def _fake_run(folder: Path, rows: dict[str, list[float]]) -> None:
     """A run folder where each listed model evaluated the given per-row log-likelihoods."""
