@@ -85,6 +85,9 @@ def test_tiny_report_runs_every_experiment_and_writes_a_readme_with_verdicts(
     expected = {"README.md", "results.json", "ranking.md", "figure1_left.png", "figure1_right.png"}
     assert expected | {"figure2_samples.png", "figure3_imputations.png"} <= names
     assert set(results["figure1_left"]["test_log_likelihood"]) == {"K=1 zero", "K=2 zero"}
+    measured = results["measured_seconds"]  # what reused work cost when it ran
+    assert set(measured["trial_train_seconds"]) == {"K=1 zero", "K=2 zero"}
+    assert measured["impute_seconds"]["train/total"] > 0
     curves = results["figure1_right"]["curves"]
     assert list(curves) == ["missVAE (K=1 zero)", "missIWAE (K=2 zero)"]
     assert all(0.0 < a <= 1.0 for values in curves.values() for a in values)
