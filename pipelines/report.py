@@ -175,10 +175,12 @@ def measured_seconds(config: PipelineConfig) -> dict[str, Any]:
     imputations were reused from an earlier run of the same command still shows what they cost:
     each trial's training seconds (trial_result.json) and the impute stage's manifest."""
     from pipelines.impute import MANIFEST
+    from tune.space import load_space
+    from tune.sweep import sweep_dir_of
     from tune.trial import TRIAL_RESULT
 
     out: dict[str, Any] = {}
-    sweep_dir = config.run_path / "sweeps" / config.report.space
+    sweep_dir = sweep_dir_of(config, load_space(config.report.space))
     trials = {}
     for path in sorted((sweep_dir / "trials").glob(f"*/{TRIAL_RESULT}")):
         result = json.loads(path.read_text())

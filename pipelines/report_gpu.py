@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.storage import write_json_atomic, write_text_atomic
+
 REPO = Path(__file__).resolve().parents[1]
 PAPER_MODEL = {
     "architecture": "conv",
@@ -190,7 +192,7 @@ def run_model(spec: ModelSpec) -> dict[str, Any]:
         "train_seconds": train_seconds,
         "history": history,
     }
-    _write_json(out / RESULT_FILE, result)
+    write_json_atomic(out / RESULT_FILE, result)
 
     # Figure 1 (left): log p(x) of complete test images, rows in the fixed permuted order.
     test = load_incomplete_mnist("test", 0.0, seed=spec.seed, num_rows=spec.eval_rows)
@@ -209,7 +211,7 @@ def run_model(spec: ModelSpec) -> dict[str, Any]:
             per_row += ll.cpu().tolist()
     result["eval_seconds"] = time.time() - started
     result["test_log_likelihood_per_row"] = per_row
-    _write_json(out / RESULT_FILE, result)
+    write_json_atomic(out / RESULT_FILE, result)
 
     if spec.accuracy or spec.figure3:
         torch.set_grad_enabled(False)  # imputation needs no gradients
@@ -248,7 +250,7 @@ def run_model(spec: ModelSpec) -> dict[str, Any]:
                 mask=subset.mask[:8].numpy(),
                 imputed=imputed.imputed.cpu().numpy(),
             )
-        _write_json(out / RESULT_FILE, result)
+        write_json_atomic(out / RESULT_FILE, result)
     return result
 
 
@@ -278,15 +280,9 @@ def run_missforest(out: Path, n_jobs: int, seed: int = 0) -> dict[str, Any]:
         "iterations": int(imputer.n_iter_),
         "seconds": time.time() - started,
     }
-    _write_json(out / "missforest" / RESULT_FILE, result)
+    (out / "missforest").mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "missforest" / RESULT_FILE, result)
     return result
-
-
-def _write_json(path: Path, values: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(values, indent=1))
-    temporary.replace(path)
 
 
 # ------------------------------------------------------------------------------ the run
@@ -323,7 +319,7 @@ def run(
         "budget_s": budget_s,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    _write_json(out / "machine.json", machine)
+    write_json_atomic(out / "machine.json", machine)
     children = []
     for spec in specs:
         log = open(Path(spec.out + ".log"), "w")  # noqa: SIM115 - closed after the child ends
@@ -355,7 +351,7 @@ def run(
     forest_log.close()
     machine["seconds"] = time.time() - start
     machine["exit"] = status
-    _write_json(out / "machine.json", machine)
+    write_json_atomic(out / "machine.json", machine)
     print(json.dumps(status))
     return 0 if all(code == 0 for code in status.values()) else 1
 
@@ -468,7 +464,7 @@ def render(folder: Path, report: Path, command: str) -> str:
     proposal_path = report / "proposal.md"
     proposal = proposal_path.read_text() if proposal_path.is_file() else None
     text = readme(results, test_ll, stderr, n, samples, curves, forest, verdicts, command, proposal)
-    (report / "README.md").write_text(text)
+    write_text_atomic(report / "README.md", text)
     summary = {
         "machine": results["machine"],
         "test_log_likelihood": test_ll,
@@ -477,7 +473,7 @@ def render(folder: Path, report: Path, command: str) -> str:
         "verdicts": [dataclasses.asdict(v) for v in verdicts],
         "epochs": {label: r["epochs"] if r else None for label, r in models.items()},
     }
-    (report / "results.json").write_text(json.dumps(summary, indent=1))
+    write_json_atomic(report / "results.json", summary)
     return text
 
 
@@ -692,7 +688,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "proposal":
         table = proposal_check(args.folder, args.models.split(","), args.rows, args.samples)
         if args.out is not None:
-            args.out.write_text(table)
+            write_text_atomic(args.out, table)
         print(table)
         return 0
     print(render(args.folder, args.report, args.run_command))
