@@ -17,7 +17,7 @@ from torch import nn
 
 from missiwae.bounds import log_importance_weights, log_mean_exp
 from missiwae.config import ModelConfig
-from missiwae.iota import imputation_function
+from missiwae.iota import imputation_function, zero_filled
 from missiwae.likelihoods import ObservationModel, observation_model
 from missiwae.networks import build_networks
 from missiwae.validation import check_incomplete_batch, check_positive
@@ -107,25 +107,25 @@ class MissIWAE(nn.Module):
             check_positive("K (number of importance samples)", num_samples)
             self.check_batch(x, mask)
         mu, sigma = self.posterior(x, mask)
-        return self._weigh(x, mask, mu, sigma, num_samples, generator)
+        return self._weigh(zero_filled(x, mask), mask, mu, sigma, num_samples, generator)
 
     def _weigh(
         self,
-        x: torch.Tensor,
+        x_observed: torch.Tensor,
         mask: torch.Tensor,
         mu: torch.Tensor,
         sigma: torch.Tensor,
         num_samples: int,
         generator: torch.Generator | None,
     ) -> ImportanceSamples:
+        """K samples from q = N(mu, sigma²) and their log weights. x_observed (B, D) holds zeros
+        in the holes, so that a NaN placeholder cannot reach the gradient through the masked sum."""
         epsilon = torch.randn((num_samples, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
         z = mu + sigma * epsilon  # (K, B, d)
         log_qz = standard_normal_log_prob(epsilon) - torch.log(sigma).sum(-1)
         log_pz = standard_normal_log_prob(z)
         params = self.decoder(z.reshape(-1, self.latent_dim))
-        params = params.view(num_samples, x.shape[0], *params.shape[1:])
-        # Zero the holes so a NaN placeholder cannot reach the gradient through the masked sum.
-        x_observed = torch.where(mask, x, 0.0)
+        params = params.view(num_samples, x_observed.shape[0], *params.shape[1:])
         log_px_o = self.likelihood.log_prob_observed(params, x_observed, mask)
         return ImportanceSamples(log_importance_weights(log_px_o, log_pz, log_qz), z, params)
 
@@ -154,9 +154,10 @@ class MissIWAE(nn.Module):
             if bool((proposal_mask & ~mask).any()):
                 raise ValueError("proposal_mask may only mark observed entries (True where mask is True)")
         mu, sigma = self.posterior(x, mask if proposal_mask is None else proposal_mask)
+        x_observed = zero_filled(x, mask)
         for start in range(0, num_samples, chunk_size):
             size = min(chunk_size, num_samples - start)
-            yield self._weigh(x, mask, mu, sigma, size, generator)
+            yield self._weigh(x_observed, mask, mu, sigma, size, generator)
 
     def _widest_per_sample(self) -> int:
         """The largest per-row tensor one importance sample creates: decoder output or layer."""
