@@ -119,12 +119,14 @@ def _plain_epoch(config: Any, x: Any, mask: Any) -> float:
     """images/s of one epoch of the library loop, after one warm-up epoch (as Ray's epoch 2)."""
     import torch
 
+    from missiwae.allocator import retain_freed_memory
     from missiwae.model import MissIWAE, make_generator
-    from missiwae.training import train_epoch
+    from missiwae.training import make_optimizer, train_epoch
 
+    retain_freed_memory()  # as the Ray Train worker does
     torch.manual_seed(config.train.seed)
     model = MissIWAE.from_config(config.model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.train.learning_rate)
+    optimizer = make_optimizer(model, config.train.learning_rate)
     shuffle, sample = make_generator(0), make_generator(1)
     x_nan = x.masked_fill(~mask, float("nan"))
     train_epoch(model, optimizer, x_nan, mask, config.train.K, config.train.batch_size, shuffle, sample)

@@ -43,17 +43,17 @@ def main() -> None:
         base = ["--data", str(data), "--threads", str(args.threads), "--device", args.device]
         base += ["--batch-size", str(args.batch_size), "--K", args.K]
         cpu = args.device == "cpu"
+        # ours-default-malloc: the same code without the allocator setting (CPU only: on a GPU
+        # the tensors do not live in glibc's heap).
+        ours = ["ours", *([common.DEFAULT_MALLOC] if cpu else []), *(["before"] if before else [])]
         suites: dict[str, tuple[list[str], list[str]]] = {
-            "mlp": (
-                ["ours", *(["before"] if before else []), *(["notebook"] if cpu else [])],
-                ["--arch", "mlp"],
-            ),
+            "mlp": ([*ours, *(["notebook"] if cpu else [])], ["--arch", "mlp"]),
             "conv": (
-                ["ours", *(["before"] if before else []), *(["notebook"] if cpu else [])],
+                [*ours, *(["notebook"] if cpu else [])],
                 ["--arch", "conv", "--rows", "3200", "--max-steps", "10"],
             ),
             "peer_model": (
-                ["ours", *(["before"] if before else []), *(["peer"] if peer_ok and cpu else [])],
+                [*ours, *(["peer"] if peer_ok and cpu else [])],
                 ["--arch", "mlp", "--observation", "student_t", "--activation", "relu"],
             ),
         }
@@ -71,7 +71,7 @@ def main() -> None:
                         ]
                         flags = _drop_option(flags, "--arch")
                         flags += ["--mode", "train"]
-                    elif name == "mlp" and impl in ("ours", "before"):
+                    elif name == "mlp" and impl in _PEAK_IMPLS:
                         flags.append("--peak")
                     result = common.run_worker(script, impl, flags)
                     raw[name].setdefault(impl, []).append(result)
@@ -114,7 +114,7 @@ def summarise(raw: dict[str, dict[str, list[dict[str, Any]]]], Ks: list[int]) ->
             for impl, reps in by_impl.items():
                 runs = [run for rep in reps for run in rep.get("runs", []) if run["K"] == K]
                 entry[f"{impl}_images_per_s"] = common.median_of(runs, "images_per_s")
-                if suite == "mlp" and impl in ("ours", "before"):
+                if suite == "mlp" and impl in _PEAK_IMPLS:
                     fractions = [
                         run["step_flops"] / run["seconds_per_step"] / run["matched_gemm_flops_per_s"]
                         for run in runs
@@ -132,7 +132,7 @@ def summarise(raw: dict[str, dict[str, list[dict[str, Any]]]], Ks: list[int]) ->
                         [{"v": r["square_1024_flops_per_s"] / 1e9} for r in runs], "v"
                     )
             ours = entry.get("ours_images_per_s")
-            for other in ("before", "notebook", "peer"):
+            for other in (common.DEFAULT_MALLOC, "before", "notebook", "peer"):
                 if f"{other}_images_per_s" in entry:
                     entry[f"ours_over_{other}"] = common.ratio(ours, entry[f"{other}_images_per_s"])
             summary[f"{suite}/K={K}"] = entry
@@ -146,9 +146,11 @@ def report(summary: dict[str, Any], args: argparse.Namespace, peer: str | None) 
             [
                 key,
                 entry.get("ours_images_per_s"),
+                entry.get(f"{common.DEFAULT_MALLOC}_images_per_s"),
                 entry.get("before_images_per_s"),
                 entry.get("notebook_images_per_s"),
                 entry.get("peer_images_per_s"),
+                _x(entry.get(f"ours_over_{common.DEFAULT_MALLOC}")),
                 _x(entry.get("ours_over_before")),
                 _x(entry.get("ours_over_notebook")),
                 _x(entry.get("ours_over_peer")),
@@ -157,7 +159,18 @@ def report(summary: dict[str, Any], args: argparse.Namespace, peer: str | None) 
     common.print_table(
         f"Training throughput, images/s ({args.device}, {args.threads} thread(s), batch {args.batch_size}, "
         f"median of {args.reps}; peer: hyperimpute {peer or 'not run'})",
-        ["suite/K", "ours", "before", "notebook", "peer", "ours/before", "ours/notebook", "ours/peer"],
+        [
+            "suite/K",
+            "ours",
+            "ours, default malloc",
+            "before",
+            "notebook",
+            "peer",
+            "ours/default malloc",
+            "ours/before",
+            "ours/notebook",
+            "ours/peer",
+        ],
         rows,
     )
     peak_rows = []
@@ -167,18 +180,33 @@ def report(summary: dict[str, Any], args: argparse.Namespace, peer: str | None) 
                 [
                     key,
                     entry.get("ours_model_gflops_per_s"),
+                    entry.get(f"{common.DEFAULT_MALLOC}_model_gflops_per_s"),
                     entry.get("before_model_gflops_per_s"),
                     entry.get("matched_gemm_gflops_per_s"),
                     entry.get("square_1024_gflops_per_s"),
                     _pct(entry.get("ours_fraction_of_matched_gemm_peak")),
+                    _pct(entry.get(f"{common.DEFAULT_MALLOC}_fraction_of_matched_gemm_peak")),
                     _pct(entry.get("before_fraction_of_matched_gemm_peak")),
                 ]
             )
     common.print_table(
         "MLP 784-200-200-50: model matmul GFLOP/s (3 x forward) vs torch.mm at the step's shapes",
-        ["K", "ours GF/s", "before GF/s", "GEMM peak", "mm 1024^3", "ours % peak", "before % peak"],
+        [
+            "K",
+            "ours GF/s",
+            "default malloc GF/s",
+            "before GF/s",
+            "GEMM peak",
+            "mm 1024^3",
+            "ours % peak",
+            "default malloc % peak",
+            "before % peak",
+        ],
         peak_rows,
     )
+
+
+_PEAK_IMPLS = ("ours", common.DEFAULT_MALLOC, "before")
 
 
 def _x(value: float | None) -> str:

@@ -5,7 +5,10 @@ side by side cannot share caches, thread pools or allocator state, and so that p
 worker's own. Workers print one JSON object on their last stdout line.
 
 Implementations ("impl"):
-- ``ours``      the library in this checkout;
+- ``ours``      the library in this checkout, as its entry points run it (glibc told to keep
+                freed memory: missiwae.allocator);
+- ``ours-default-malloc``  the same code with MISSIWAE_RETAIN_FREED_MEMORY=0: how much of the
+                gain is code and how much is the allocator setting;
 - ``before``    the library as of BEFORE_REF (the commit before the performance work), exported
                 with ``git archive`` into a temporary folder and put first on the worker's path;
 - ``notebook``  benchmarks/notebook_reference.py: the original notebooks' style (torch
@@ -36,6 +39,8 @@ RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 BEFORE_REF = "5b790999849688082f15973b0092b5e5974b6e6c"
 PEER_PYTHON = Path(os.environ.get("MISSIWAE_PEER_PYTHON", str(REPO_ROOT / ".peer-venv" / "bin" / "python")))
 PEER_PACKAGE = "hyperimpute"
+
+DEFAULT_MALLOC = "ours-default-malloc"
 
 _before_dir: Path | None = None
 
@@ -112,6 +117,8 @@ def run_worker(script: str, impl: str, args: Sequence[str], timeout: float = 600
         path.insert(0, str(folder))
     elif impl == "peer":
         python = str(PEER_PYTHON)
+    elif impl == DEFAULT_MALLOC:
+        env["MISSIWAE_RETAIN_FREED_MEMORY"] = "0"
     env["PYTHONPATH"] = os.pathsep.join(path)
     env.setdefault("OMP_NUM_THREADS", "1")
     command = [python, str(REPO_ROOT / "benchmarks" / script), "--impl", impl, *args]
@@ -203,6 +210,27 @@ def worker_arguments(parser: argparse.ArgumentParser) -> argparse.Namespace:
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(1)
     return args
+
+
+def prepare_library(impl: str) -> None:
+    """What the library's own entry points do before tensor work (a no-op for `before`, whose
+    library predates it, and for ours-default-malloc, whose environment opts out)."""
+    try:
+        from missiwae.allocator import retain_freed_memory
+    except ImportError:
+        return
+    retain_freed_memory()
+
+
+def library_optimizer(model: Any, learning_rate: float) -> Any:
+    """The Adam the library under test builds (`before` predates make_optimizer)."""
+    try:
+        from missiwae.training import make_optimizer
+    except ImportError:
+        import torch
+
+        return torch.optim.Adam(model.parameters(), lr=learning_rate)
+    return make_optimizer(model, learning_rate)
 
 
 def load_npz(path: Path) -> tuple[Any, Any]:

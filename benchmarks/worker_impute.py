@@ -12,7 +12,7 @@ import argparse
 
 import torch
 
-from benchmarks.common import emit, load_npz, max_rss_mib, timed, worker_arguments
+from benchmarks.common import emit, load_npz, max_rss_mib, prepare_library, timed, worker_arguments
 
 
 def main() -> None:
@@ -29,6 +29,7 @@ def main() -> None:
     from missiwae.imputation import impute_multiple, impute_single
     from missiwae.model import MissIWAE, make_generator
 
+    prepare_library(args.impl)
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     x, mask = load_npz(args.data)

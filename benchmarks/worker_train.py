@@ -1,8 +1,8 @@
 """Worker: training-step throughput of one implementation (run by bench_train.py, one process each).
 
---impl ours / before: the library's one-process loop (`missiwae.training.train_epoch`) on
-  steps x batch_size rows, after `warmup` steps; which `missiwae` is imported is decided by the
-  worker's PYTHONPATH (common.run_worker).
+--impl ours / ours-default-malloc / before: the library's one-process loop
+  (`missiwae.training.train_epoch`) on steps x batch_size rows, after `warmup` steps; which
+  `missiwae` is imported is decided by the worker's PYTHONPATH (common.run_worker).
 --impl notebook: benchmarks/notebook_reference.py, same networks, batches and K.
 With --peak, also times the MLP's own GEMMs alone (forward and both backward products of every
 Linear layer at the step's exact shapes) and a 1024^3 torch.mm: the machine's matmul peak.
@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import emit, load_npz, timed, worker_arguments
+from benchmarks.common import emit, library_optimizer, load_npz, prepare_library, timed, worker_arguments
 
 
 def main() -> None:
@@ -72,10 +72,11 @@ def _library(args, K, x, mask, warm, timed_rows, sync, device) -> float:
     from missiwae.model import MissIWAE, make_generator
     from missiwae.training import train_epoch
 
+    prepare_library(args.impl)
     torch.manual_seed(0)
     config = ModelConfig(architecture=args.arch, observation=args.observation, activation=args.activation)
     model = MissIWAE.from_config(config).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = library_optimizer(model, 1e-3)
     x_nan = x.masked_fill(~mask, float("nan"))  # what a user holds: the holes are NaN
     shuffle, sample = make_generator(0), make_generator(1, device)
 

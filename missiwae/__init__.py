@@ -5,6 +5,7 @@ Pure torch + numpy: the Ray/MLflow pipeline lives in `pipelines/` and builds on 
 
 from typing import Any
 
+from missiwae.allocator import retain_freed_memory
 from missiwae.bounds import effective_sample_size, log_mean_exp, miss_iwae_bound
 from missiwae.config import (
     ConfigError,
@@ -57,6 +58,7 @@ __all__ = [
     "log_mean_exp",
     "make_generator",
     "miss_iwae_bound",
+    "retain_freed_memory",
     "save_checkpoint",
     "snis_expectation",
     "train",

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from missiwae.allocator import retain_freed_memory
+
 __all__ = [
     "ClassifierConfig",
     "ClassifierResult",
@@ -326,6 +328,7 @@ def train_classifier(
     y_test = torch.from_numpy(np.ascontiguousarray(test_labels_np)).to(device)
     num_train = int(train_idx.shape[0])
 
+    retain_freed_memory()
     previous_threads = torch.get_num_threads()
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
@@ -337,7 +340,8 @@ def train_classifier(
         with torch.random.fork_rng(devices=fork_devices):
             torch.manual_seed(config.seed)
             model = DropoutConvNet(config.channels, config.hidden, config.dropout).to(device)
-            optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+            # Fused: one kernel for all parameters (see missiwae.training.make_optimizer).
+            optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, fused=True)
 
             history: list[dict[str, float]] = []
             best_loss, best_epoch, best_state = math.inf, 0, None

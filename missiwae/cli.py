@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from missiwae import __version__
+from missiwae.allocator import retain_freed_memory
 from missiwae.baselines import (
     independent_bernoulli_log_likelihood,
     mean_impute,
@@ -329,6 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USER_ERROR
     handler: Callable[[argparse.Namespace], int] = args.handler
+    retain_freed_memory()
     try:
         return handler(args)
     except KeyboardInterrupt:

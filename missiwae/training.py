@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from missiwae.allocator import retain_freed_memory
 from missiwae.config import ConfigError, ModelConfig, TrainConfig, from_dict, to_dict
 from missiwae.evaluation import mean_bound
 from missiwae.model import MissIWAE, make_generator
@@ -31,6 +32,16 @@ class EpochStats:
     train_bound: float  # mean L_K over the epoch's minibatches (as optimised)
     valid_bound: float | None  # mean L_K on the validation rows, after the epoch
     seconds: float
+
+
+def make_optimizer(model: torch.nn.Module, learning_rate: float) -> torch.optim.Adam:
+    """Adam over every parameter of `model`, as every training path of this project builds it.
+
+    The fused implementation updates all parameters in one kernel instead of a dozen small
+    ones per parameter tensor: a third of the time of the default on CPU, where the optimiser
+    step was 15% of a K = 1 MLP step (benchmarks/README.md). Same update rule.
+    """
+    return torch.optim.Adam(model.parameters(), lr=learning_rate, fused=True)
 
 
 def minibatches(num_rows: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
@@ -87,12 +98,13 @@ def train(
     model.check_batch(x, mask)
     if valid is not None:
         model.check_batch(*valid)
+    retain_freed_memory()
     device = torch.device(config.device)
     model.to(device)
     x, mask = x.to(device), mask.to(device)
     if valid is not None:
         valid = (valid[0].to(device), valid[1].to(device))
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    optimizer = make_optimizer(model, config.learning_rate)
     shuffle_generator = make_generator(config.seed)
     sample_generator = make_generator(config.seed + 1, device)
     valid_generator = make_generator(config.seed + 2, device)

@@ -44,6 +44,10 @@ class ScalingConfig:
     use_gpu: bool = False
     cpus_per_worker: float = 0.5  # fractional: whole-CPU requests deadlock 2-core machines
     max_failures: int = 2  # worker deaths survived by restarting from the last checkpoint
+    # Each worker reads its training shard once into memory and reshuffles it every epoch (as
+    # the one-process loop does); false streams it through Ray Data every epoch instead, for
+    # shards larger than a worker's memory. Row order only: not part of a run's fingerprint.
+    shard_in_memory: bool = True
 
     def __post_init__(self) -> None:
         require(self.num_workers >= 1, "scaling.num_workers must be >= 1")

@@ -342,8 +342,10 @@ class ImputeActor:
     ) -> None:
         import ray
 
+        from missiwae.allocator import retain_freed_memory
         from missiwae.training import load_model
 
+        retain_freed_memory()
         self.device = device
         self.model = load_model(checkpoint_dir, device=device)
         self.num_samples, self.num_imputations = num_samples, num_imputations

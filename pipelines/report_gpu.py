@@ -134,14 +134,16 @@ def run_model(spec: ModelSpec) -> dict[str, Any]:
     """Train, evaluate and (optionally) impute with one model; writes <out>/result.json."""
     import torch
 
+    from missiwae.allocator import retain_freed_memory
     from missiwae.config import ModelConfig, TrainConfig
     from missiwae.data import load_incomplete_mnist
     from missiwae.evaluation import estimate_log_likelihood, imputation_accuracy
     from missiwae.imputation import impute_single
     from missiwae.model import MissIWAE, make_generator
-    from missiwae.training import EpochStats, save_checkpoint, train_epoch
+    from missiwae.training import EpochStats, make_optimizer, save_checkpoint, train_epoch
 
     torch.set_num_threads(1)
+    retain_freed_memory()
     torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
     device = torch.device(spec.device)
     out = Path(spec.out)
@@ -152,7 +154,7 @@ def run_model(spec: ModelSpec) -> dict[str, Any]:
     train = load_incomplete_mnist("train", spec.missing_rate, seed=spec.seed, num_rows=spec.train_rows)
     x, mask = _model_view(train.x, train.mask, model.uses_oracle)
     x, mask = x.to(device), mask.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+    optimizer = make_optimizer(model, LEARNING_RATE)
     shuffle, sample = make_generator(spec.seed), make_generator(spec.seed + 1, device)
     # Whole epochs are too coarse for a deadline (K=50 epochs take minutes), so each epoch's
     # shuffled order is walked in slices of 50 minibatches and the clock is read between them.

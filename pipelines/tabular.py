@@ -269,8 +269,10 @@ class TabularImputeActor:
     def __init__(
         self, checkpoint_dir: str, num_samples: int, num_imputations: int, chunk_size: int | None, seed: int
     ) -> None:
+        from missiwae.allocator import retain_freed_memory
         from missiwae.training import load_model
 
+        retain_freed_memory()
         self.model = load_model(checkpoint_dir, device="cpu")
         self.num_samples, self.num_imputations = num_samples, num_imputations
         self.chunk_size, self.seed = chunk_size, seed

@@ -21,8 +21,10 @@ config after a crash continues where it stopped (`resume=False` starts over).
 
 Randomness: parameters are initialised with `torch.manual_seed(train.seed + rank)` (DDP then
 broadcasts rank 0's); importance samples use a generator seeded from (train.seed, rank, epoch),
-so a resumed epoch draws the same numbers as an uninterrupted one would. The order in which
-Ray Data streams rows is not reproducible.
+so a resumed epoch draws the same numbers as an uninterrupted one would. Each worker reads its
+shard into memory once and shuffles it with a generator seeded the same way
+(`scaling.shard_in_memory`); which rows Ray Data puts in which shard is not reproducible, nor is
+the order of the streaming path (shard_in_memory: false).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +46,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from missiwae.allocator import retain_freed_memory
 from missiwae.config import ConfigError, ModelConfig, TrainConfig, to_dict
 from missiwae.evaluation import estimate_log_likelihood, mean_bound
 from missiwae.model import MissIWAE, make_generator
-from missiwae.training import EpochStats, load_model, load_training_state, save_checkpoint
+from missiwae.training import EpochStats, load_model, load_training_state, make_optimizer, save_checkpoint
 from pipelines.config import PipelineConfig
 from pipelines.ingest import IngestResult, load_split_numpy, read_split
 
@@ -55,6 +58,7 @@ PIPELINE_STATE_FILE = "pipeline_state.json"  # per-epoch history (+ restore coun
 HISTORY_KEYS = ("epoch", "train_bound", "valid_bound", "seconds", "images_per_second", "restores")
 VALID_BATCH_SIZE = 500
 _SHUFFLE_BUFFER_BATCHES = 8  # Ray Data local shuffle buffer, in training batches
+_SHARD_READ_BATCH = 4096  # rows per batch when a worker reads its shard into memory
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,9 +108,10 @@ def training_fingerprint(config: PipelineConfig, ingest: IngestResult) -> str:
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """One DDP worker. loop_config: model (ModelConfig), train (TrainConfig), num_threads,
-    and `_fault_injection` — TEST ONLY: a marker-file path; when set, the last rank kills its
-    process (os._exit(1)) once, after its first step of epoch 2, and creates the marker so the
-    restarted group does not die again."""
+    shard_in_memory (read the training shard once, see ScalingConfig), and `_fault_injection` —
+    TEST ONLY: a marker-file path; when set, the last rank kills its process (os._exit(1)) once,
+    after its first step of epoch 2, and creates the marker so the restarted group does not die
+    again."""
     import ray.train
     import ray.train.torch
 
@@ -114,13 +119,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     train_config: TrainConfig = loop_config["train"]
     fault_marker: str | None = loop_config.get("_fault_injection")
     torch.set_num_threads(int(loop_config["num_threads"]))
+    retain_freed_memory()
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
 
     torch.manual_seed(train_config.seed + rank)
     model = MissIWAE.from_config(model_config).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=train_config.learning_rate)
+    optimizer = make_optimizer(model, train_config.learning_rate)
     history: list[dict[str, Any]] = []
     restores = 0
     checkpoint = ray.train.get_checkpoint()
@@ -135,17 +141,24 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     valid_shard = ray.train.get_dataset_shard("valid")
     assert train_shard is not None and valid_shard is not None
     batch_size = train_config.batch_size
+    shard = _read_shard(train_shard) if loop_config["shard_in_memory"] else None
     for epoch in range(len(history) + 1, train_config.epochs + 1):
         started = time.perf_counter()
         ddp_model.train()
         seed = epoch_seed(train_config.seed, rank, epoch)
         generator = make_generator(seed, device)
         bound_sum, num_rows = 0.0, 0
-        batches = train_shard.iter_torch_batches(
-            batch_size=batch_size,
-            local_shuffle_buffer_size=batch_size * _SHUFFLE_BUFFER_BATCHES,
-            local_shuffle_seed=seed % 2**32,
-        )
+        if shard is not None:
+            order = torch.randperm(shard[0].shape[0], generator=make_generator(seed))
+            batches: Iterable[dict[str, torch.Tensor]] = (
+                {"pixels": shard[0][rows], "mask": shard[1][rows]} for rows in order.split(batch_size)
+            )
+        else:
+            batches = train_shard.iter_torch_batches(
+                batch_size=batch_size,
+                local_shuffle_buffer_size=batch_size * _SHUFFLE_BUFFER_BATCHES,
+                local_shuffle_seed=seed % 2**32,
+            )
         for step, batch in enumerate(batches):
             x, mask = batch["pixels"].to(device, torch.float32), batch["mask"].to(device)
             bound = ddp_model(x, mask, train_config.K, generator)
@@ -183,6 +196,21 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 ray.train.report(entry, checkpoint=ray.train.Checkpoint.from_directory(directory))
         else:
             ray.train.report(entry, checkpoint=None)  # a barrier: every rank reports every epoch
+
+
+def _read_shard(train_shard: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """This worker's whole training shard, read once: pixels (N_w, D) uint8 and mask (N_w, D).
+
+    Streaming it again every epoch cost a tenth of the epoch on a 1-CPU worker (Arrow to
+    torch conversion and the local shuffle buffer, per batch: benchmarks/README.md).
+    """
+    pixels, masks = [], []
+    for batch in train_shard.iter_torch_batches(batch_size=_SHARD_READ_BATCH):
+        pixels.append(batch["pixels"])
+        masks.append(batch["mask"])
+    if not pixels:
+        raise RuntimeError("this worker's training shard is empty: fewer training rows than workers?")
+    return torch.cat(pixels), torch.cat(masks)
 
 
 @torch.no_grad()
@@ -329,6 +357,7 @@ def run_training(
             "model": config.model,
             "train": config.train,
             "num_threads": max(1, int(scaling.cpus_per_worker)),
+            "shard_in_memory": scaling.shard_in_memory,
             "_fault_injection": _fault_injection,
         },
         scaling_config=ray.train.ScalingConfig(

@@ -99,6 +99,19 @@ def test_ddp_training_on_two_workers_improves_the_bound_and_leaves_a_loadable_ch
     assert (config.run_path / "ray_train" / result.run_name).is_dir()
 
 
+def test_streaming_the_shard_every_epoch_trains_too(ray_cluster, data_root, ingest_root, tmp_path):
+    """scaling.shard_in_memory: false (for shards larger than a worker's memory) streams each
+    epoch through Ray Data's local shuffle instead of reshuffling a shard read once."""
+    config, ingest = ingest_for(tmp_path / "run", data_root, ingest_root)
+    streamed = PipelineConfig.from_dict(
+        {**config.to_dict(), "scaling": {**config.to_dict()["scaling"], "shard_in_memory": False}}
+    )
+    result = run_training(streamed, ingest, resume=False)
+    first, second = result.history
+    assert second["train_bound"] > first["train_bound"]
+    assert second["valid_bound"] > first["valid_bound"]
+
+
 def test_a_worker_dying_mid_run_resumes_from_the_last_checkpoint_and_ends_as_good_as_an_uninterrupted_run(
     ray_cluster, data_root, ingest_root, tmp_path
 ):
