@@ -33,6 +33,8 @@ def miss_iwae_bound(log_px_o: torch.Tensor, log_pz: torch.Tensor, log_qz: torch.
 
 def log_mean_exp(log_w: torch.Tensor) -> torch.Tensor:
     """log (1/K) Σ_k exp(log_w[k]) over the leading axis: (K, B) -> (B,)."""
+    if log_w.shape[0] == 1:  # the missVAE bound: the one weight itself, without two kernels
+        return log_w[0]
     return torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])
 
 

@@ -93,6 +93,17 @@ def test_bound_function_is_log_mean_of_weights():
     torch.testing.assert_close(miss_iwae_bound(log_px, log_pz, log_qz), expected)
 
 
+@pytest.mark.parametrize("K", [1, 2, 7])
+def test_bound_function_is_log_mean_of_weights_with_its_gradient_for_every_K(K):
+    """K = 1 (missVAE) takes a shortcut: the one weight itself; the same value and gradient."""
+    log_w = torch.randn(K, 3, dtype=torch.float64, requires_grad=True)
+    expected = torch.log(torch.exp(log_w).mean(0))
+    (grad,) = torch.autograd.grad(log_mean_exp(log_w).sum(), log_w)
+    (expected_grad,) = torch.autograd.grad(expected.sum(), log_w)
+    torch.testing.assert_close(log_mean_exp(log_w), expected)
+    torch.testing.assert_close(grad, expected_grad)
+
+
 def test_bound_is_finite_for_extreme_log_weights():
     log_w = torch.tensor([[-1e4, 0.0, 800.0], [-1e4, -3e3, 900.0]], dtype=torch.float32)
     assert torch.isfinite(log_mean_exp(log_w)).all()
