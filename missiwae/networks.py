@@ -22,19 +22,20 @@ from missiwae.config import ModelConfig
 _MIN_SIGMA = 1e-4  # keeps q's log-density finite when the encoder saturates
 
 
-class ELU(nn.Module):
-    """elu(x) = x for x > 0, e^x − 1 otherwise; d elu / dx = 1 or e^x = min(elu(x), 0) + 1.
+class _CpuActivation(nn.Module):
+    """An elementwise activation computed by `cpu_function` (an autograd Function with a
+    closed-form backward pass) on CPU tensors, and by torch's own `reference` elsewhere: on a
+    GPU one fused kernel beats the CPU form's several passes."""
 
-    On CPU this is computed as max(x, 0) + (e^{min(x, 0)} − 1): torch's own ELU kernel goes
-    through an unvectorised expm1 and took a fifth of a K = 50 convolutional training step,
-    four times what vectorised exp costs (benchmarks/README.md). exp − 1 instead of expm1
-    differs by at most one float32 rounding of 1 (6e-8) near 0⁻. Other devices use F.elu.
-    """
+    cpu_function: type[torch.autograd.Function]
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu":
-            return F.elu(x)
-        return _CpuELU.apply(x)
+            return self.reference(x)
+        return self.cpu_function.apply(x)
 
 
 class _CpuELU(torch.autograd.Function):
@@ -50,18 +51,19 @@ class _CpuELU(torch.autograd.Function):
         return grad * torch.clamp(out, max=0.0).add_(1.0)
 
 
-class Tanh(nn.Module):
-    """tanh(x) = 2 sigmoid(2x) − 1; d tanh / dx = 1 − tanh².
+class ELU(_CpuActivation):
+    """elu(x) = x for x > 0, e^x − 1 otherwise; d elu / dx = 1 or e^x = min(elu(x), 0) + 1.
 
-    On CPU torch's tanh kernel costs 2.6x as much as this form's three vectorised passes (it was
-    6% of a K = 50 MLP step). The form is off by at most 1.8e-7 from tanh in float32 (torch's
-    own kernel: 6e-8) and 3.3e-16 in float64. Other devices use torch.tanh.
+    On CPU this is computed as max(x, 0) + (e^{min(x, 0)} − 1): torch's own ELU kernel goes
+    through an unvectorised expm1 and took a fifth of a K = 50 convolutional training step,
+    four times what vectorised exp costs (benchmarks/README.md). exp − 1 instead of expm1
+    differs by at most one float32 rounding of 1 (6e-8) near 0⁻. Other devices use F.elu.
     """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu":
-            return torch.tanh(x)
-        return _CpuTanh.apply(x)
+    cpu_function = _CpuELU
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        return F.elu(x)
 
 
 class _CpuTanh(torch.autograd.Function):
@@ -75,6 +77,20 @@ class _CpuTanh(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         (out,) = ctx.saved_tensors
         return torch.ops.aten.tanh_backward(grad, out)
+
+
+class Tanh(_CpuActivation):
+    """tanh(x) = 2 sigmoid(2x) − 1; d tanh / dx = 1 − tanh².
+
+    On CPU torch's tanh kernel costs 2.6x as much as this form's three vectorised passes (it was
+    6% of a K = 50 MLP step). The form is off by at most 1.8e-7 from tanh in float32 (torch's
+    own kernel: 6e-8) and 3.3e-16 in float64. Other devices use torch.tanh.
+    """
+
+    cpu_function = _CpuTanh
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x)
 
 
 class OutputConvTranspose2d(nn.ConvTranspose2d):

@@ -10,38 +10,29 @@ from torch import nn
 from missiwae.config import ModelConfig
 from missiwae.networks import ELU, ConvDecoder, OutputConvTranspose2d, Tanh, build_networks
 
+FAST_ACTIVATIONS = [
+    # (layer, torch's own function, the float32 bound: roundings of 1, ulp(1)/2 = 2^-24 each)
+    pytest.param(ELU, F.elu, 1, id="elu"),
+    pytest.param(Tanh, torch.tanh, 3, id="tanh"),
+]
 
-def test_elu_equals_torch_elu_with_its_gradient_in_float64():
-    x = torch.cat([torch.linspace(-40, 40, 2001), torch.tensor([0.0, -1e-12, 1e-12, -700.0])])
+
+@pytest.mark.parametrize(("layer", "reference", "roundings"), FAST_ACTIVATIONS)
+def test_fast_activation_equals_torch_with_its_gradient_in_float64(layer, reference, roundings):
+    x = torch.cat([torch.linspace(-40, 40, 2001), torch.tensor([0.0, -1e-12, 1e-12, 400.0, -700.0])])
     x = x.double().requires_grad_()
-    ours = ELU()(x)
-    reference = F.elu(x)
-    assert torch.allclose(ours, reference, rtol=0, atol=1e-15)
+    ours, theirs = layer()(x), reference(x)
+    assert torch.allclose(ours, theirs, rtol=0, atol=4e-16)
     (grad_ours,) = torch.autograd.grad(ours.sum(), x)
-    (grad_reference,) = torch.autograd.grad(reference.sum(), x)
-    assert torch.allclose(grad_ours, grad_reference, rtol=0, atol=1e-15)
-    assert torch.autograd.gradcheck(ELU(), (torch.randn(6, 5, dtype=torch.float64, requires_grad=True),))
+    (grad_theirs,) = torch.autograd.grad(theirs.sum(), x)
+    assert torch.allclose(grad_ours, grad_theirs, rtol=0, atol=1e-15)
+    assert torch.autograd.gradcheck(layer(), (torch.randn(6, 5, dtype=torch.float64, requires_grad=True),))
 
 
-def test_elu_in_float32_is_within_one_rounding_of_one_from_torch_elu():
+@pytest.mark.parametrize(("layer", "reference", "roundings"), FAST_ACTIVATIONS)
+def test_fast_activation_in_float32_is_within_a_few_roundings_of_torch(layer, reference, roundings):
     x = torch.randn(100_000) * 5
-    assert (ELU()(x) - F.elu(x)).abs().max() <= 2**-24
-
-
-def test_tanh_equals_torch_tanh_with_its_gradient_in_float64():
-    x = torch.cat([torch.linspace(-30, 30, 2001), torch.tensor([0.0, -1e-12, 1e-12, 400.0, -400.0])])
-    x = x.double().requires_grad_()
-    ours, reference = Tanh()(x), torch.tanh(x)
-    assert torch.allclose(ours, reference, rtol=0, atol=4e-16)
-    (grad_ours,) = torch.autograd.grad(ours.sum(), x)
-    (grad_reference,) = torch.autograd.grad(reference.sum(), x)
-    assert torch.allclose(grad_ours, grad_reference, rtol=0, atol=1e-15)
-    assert torch.autograd.gradcheck(Tanh(), (torch.randn(6, 5, dtype=torch.float64, requires_grad=True),))
-
-
-def test_tanh_in_float32_is_within_three_roundings_of_one_from_torch_tanh():
-    x = torch.randn(100_000) * 5
-    assert (Tanh()(x) - torch.tanh(x)).abs().max() <= 3 * 2**-24
+    assert (layer()(x) - reference(x)).abs().max() <= roundings * 2**-24
 
 
 def test_output_transposed_convolution_equals_torch_values_and_gradients():
