@@ -135,6 +135,11 @@ def dataset_names(num_imputations: int, missforest: bool = True) -> list[str]:
 # ------------------------------------------------------------------------------ entry point
 
 
+def imputed_dir(config: PipelineConfig) -> Path:
+    """{run_dir}/imputed: the stage's output, one folder per split (each with its MANIFEST)."""
+    return config.run_path / "imputed"
+
+
 def run_imputation(
     config: PipelineConfig,
     shards: Mapping[str, Sequence[Path]],
@@ -161,7 +166,7 @@ def run_imputation(
             if not Path(path).is_file():
                 raise FileNotFoundError(f"input shard of split {split!r} not found: {path}")
     checkpoint_hash = _hash_files([checkpoint_dir / "model.pt", checkpoint_dir / "config.json"])
-    out_root = config.run_path / "imputed"
+    out_root = imputed_dir(config)
     ensure_writable(out_root)
     result_splits: dict[str, dict[str, Path]] = {}
     metrics: dict[str, float] = {}

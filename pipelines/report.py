@@ -174,20 +174,17 @@ def measured_seconds(config: PipelineConfig) -> dict[str, Any]:
     """The compute times recorded where the work was done, so that a report whose sweep or
     imputations were reused from an earlier run of the same command still shows what they cost:
     each trial's training seconds (trial_result.json) and the impute stage's manifest."""
-    from pipelines.impute import MANIFEST
+    from pipelines.impute import MANIFEST, imputed_dir
     from tune.space import load_space
     from tune.sweep import sweep_dir_of
-    from tune.trial import TRIAL_RESULT
 
     out: dict[str, Any] = {}
-    sweep_dir = sweep_dir_of(config, load_space(config.report.space))
-    trials = {}
-    for path in sorted((sweep_dir / "trials").glob(f"*/{TRIAL_RESULT}")):
-        result = json.loads(path.read_text())
-        trials[str(result["label"])] = float(result.get("train_seconds", math.nan))
+    trials = _trial_results(sweep_dir_of(config, load_space(config.report.space)))
     if trials:
-        out["trial_train_seconds"] = trials
-    manifest_path = config.run_path / "imputed" / "train" / MANIFEST
+        out["trial_train_seconds"] = {
+            label: float(result.get("train_seconds", math.nan)) for label, result in trials.items()
+        }
+    manifest_path = imputed_dir(config) / "train" / MANIFEST
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text())
         out["impute_seconds"] = manifest.get("seconds", {})
@@ -273,15 +270,20 @@ def accuracy_figure(samples: Sequence[int], curves: Mapping[str, Sequence[float]
 # --------------------------------------------------------------------------------- the run
 
 
-def _trial_checkpoints(sweep_dir: Path) -> dict[str, Path]:
-    """sweep label -> the trial's checkpoint directory (from each trial_result.json)."""
+def _trial_results(sweep_dir: Path) -> dict[str, dict[str, Any]]:
+    """sweep label -> the trial's trial_result.json (checkpoint directory, training seconds...)."""
     from tune.trial import TRIAL_RESULT
 
     out = {}
     for path in sorted((sweep_dir / "trials").glob(f"*/{TRIAL_RESULT}")):
         result = json.loads(path.read_text())
-        out[str(result["label"])] = Path(result["checkpoint_dir"])
+        out[str(result["label"])] = result
     return out
+
+
+def _trial_checkpoints(sweep_dir: Path) -> dict[str, Path]:
+    """sweep label -> the trial's checkpoint directory."""
+    return {label: Path(result["checkpoint_dir"]) for label, result in _trial_results(sweep_dir).items()}
 
 
 def preset_notes(preset: str) -> str:

@@ -318,7 +318,7 @@ def run_tabular_imputation(
     config: PipelineConfig, ingest: IngestResult, checkpoint_dir: Path
 ) -> TabularImputeResult:
     """Impute the splits of `impute_stage.splits` and write the imputed tables (module docstring)."""
-    from pipelines.impute import _hash_files
+    from pipelines.impute import _hash_files, imputed_dir
 
     assert ingest.table is not None
     started = time.perf_counter()
@@ -333,7 +333,7 @@ def run_tabular_imputation(
         "inputs": _hash_files(files),
     }
     fingerprint = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-    out_root = config.run_path / "imputed"
+    out_root = imputed_dir(config)
     out_root.mkdir(parents=True, exist_ok=True)
     target = out_root / _OUTPUT_DIR
     with exclusive(out_root / ".tabular.lock"):

@@ -50,7 +50,14 @@ from missiwae.allocator import retain_freed_memory
 from missiwae.config import ConfigError, ModelConfig, TrainConfig, to_dict
 from missiwae.evaluation import estimate_log_likelihood, mean_bound
 from missiwae.model import MissIWAE, make_generator
-from missiwae.training import EpochStats, load_model, load_training_state, make_optimizer, save_checkpoint
+from missiwae.training import (
+    EpochStats,
+    load_model,
+    load_training_state,
+    make_optimizer,
+    minibatches,
+    save_checkpoint,
+)
 from pipelines.config import PipelineConfig
 from pipelines.ingest import IngestResult, load_split_numpy, read_split
 
@@ -149,9 +156,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         generator = make_generator(seed, device)
         bound_sum, num_rows = 0.0, 0
         if shard is not None:
-            order = torch.randperm(shard[0].shape[0], generator=make_generator(seed))
             batches: Iterable[dict[str, torch.Tensor]] = (
-                {"pixels": shard[0][rows], "mask": shard[1][rows]} for rows in order.split(batch_size)
+                {"pixels": shard[0][rows], "mask": shard[1][rows]}
+                for rows in minibatches(shard[0].shape[0], batch_size, make_generator(seed))
             )
         else:
             batches = train_shard.iter_torch_batches(
