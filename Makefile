@@ -9,7 +9,7 @@ RUN_DIR ?= runs/smoke
 PRESET ?= smoke
 SPACE ?= paper
 
-.PHONY: setup run sweep demo mlflow-ui test lint clean bench bench-setup bench-uci
+.PHONY: setup run sweep demo mlflow-ui test test-fast lint clean bench bench-setup bench-uci
 
 setup: $(VENV)/.installed
 
@@ -49,6 +49,10 @@ lint: setup
 
 test: lint
 	$(BIN)/python -m pytest
+
+# The library's quick tests (math, invariants, CLI, estimator): under a minute, no Ray, no MNIST.
+test-fast: setup
+	$(BIN)/python -m pytest tests/library -m "not slow and not mnist" -q
 
 # The peer (hyperimpute's MIWAE) lives in its own virtual environment: its pins clash with ours.
 # Full install first; if a dependency cannot be installed, the plugin's own imports only.

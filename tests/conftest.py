@@ -33,6 +33,34 @@ def count_example(test: str) -> None:
     EXAMPLES_TRIED[test] += 1
 
 
+# Markers by folder, so `-m` selects a layer's cost without a decorator on every test:
+# everything above the library starts Ray or a subprocess job and takes seconds to minutes.
+FOLDER_MARKERS = {
+    "library": (),
+    "pipeline": ("ray", "slow"),
+    "tune": ("ray", "slow"),
+    "report": ("ray", "slow"),
+    "benchmarks": ("slow",),
+}
+# Library tests that train on real MNIST or run hundreds of generated cases: seconds each.
+SLOW_LIBRARY_MODULES = {"test_mnist_training", "test_bad_input", "test_missforest", "test_classifier"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        path = Path(str(item.path))
+        folder = path.parent.name
+        if folder not in FOLDER_MARKERS:
+            raise pytest.UsageError(f"{path}: tests live in one of tests/{{{', '.join(FOLDER_MARKERS)}}}/")
+        names = set(FOLDER_MARKERS[folder])
+        if folder == "library" and path.stem in SLOW_LIBRARY_MODULES:
+            names.add("slow")
+        if "data_root" in getattr(item, "fixturenames", ()):
+            names.add("mnist")
+        for name in sorted(names):
+            item.add_marker(getattr(pytest.mark, name))
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if EXAMPLES_TRIED:
         total = sum(EXAMPLES_TRIED.values())

@@ -19,7 +19,7 @@ from missiwae.imputation import impute_multiple, impute_single, snis_expectation
 from missiwae.iota import ZeroImputation
 from missiwae.likelihoods import Bernoulli
 from missiwae.model import MissIWAE, make_generator
-from tests.linear_gaussian import LinearGaussian, linear_gaussian_model
+from tests.library.linear_gaussian import LinearGaussian, linear_gaussian_model
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from missiwae.bounds import (
     miss_iwae_bound,
 )
 from missiwae.model import make_generator, standard_normal_log_prob
-from tests.linear_gaussian import LinearGaussian, example_masks, linear_gaussian_model
+from tests.library.linear_gaussian import LinearGaussian, example_masks, linear_gaussian_model
 
 
 @pytest.fixture(scope="module")

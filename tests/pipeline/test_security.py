@@ -1,7 +1,7 @@
 """Security: checkpoints never unpickle code, nothing pickles what a user could be handed, the
 embedded Ray refuses clients without its token, and MLflow gets no secrets or home paths.
 
-(`ray start --head` + `ray job submit` with and without the token: tests/test_pipeline_job.py.)
+(`ray start --head` + `ray job submit` with and without the token: tests/pipeline/test_pipeline_job.py.)
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ import torch
 from missiwae.cli import main
 from missiwae.config import RunConfig
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DATA_DIR = Path(os.environ.get("MISSIWAE_DATA_DIR") or REPO.parent / "shared" / "data")
 
 TINY = [

@@ -2,7 +2,7 @@
 mid-job, the whole job killed (SIGKILL) during imputation and run again, an output directory
 that cannot be written, a disk that fills up mid-write, and the MLflow store going away.
 
-(A training worker killed mid-epoch: tests/test_pipeline_train.py.)
+(A training worker killed mid-epoch: tests/pipeline/test_pipeline_train.py.)
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pipelines.config import ImputeStageConfig, MissForestConfig, PipelineConfig
 from pipelines.impute import MANIFEST, dataset_names, read_dataset, run_imputation
 from pipelines.storage import OutputError
 from tests.conftest import REPO
-from tests.test_pipeline_impute import NUM_IMPUTE, Inputs, make_config, make_inputs
+from tests.pipeline.test_pipeline_impute import NUM_IMPUTE, Inputs, make_config, make_inputs
 
 M = 3  # imputations per row in make_config
 
