@@ -14,24 +14,36 @@ bound; imputations are mapped back to the original units.
 from __future__ import annotations
 
 import math
-from typing import Any
+from numbers import Integral, Real
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from numpy.typing import ArrayLike, NDArray
-from scipy import sparse
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils import check_random_state
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted, validate_data
 
+from missiwae.columns import OBSERVATIONS, Standardization, binary_columns, infer_column_types
 from missiwae.config import ModelConfig, TrainConfig
 from missiwae.imputation import impute_multiple, impute_single
 from missiwae.model import MissIWAE, make_generator
 from missiwae.training import EpochStats, train
+from missiwae.validation import check_params, reraised
 
-_OBSERVATIONS = ("bernoulli", "gaussian", "student_t")
-_IMPUTATIONS = ("zero", "learned")
-_ACTIVATIONS = ("tanh", "relu", "elu")
+_POSITIVE_INT = Interval(Integral, 1, None, closed="left")
+# How a bad value's message states the valid ones, where scikit-learn's description of the
+# constraints reads poorly (the rest: "one of [...]", "an integer >= 1").
+_WORDING = {
+    "column_types": f"'auto', None or a list of {list(OBSERVATIONS)}",
+    "hidden": "a tuple of integers >= 1",
+    "learning_rate": "a positive number",
+    "standardize": "a bool",
+    "random_state": "None, an integer in [0, 2**32 - 1] or a numpy RandomState",
+    "device": "a torch device (a str such as 'cpu' or 'cuda', or a torch.device)",
+    "verbose": "a bool or an integer >= 0",
+}
 
 # Imputation runs over rows in batches of this size (and the library chunks the L importance
 # samples), so memory stays flat in N and L.
@@ -103,6 +115,26 @@ class MissIWAEImputer(TransformerMixin, BaseEstimator):
         The seed drawn from `random_state` in `fit`; imputation generators derive from it.
     """
 
+    # scikit-learn's declaration of the valid parameters (checked at the start of `fit`, see
+    # _validate_params); the checks it cannot express follow in _check_param_values.
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "observation": [StrOptions(set(OBSERVATIONS))],
+        "column_types": [StrOptions({"auto"}), None, list, tuple],
+        "latent_dim": [_POSITIVE_INT],
+        "hidden": [tuple, list],
+        "activation": [StrOptions({"tanh", "relu", "elu"})],
+        "imputation": [StrOptions({"zero", "learned"})],
+        "K": [_POSITIVE_INT],
+        "epochs": [Interval(Integral, 0, None, closed="left")],
+        "batch_size": [_POSITIVE_INT],
+        "learning_rate": [Interval(Real, 0, math.inf, closed="neither")],
+        "num_samples": [_POSITIVE_INT],
+        "standardize": ["boolean"],
+        "random_state": ["random_state"],
+        "device": [str, torch.device],
+        "verbose": ["verbose"],
+    }
+
     def __init__(
         self,
         observation: str = "gaussian",
@@ -147,8 +179,8 @@ class MissIWAEImputer(TransformerMixin, BaseEstimator):
         Raises ValueError for a bad parameter, an X that is not 2-D, holds inf, has a column
         with no observed value, or (bernoulli) observed values outside {0, 1}.
         """
-        self._check_params()
-        X = self._check_array(X)
+        self._validate_params()
+        X = self._validate_table(X, reset=True)
         mask = ~np.isnan(X)
         empty = np.flatnonzero(~mask.any(axis=0))
         if empty.size:
@@ -158,25 +190,13 @@ class MissIWAEImputer(TransformerMixin, BaseEstimator):
             )
         self.column_types_ = self._resolve_column_types(X, mask)
         self._check_binary(X, mask)
-
         continuous = np.array([t != "bernoulli" for t in self.column_types_])
-        if self.standardize and continuous.any():
-            # nanmean/nanstd over observed entries only: the holes must not bias the scaling.
-            mean = np.nanmean(X, axis=0)
-            with np.errstate(over="ignore", invalid="ignore"):
-                std = np.nanstd(X, axis=0)
-            too_wide = np.flatnonzero(~np.isfinite(std))
-            if too_wide.size:  # the variance overflowed float64: no scaling can represent it
-                raise ValueError(
-                    f"column(s) {too_wide.tolist()} of X span too wide a range to standardise "
-                    "(their variance overflows float64); rescale them first"
-                )
-            # A constant column would divide by zero; scale 1 keeps it (and its imputations) as is.
-            self.mean_ = np.where(continuous, mean, 0.0)
-            self.scale_ = np.where(continuous & (std > 0), std, 1.0)
-        else:
-            self.mean_ = np.zeros(X.shape[1])
-            self.scale_ = np.ones(X.shape[1])
+        scaling = (
+            Standardization.fit(X, columns=continuous)
+            if self.standardize
+            else Standardization.identity(X.shape[1])
+        )
+        self.mean_, self.scale_ = scaling.mean, scaling.scale
 
         # One integer seed drives everything, so a fixed random_state gives a fixed model and
         # fixed imputations; None draws a fresh one (scikit-learn semantics).
@@ -191,7 +211,7 @@ class MissIWAEImputer(TransformerMixin, BaseEstimator):
             architecture="mlp",
             latent_dim=int(self.latent_dim),
             hidden=tuple(int(width) for width in self.hidden),
-            activation=self.activation,  # type: ignore[arg-type]  # checked in _check_params
+            activation=self.activation,  # type: ignore[arg-type]  # checked in _validate_params
             observation=observation,  # type: ignore[arg-type]
             column_types=column_types,  # type: ignore[arg-type]
             imputation=self.imputation,  # type: ignore[arg-type]
@@ -211,8 +231,7 @@ class MissIWAEImputer(TransformerMixin, BaseEstimator):
             model = MissIWAE.from_config(model_config)
         x, mask_t = self._to_tensors(X, mask, torch.device("cpu"))
         self.history_: list[EpochStats] = train(model, x, mask_t, train_config, progress=bool(self.verbose))
-        self.model_ = model.eval()
-        self.n_features_in_ = X.shape[1]
+        self.model_ = model.eval()  # n_features_in_ was set by validate_data
         return self
 
     # ------------------------------------------------------------------ imputing
@@ -234,10 +253,8 @@ class MissIWAEImputer(TransformerMixin, BaseEstimator):
             batch_size=_IMPUTE_ROWS,
             generator=generator,
         )
-        estimate = self._to_original_units(result.imputed)
-        # Write into a copy of the input itself (not the de-standardised tensor) so observed
-        # entries survive bit for bit, untouched by the float32 round trip.
-        return np.where(mask, X, estimate)
+        # Observed entries come from X itself, untouched by the float32 round trip.
+        return self._scaling().fill(X, result.imputed.detach().cpu().numpy(), mask)
 
     def sample(self, X: ArrayLike, n_imputations: int = 5) -> NDArray[np.float64]:
         """Multiple imputation by SIR: (n_imputations, N, D) float64 copies of X (N, D).
@@ -246,7 +263,7 @@ class MissIWAEImputer(TransformerMixin, BaseEstimator):
         p(x_m | x_o) (one resampled particle out of L = `num_samples`, then x_m ~ p_θ(x_m | z));
         observed entries are those of X in every copy. Deterministic given the fitted seed.
         """
-        _check_int("n_imputations", n_imputations, minimum=1)
+        check_params({"n_imputations": [_POSITIVE_INT]}, {"n_imputations": n_imputations}, "sample")
         X, mask = self._check_transform_input(X)
         x, mask_t = self._to_tensors(X, mask, self.model_.device)
         generator = make_generator(self.seed_ + _SAMPLE_SEED_OFFSET, self.model_.device)
@@ -259,8 +276,8 @@ class MissIWAEImputer(TransformerMixin, BaseEstimator):
             batch_size=_IMPUTE_ROWS,
             generator=generator,
         )
-        draws = self._to_original_units(result.imputations)  # (M, N, D)
-        return np.where(mask[None], X[None], draws)
+        draws = result.imputations.detach().cpu().numpy()  # (M, N, D), standardised
+        return self._scaling().fill(X, draws, mask)
 
     def __sklearn_tags__(self) -> Any:
         # Tell scikit-learn (check_estimator, meta-estimators) that NaN input is expected.
@@ -274,59 +291,49 @@ class MissIWAEImputer(TransformerMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ helpers
 
-    def _check_params(self) -> None:
-        if self.imputation == "oracle":
+    def _validate_params(self) -> None:
+        """scikit-learn's parameter validation against `_parameter_constraints`, then the
+        checks it cannot express. Raises ValueError naming the parameter."""
+        if self.imputation == "oracle":  # a valid ι elsewhere in the library: say why not here
             raise ValueError(
                 "imputation='oracle' feeds the encoder the true missing values, which an "
                 "imputer never has; use imputation='zero' or 'learned'"
             )
-        _check_choice("observation", self.observation, _OBSERVATIONS)
-        _check_choice("imputation", self.imputation, _IMPUTATIONS)
-        _check_choice("activation", self.activation, _ACTIVATIONS)
-        for name in ("K", "num_samples", "latent_dim", "batch_size"):
-            _check_int(name, getattr(self, name), minimum=1)
-        _check_int("epochs", self.epochs, minimum=0)
+        params = self.get_params(deep=False)
+        check_params(self._parameter_constraints, params, type(self).__name__, _WORDING)
+        # No scikit-learn constraint describes "a sequence of ints >= 1" or a torch device.
         hidden = self.hidden
-        if not isinstance(hidden, tuple | list) or not all(
-            isinstance(w, int | np.integer) and not isinstance(w, bool) and w >= 1 for w in hidden
-        ):
+        if not all(isinstance(w, Integral) and not isinstance(w, bool) and w >= 1 for w in hidden):
             raise ValueError(f"hidden must be a tuple of integers >= 1, got {hidden!r}")
-        rate = self.learning_rate
-        if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < rate < math.inf:
-            raise ValueError(f"learning_rate must be a positive number, got {rate!r}")
         try:
             torch.device(self.device)
         except (RuntimeError, TypeError) as error:
             raise ValueError(f"device {self.device!r} is not a torch device: {error}") from error
 
-    @staticmethod
-    def _check_array(X: ArrayLike) -> NDArray[np.float64]:
-        """X as a fresh float64 (N, D) array with no inf (NaN allowed: missing).
-
-        Messages follow scikit-learn's wording (check_array), so meta-estimators and
-        `check_estimator` recognise them.
-        """
-        if sparse.issparse(X):
-            # NaN is the missing marker, but a sparse matrix's implicit zeros are observed zeros:
-            # densifying silently could blow up memory, so the caller decides.
-            raise TypeError("sparse input is not supported: pass a dense array (X.toarray())")
-        raw = np.asarray(X)
-        if raw.dtype.kind == "c":  # casting would silently drop the imaginary part
-            raise ValueError("Complex data not supported")
-        array = np.array(raw, dtype=np.float64)  # always a copy: we never alias the input
-        if array.ndim != 2:
+    def _validate_table(self, X: ArrayLike, *, reset: bool) -> NDArray[np.float64]:
+        """X as a fresh float64 (N, D) array with no inf (NaN allowed: missing), through
+        scikit-learn's `validate_data` (which sets or checks n_features_in_, feature_names_in_)."""
+        # Our own check first: scikit-learn says "Expected 2D array", this estimator has always
+        # said "must be 2-D" and shown the shape (its callers and tests match on that).
+        shape = getattr(X, "shape", None)
+        if shape is None:  # a list: numpy's reading of it decides its shape
+            shape = np.asarray(X).shape
+        if len(shape) != 2:
             raise ValueError(
-                f"X must be 2-D (n_samples, n_features), got an array of shape {array.shape}. "
+                f"X must be 2-D (n_samples, n_features), got an array of shape {shape}. "
                 "Reshape your data with X.reshape(-1, 1) for a single feature"
             )
-        for axis, what in ((0, "sample"), (1, "feature")):
-            if array.shape[axis] < 1:
-                raise ValueError(
-                    f"Found array with 0 {what}(s) (shape={array.shape}) while a minimum of 1 is required."
+        try:
+            # Sparse input is refused (accept_sparse=False): NaN marks the holes, and a sparse
+            # matrix's implicit zeros are observed zeros, so densifying is the caller's call.
+            # errstate: scikit-learn's finiteness check first sums X, which warns for inf + -inf
+            # just before it raises about the inf.
+            with np.errstate(invalid="ignore", over="ignore"):
+                return validate_data(
+                    self, X, reset=reset, dtype=np.float64, ensure_all_finite="allow-nan", copy=True
                 )
-        if np.isinf(array).any():
-            raise ValueError("X contains inf; only NaN may mark a missing entry")
-        return array
+        except (ValueError, TypeError) as error:
+            raise reraised(error) from error
 
     def _resolve_column_types(self, X: NDArray[np.float64], mask: NDArray[np.bool_]) -> list[str]:
         """One observation model name per column, from `column_types` and `observation`."""
@@ -334,45 +341,40 @@ class MissIWAEImputer(TransformerMixin, BaseEstimator):
         spec = self.column_types
         if spec is None:
             return [self.observation] * num_features
-        if isinstance(spec, str):
-            if spec != "auto":
-                raise ValueError(
-                    f"column_types must be 'auto', None or a list of {list(_OBSERVATIONS)}, got {spec!r}"
-                )
-            binary = [bool(np.isin(X[mask[:, j], j], (0.0, 1.0)).all()) for j in range(num_features)]
-            return ["bernoulli" if is_binary else self.observation for is_binary in binary]
+        if isinstance(spec, str):  # "auto": the only string _parameter_constraints lets through
+            return infer_column_types(X, self.observation, mask)
         types = list(spec)
         if len(types) != num_features:
             raise ValueError(f"column_types names {len(types)} columns, but X has {num_features} features")
         for name in types:
-            _check_choice("column_types entry", name, _OBSERVATIONS)
+            if name not in OBSERVATIONS:  # scikit-learn constrains the list, not its entries
+                raise ValueError(f"column_types entry must be one of {list(OBSERVATIONS)}, got {name!r}")
         return types
 
     def _check_binary(self, X: NDArray[np.float64], mask: NDArray[np.bool_]) -> None:
-        for j, name in enumerate(self.column_types_):
-            if name == "bernoulli" and not np.isin(X[mask[:, j], j], (0.0, 1.0)).all():
-                raise ValueError(
-                    f"column {j} is modelled as bernoulli (observation / column_types) and needs "
-                    "observed values in {0, 1}; use 'gaussian' or 'student_t' for continuous data"
-                )
+        bernoulli = np.array([name == "bernoulli" for name in self.column_types_])
+        wrong = np.flatnonzero(bernoulli & ~binary_columns(X, mask))
+        if wrong.size:
+            raise ValueError(
+                f"column {wrong[0]} is modelled as bernoulli (observation / column_types) and needs "
+                "observed values in {0, 1}; use 'gaussian' or 'student_t' for continuous data"
+            )
 
     def _check_transform_input(self, X: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
-        check_is_fitted(self)
-        X = self._check_array(X)
-        if X.shape[1] != self.n_features_in_:
-            raise ValueError(
-                f"X has {X.shape[1]} features, but MissIWAEImputer is expecting "
-                f"{self.n_features_in_} features as input"
-            )
+        check_is_fitted(self, "model_")
+        X = self._validate_table(X, reset=False)
         mask = ~np.isnan(X)
         self._check_binary(X, mask)
         return X, mask
+
+    def _scaling(self) -> Standardization:
+        return Standardization(self.mean_, self.scale_)
 
     def _to_tensors(
         self, X: NDArray[np.float64], mask: NDArray[np.bool_], device: torch.device
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Standardised float32 x (holes set to 0, a finite placeholder) and bool mask (N, D)."""
-        scaled = np.where(mask, (X - self.mean_) / self.scale_, 0.0)
+        scaled = self._scaling().transform(X, mask)
         with np.errstate(over="ignore"):
             scaled32 = scaled.astype(np.float32)
         if not np.isfinite(scaled32).all():  # the model computes in float32 (|x| < 3.4e38)
@@ -383,18 +385,3 @@ class MissIWAEImputer(TransformerMixin, BaseEstimator):
             )
         x = torch.as_tensor(scaled32, device=device)
         return x, torch.as_tensor(mask, device=device)
-
-    def _to_original_units(self, imputed: torch.Tensor) -> NDArray[np.float64]:
-        """(..., D) standardised model output -> float64 numpy in the units of X."""
-        values = imputed.detach().cpu().numpy().astype(np.float64)
-        return values * self.scale_ + self.mean_
-
-
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
-
-
-def _check_int(name: str, value: Any, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")

@@ -43,19 +43,31 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from numbers import Integral, Real
-from typing import Any, Literal
+from numbers import Integral
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from joblib import Parallel, delayed
 from numpy.typing import ArrayLike, NDArray
 from sklearn.base import BaseEstimator
-from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
+from sklearn.utils._param_validation import Interval, RealNotInt, StrOptions
+
+from missiwae.columns import binary_columns
+from missiwae.missforest_sweep import (
+    constant_value,
+    delta_categorical,
+    delta_continuous,
+    fit_predict_column,
+    forest_seed,
+    mode,
+    restore_observed,
+)
+from missiwae.validation import check_params
 
 __all__ = ["IterationRecord", "MissForest"]
 
 FeatureTypes = Literal["auto", "continuous", "categorical"]
-_FEATURE_TYPES = ("auto", "continuous", "categorical")
+_POSITIVE_INT = Interval(Integral, 1, None, closed="left")
 
 
 @dataclass(frozen=True)
@@ -77,35 +89,6 @@ class IterationRecord:
     delta_categorical: float | None
     seconds: float
     n_forests: int
-
-
-def _fit_predict_column(
-    x: NDArray[np.float64],
-    j: int,
-    observed: NDArray[np.bool_],
-    categorical: bool,
-    forest_params: dict[str, Any],
-    seed: int,
-) -> NDArray[np.float64]:
-    """Fit column j's forest on its observed rows and predict its missing rows.
-
-    A module-level function (not a method) so that process and Ray workers can unpickle it
-    without the estimator; ``x`` is the previous sweep's full imputed matrix, which joblib
-    memory-maps for local process workers instead of copying it per task.
-    """
-    y = x[observed, j]
-    missing = ~observed
-    predictors = np.delete(x, j, axis=1)
-    if categorical:
-        # Fit on integer codes: scikit-learn rejects float labels such as 0.5 ("continuous"
-        # target), and the codes map back to the exact observed values.
-        labels, codes = np.unique(y, return_inverse=True)
-        clf = RandomForestClassifier(random_state=seed, n_jobs=1, **forest_params)
-        clf.fit(predictors[observed], codes)
-        return labels[clf.predict(predictors[missing]).astype(np.intp)].astype(np.float64)
-    reg = RandomForestRegressor(random_state=seed, n_jobs=1, **forest_params)
-    reg.fit(predictors[observed], y)
-    return np.asarray(reg.predict(predictors[missing]), dtype=np.float64)
 
 
 class MissForest(BaseEstimator):
@@ -174,6 +157,27 @@ class MissForest(BaseEstimator):
         Which columns were treated as categorical.
     """
 
+    # scikit-learn's declaration of the valid parameters, checked at the start of fit; the
+    # forest's own three are those of scikit-learn's RandomForestRegressor.
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "max_iter": [_POSITIVE_INT],
+        "n_estimators": [_POSITIVE_INT],
+        "max_features": [
+            _POSITIVE_INT,
+            Interval(RealNotInt, 0.0, 1.0, closed="right"),
+            StrOptions({"sqrt", "log2"}),
+            None,
+        ],
+        "min_samples_leaf": [_POSITIVE_INT, Interval(RealNotInt, 0.0, 1.0, closed="neither")],
+        "max_samples": [None, _POSITIVE_INT, Interval(RealNotInt, 0.0, 1.0, closed="right")],
+        "feature_types": [StrOptions({"auto", "continuous", "categorical"})],
+        "n_jobs": [Integral, None],
+        "parallel_backend": [str, None],
+        # Not "random_state": a RandomState cannot seed the per-forest SeedSequence streams.
+        "random_state": [Interval(Integral, 0, None, closed="left"), None],
+        "verbose": ["verbose"],
+    }
+
     def __init__(
         self,
         max_iter: int = 10,
@@ -202,33 +206,12 @@ class MissForest(BaseEstimator):
     # ------------------------------------------------------------------ validation
 
     def _check_params(self) -> None:
-        def _is_int(v: object) -> bool:
-            return isinstance(v, Integral) and not isinstance(v, bool)
-
-        if not _is_int(self.max_iter) or self.max_iter < 1:
-            raise ValueError(f"max_iter must be an int >= 1, got {self.max_iter!r}")
-        if not _is_int(self.n_estimators) or self.n_estimators < 1:
-            raise ValueError(f"n_estimators must be an int >= 1, got {self.n_estimators!r}")
-        ms = self.max_samples
-        if ms is not None:
-            if _is_int(ms):
-                if ms < 1:
-                    raise ValueError(f"max_samples must be >= 1 when an int, got {ms!r}")
-            elif isinstance(ms, Real) and not isinstance(ms, bool):
-                if not 0.0 < float(ms) <= 1.0:
-                    raise ValueError(f"max_samples must be in (0, 1] when a float, got {ms!r}")
-            else:
-                raise ValueError(f"max_samples must be None, an int or a float, got {ms!r}")
-        if self.feature_types not in _FEATURE_TYPES:
-            raise ValueError(f"feature_types must be one of {_FEATURE_TYPES}, got {self.feature_types!r}")
-        if self.n_jobs is not None and not _is_int(self.n_jobs):
-            raise ValueError(f"n_jobs must be an int or None, got {self.n_jobs!r}")
-        rs = self.random_state
-        if rs is not None and (not _is_int(rs) or rs < 0):
-            raise ValueError(f"random_state must be a non-negative int or None, got {rs!r}")
+        check_params(self._parameter_constraints, self.get_params(deep=False), type(self).__name__)
 
     @staticmethod
     def _check_input(X: ArrayLike) -> NDArray[Any]:
+        # Not scikit-learn's validate_data: missForest has no transform (so no n_features_in_
+        # to record), keeps a float32 input's dtype, and names each problem in its own words.
         arr = np.asarray(X)
         if arr.ndim != 2:
             raise ValueError(f"X must be a 2-D array (rows, columns), got shape {arr.shape}")
@@ -305,9 +288,9 @@ class MissForest(BaseEstimator):
         x_imp = x_in.copy()
         for j in self.feature_order_:
             col = x_in[observed[:, j], j]
-            x_imp[~observed[:, j], j] = _mode(col) if self.categorical_[j] else col.mean()
+            x_imp[~observed[:, j], j] = mode(col) if self.categorical_[j] else col.mean()
         if self.feature_order_.size == 0:
-            return _restore_observed(x_imp, arr, observed, out_dtype)
+            return restore_observed(x_imp, arr, observed, out_dtype)
 
         cont_cols = np.flatnonzero(~self.categorical_)
         cat_missing = int(n_missing[self.categorical_].sum())
@@ -322,21 +305,21 @@ class MissForest(BaseEstimator):
             if self.random_state is None
             else int(self.random_state)
         )
-        # Columns whose observed values are all equal need no forest (see _constant_value).
-        constant = {int(j): _constant_value(x_in[observed[:, j], j]) for j in self.feature_order_.tolist()}
+        # Columns whose observed values are all equal need no forest (see constant_value).
+        constant = {int(j): constant_value(x_in[observed[:, j], j]) for j in self.feature_order_.tolist()}
         prev_delta = (math.inf, math.inf)
 
         for it in range(1, int(self.max_iter) + 1):
             t0 = time.perf_counter()
             to_fit = [j for j in self.feature_order_.tolist() if constant[j] is None]
             tasks = (
-                delayed(_fit_predict_column)(
+                delayed(fit_predict_column)(
                     x_imp,
                     j,
                     observed[:, j],
                     bool(self.categorical_[j]),
                     self._forest_params(n_rows - int(n_missing[j])),
-                    _seed(base_entropy, it, j),
+                    forest_seed(base_entropy, it, j),
                 )
                 for j in to_fit
             )
@@ -350,11 +333,9 @@ class MissForest(BaseEstimator):
                 if value is not None:
                     x_new[~observed[:, j], j] = value
 
-            d_cont = _delta_continuous(x_new, x_imp, cont_cols) if has_cont else None
+            d_cont = delta_continuous(x_new, x_imp, cont_cols) if has_cont else None
             d_cat = (
-                _delta_categorical(x_new, x_imp, observed, self.categorical_, cat_missing)
-                if has_cat
-                else None
+                delta_categorical(x_new, x_imp, observed, self.categorical_, cat_missing) if has_cat else None
             )
             record = IterationRecord(
                 iteration=it,
@@ -389,7 +370,7 @@ class MissForest(BaseEstimator):
             )
             self.returned_iteration_ = it
 
-        return _restore_observed(x_imp, arr, observed, out_dtype)
+        return restore_observed(x_imp, arr, observed, out_dtype)
 
     def _column_types(self, x: NDArray[np.float64], observed: NDArray[np.bool_]) -> NDArray[np.bool_]:
         """Boolean (D,) mask of categorical columns."""
@@ -398,65 +379,4 @@ class MissForest(BaseEstimator):
             return np.zeros(n_cols, dtype=bool)
         if self.feature_types == "categorical":
             return np.ones(n_cols, dtype=bool)
-        # "auto": binary columns only. Observed values in {0, 1}; NaN holes (False in the
-        # comparison) are excluded through the mask.
-        binary = (x == 0.0) | (x == 1.0) | ~observed
-        return np.asarray(binary.all(axis=0), dtype=bool)
-
-
-# ---------------------------------------------------------------------- helpers
-
-
-def _seed(base_entropy: int, iteration: int, column: int) -> int:
-    """Forest seed from (random_state, sweep, column): independent streams per forest, and the
-    same seed whichever worker (or node) fits it."""
-    ss = np.random.SeedSequence(entropy=base_entropy, spawn_key=(iteration, column))
-    return int(ss.generate_state(1, dtype=np.uint32)[0])
-
-
-def _mode(values: NDArray[np.float64]) -> float:
-    """Most frequent value; ties go to the smallest (np.unique sorts, argmax takes the first)."""
-    uniq, counts = np.unique(values, return_counts=True)
-    return float(uniq[np.argmax(counts)])
-
-
-def _constant_value(values: NDArray[np.float64]) -> float | None:
-    """The single observed value of a column, or None when it varies.
-
-    A forest trained on a constant target predicts that constant everywhere, so fitting one
-    is wasted work (on MNIST many border pixels are 0 in every observed row).
-    """
-    first = values[0]
-    return float(first) if bool((values == first).all()) else None
-
-
-def _delta_continuous(
-    x_new: NDArray[np.float64], x_old: NDArray[np.float64], cols: NDArray[np.intp]
-) -> float:
-    """ΔN over all continuous columns, as in the paper and the R package: observed entries add
-    nothing to the numerator (they never change) but do count in the denominator."""
-    num = float(((x_new[:, cols] - x_old[:, cols]) ** 2).sum())
-    den = float((x_new[:, cols] ** 2).sum())
-    return num / den if den > 0.0 else 0.0
-
-
-def _delta_categorical(
-    x_new: NDArray[np.float64],
-    x_old: NDArray[np.float64],
-    observed: NDArray[np.bool_],
-    categorical: NDArray[np.bool_],
-    n_missing_categorical: int,
-) -> float:
-    """ΔF: share of the missing categorical entries whose imputed class changed."""
-    changed = (x_new[:, categorical] != x_old[:, categorical]) & ~observed[:, categorical]
-    return float(changed.sum()) / n_missing_categorical
-
-
-def _restore_observed(
-    x_imp: NDArray[np.float64], original: NDArray[Any], observed: NDArray[np.bool_], dtype: np.dtype[Any]
-) -> NDArray[Any]:
-    """Cast to the output dtype and copy the observed entries straight from the input, so
-    they come back bit for bit whatever happened in float64."""
-    out = x_imp.astype(dtype, copy=True)
-    out[observed] = original[observed]
-    return out
+        return binary_columns(x, observed)  # "auto": observed values all in {0, 1}

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from numbers import Integral
+from typing import Any
+
 import torch
 
 
@@ -48,3 +52,60 @@ def check_incomplete_batch(
 def check_positive(name: str, value: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def check_params(
+    constraints: Mapping[str, list[Any]],
+    values: Mapping[str, Any],
+    caller: str,
+    wording: Mapping[str, str] | None = None,
+) -> None:
+    """scikit-learn's `validate_parameter_constraints`, one parameter at a time.
+
+    `constraints` is an estimator's `_parameter_constraints` (or a method's own, e.g. for
+    `n_imputations`). Why not scikit-learn's `_validate_params` as is: its error reads "The 'K'
+    parameter of MissIWAEImputer must be an int in the range [1, inf)", raised inside sklearn;
+    this project's errors start with the parameter's name ("K must be an integer >= 1, got 0",
+    wording[name] when given) and come from its own code, with scikit-learn's as the cause. It
+    also refuses a bool where a number is due: Interval(Integral) takes True for 1, but a flag
+    passed as a count is a mistake.
+    """
+    # Imported here: scikit-learn imports pandas (and pyarrow), which `import missiwae` must not.
+    from sklearn.utils._param_validation import (
+        Interval,
+        InvalidParameterError,
+        validate_parameter_constraints,
+    )
+
+    for name, value in values.items():
+        allowed = constraints.get(name, [])
+        numeric = any(isinstance(c, Interval) for c in allowed)
+        try:
+            if numeric and isinstance(value, bool):
+                raise InvalidParameterError(f"{name} is a bool")
+            validate_parameter_constraints({name: allowed}, {name: value}, caller_name=caller)
+        except InvalidParameterError as error:
+            described = (wording or {}).get(name) or _describe(allowed)
+            raise ValueError(f"{name} must be {described}, got {value!r}") from error
+
+
+def _describe(allowed: list[Any]) -> str:
+    """scikit-learn constraints in words: "one of [...]", "an integer >= 1", else sklearn's own."""
+    from sklearn.utils._param_validation import Interval, StrOptions, make_constraint
+
+    words = []
+    for constraint in allowed:
+        if isinstance(constraint, StrOptions):
+            words.append(f"one of {sorted(constraint.options)}")
+        elif isinstance(constraint, Interval) and constraint.type is Integral and constraint.right is None:
+            words.append(f"an integer >= {constraint.left}")
+        else:
+            words.append(str(make_constraint(constraint)))
+    return " or ".join(words)
+
+
+def reraised(error: ValueError | TypeError) -> ValueError | TypeError:
+    """A copy of a third-party input error (same type, same message) to raise from this package
+    with `raise reraised(error) from error`: the library's bad-input contract is that errors
+    come from its own code (tests/library/test_bad_input.py), the original kept as the cause."""
+    return ValueError(str(error)) if isinstance(error, ValueError) else TypeError(str(error))
