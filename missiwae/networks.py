@@ -6,126 +6,27 @@ Contracts the model relies on (custom networks follow the same ones):
   Gaussian q_γ(z | ι(x_o)). The built-in encoders read only ι(x_o), as in the paper; the mask
   is passed so that an encoder may use it (e.g. an exact posterior in tests).
 - decoder(z (N, d)) -> raw observation parameters (N, P, D), read by a `likelihoods` model.
+
+The layers are torch's, except that ELU, tanh and the decoder's last transposed convolution
+come from `missiwae.kernels`: the same functions and parameters, computed faster on CPU.
 """
 
 from __future__ import annotations
 
 import itertools
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from missiwae import kernels
 from missiwae.config import ModelConfig
 
 _MIN_SIGMA = 1e-4  # keeps q's log-density finite when the encoder saturates
 
 
-class _CpuActivation(nn.Module):
-    """An elementwise activation computed by `cpu_function` (an autograd Function with a
-    closed-form backward pass) on CPU tensors, and by torch's own `reference` elsewhere: on a
-    GPU one fused kernel beats the CPU form's several passes."""
-
-    cpu_function: type[torch.autograd.Function]
-
-    def reference(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu":
-            return self.reference(x)
-        return self.cpu_function.apply(x)
-
-
-class _CpuELU(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        out = torch.clamp(x, max=0.0).exp_().sub_(1.0).add_(torch.relu(x))
-        ctx.save_for_backward(out)
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        (out,) = ctx.saved_tensors
-        return grad * torch.clamp(out, max=0.0).add_(1.0)
-
-
-class ELU(_CpuActivation):
-    """elu(x) = x for x > 0, e^x − 1 otherwise; d elu / dx = 1 or e^x = min(elu(x), 0) + 1.
-
-    On CPU this is computed as max(x, 0) + (e^{min(x, 0)} − 1): torch's own ELU kernel goes
-    through an unvectorised expm1 and took a fifth of a K = 50 convolutional training step,
-    four times what vectorised exp costs (benchmarks/README.md). exp − 1 instead of expm1
-    differs by at most one float32 rounding of 1 (6e-8) near 0⁻. Other devices use F.elu.
-    """
-
-    cpu_function = _CpuELU
-
-    def reference(self, x: torch.Tensor) -> torch.Tensor:
-        return F.elu(x)
-
-
-class _CpuTanh(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        out = torch.mul(x, 2.0).sigmoid_().mul_(2.0).sub_(1.0)
-        ctx.save_for_backward(out)
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        (out,) = ctx.saved_tensors
-        return torch.ops.aten.tanh_backward(grad, out)
-
-
-class Tanh(_CpuActivation):
-    """tanh(x) = 2 sigmoid(2x) − 1; d tanh / dx = 1 − tanh².
-
-    On CPU torch's tanh kernel costs 2.6x as much as this form's three vectorised passes (it was
-    6% of a K = 50 MLP step). The form is off by at most 1.8e-7 from tanh in float32 (torch's
-    own kernel: 6e-8) and 3.3e-16 in float64. Other devices use torch.tanh.
-    """
-
-    cpu_function = _CpuTanh
-
-    def reference(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(x)
-
-
-class OutputConvTranspose2d(nn.ConvTranspose2d):
-    """A transposed convolution to the decoder's few (P ≤ 3) parameter maps.
-
-    On CPU, oneDNN's kernel for a transposed convolution with one to three output channels ran
-    2.6x (P = 1) to 1.2x (P = 3) slower than torch's GEMM + col2im kernel, which it picks
-    otherwise, so the forward pass calls that kernel directly (its backward pass still goes to
-    oneDNN, which is fast there). Same function and parameters, so checkpoints are unchanged.
-    """
-
-    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
-        direct = (
-            x.device.type == "cpu"
-            and x.ndim == 4
-            and self.out_channels <= 3
-            and self.groups == 1
-            and self.padding_mode == "zeros"
-            and output_size is None
-        )
-        if not direct:
-            return super().forward(x, output_size)
-        return torch.ops.aten.slow_conv_transpose2d(
-            x,
-            self.weight,
-            self.kernel_size,
-            self.bias,
-            self.stride,
-            self.padding,
-            self.output_padding,
-            self.dilation,
-        )
-
-
-_ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": Tanh, "relu": nn.ReLU, "elu": ELU}
+# kernels.Tanh and kernels.ELU are nn.Tanh and nn.ELU, computed faster on CPU.
+_ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": kernels.Tanh, "relu": nn.ReLU, "elu": kernels.ELU}
 
 
 def _mlp(widths: list[int], activation: str) -> nn.Sequential:
@@ -176,11 +77,11 @@ class ConvEncoder(nn.Module):
         c1, c2, c3 = channels
         self.features = nn.Sequential(
             nn.Conv2d(1, c1, 5, stride=2, padding=2),
-            ELU(),
+            kernels.ELU(),
             nn.Conv2d(c1, c2, 5, stride=2, padding=2),
-            ELU(),
+            kernels.ELU(),
             nn.Conv2d(c2, c3, 5, stride=2, padding=2),
-            ELU(),
+            kernels.ELU(),
             nn.Flatten(),
         )
         with torch.no_grad():
@@ -204,13 +105,13 @@ class ConvDecoder(nn.Module):
         c1, c2, c3 = channels
         self.num_params, self.num_features = num_params, image_shape[0] * image_shape[1]
         self.start = (c3, 4, 4)
-        self.project = nn.Sequential(nn.Linear(latent_dim, c3 * 16), ELU())
+        self.project = nn.Sequential(nn.Linear(latent_dim, c3 * 16), kernels.ELU())
         self.upsample = nn.Sequential(
             nn.ConvTranspose2d(c3, c2, 5, stride=2, padding=2),
-            ELU(),  # 4 -> 7
+            kernels.ELU(),  # 4 -> 7
             nn.ConvTranspose2d(c2, c1, 5, stride=2, padding=2, output_padding=1),
-            ELU(),  # -> 14
-            OutputConvTranspose2d(c1, num_params, 5, stride=2, padding=2, output_padding=1),  # -> 28
+            kernels.ELU(),  # -> 14
+            kernels.OutputConvTranspose2d(c1, num_params, 5, stride=2, padding=2, output_padding=1),  # -> 28
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

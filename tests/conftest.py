@@ -9,9 +9,14 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-from missiwae.data import DATA_DIR_ENV
+from missiwae.mnist_files import DATA_DIR_ENV
+from pipelines.runtime import configure_ray_auth
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Token auth for every Ray the tests start (the session cluster, subprocess jobs): Ray reads
+# RAY_AUTH_MODE / RAY_AUTH_TOKEN when first imported, and test modules import it at collection.
+configure_ray_auth()
 
 # Property tests are deterministic in CI: a fixed derandomised search, no example database on
 # disk, no per-example deadline (a busy 2-core machine makes timings meaningless).

@@ -18,9 +18,10 @@ from missiwae.baselines import (
     zero_impute,
 )
 from missiwae.config import ModelConfig, TrainConfig
-from missiwae.data import BinarizedSplit, IncompleteDataset, load_incomplete_mnist
+from missiwae.data import IncompleteDataset, load_incomplete_mnist
 from missiwae.evaluation import estimate_log_likelihood, imputation_accuracy, mean_bound
 from missiwae.imputation import impute_multiple, impute_single
+from missiwae.mnist_files import BinarizedSplit
 from missiwae.model import MissIWAE, make_generator
 from missiwae.training import EpochStats, load_model, train
 

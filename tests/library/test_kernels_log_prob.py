@@ -1,18 +1,19 @@
-"""The optimised p_θ(x_o | z) paths equal the plain masked sum, values and gradients (float64)."""
+"""missiwae.kernels' p_θ(x_o | z) paths equal the plain masked sum of the models' reference
+densities, values and gradients (float64), and so do the special functions they are built from."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from missiwae.likelihoods import (
-    Bernoulli,
-    Gaussian,
-    ObservationModel,
-    StudentT,
+from missiwae.kernels import (
     half_step_gamma_differences,
+    log1p_,
     masked_bernoulli_log_prob,
+    softplus,
+    softplus_grad,
 )
+from missiwae.likelihoods import Bernoulli, Gaussian, ObservationModel, StudentT
 
 
 def plain_masked_sum(model: ObservationModel, params: torch.Tensor, x: torch.Tensor, mask: torch.Tensor):
@@ -101,18 +102,18 @@ def test_bernoulli_fast_path_matches_torch_distributions():
 
 
 def test_bernoulli_log_prob_observed_goes_through_the_fused_function_and_equals_the_plain_sum(monkeypatch):
-    """Every float32/float64 batch, K = 1 ones too, takes the fused Function (it was twice as
-    fast as the plain masked sum at K = 1 as well), and gives the definition's numbers."""
-    import missiwae.likelihoods as likelihoods
+    """Every float32/float64 batch, K = 1 ones too, takes the fused Function (faster than the
+    plain masked sum at K = 1 as well: benchmarks/README.md), and gives the definition's numbers."""
+    import missiwae.kernels.observed as observed_module
 
     calls: list[int] = []
-    fused = likelihoods.masked_bernoulli_log_prob
+    fused = observed_module.masked_bernoulli_log_prob
 
     def counting(*args: torch.Tensor) -> torch.Tensor:
         calls.append(1)
         return fused(*args)
 
-    monkeypatch.setattr(likelihoods, "masked_bernoulli_log_prob", counting)
+    monkeypatch.setattr(observed_module, "masked_bernoulli_log_prob", counting)
     params, x, mask = batch(784, 1)
     model = Bernoulli()
     observed = model.log_prob_observed(params, torch.where(mask, x, 0.0), mask)
@@ -324,13 +325,71 @@ def test_half_step_gamma_differences_stay_exact_for_huge_df():
 def test_softplus_without_log1p_equals_torch_softplus_to_rounding(dtype):
     """The fused densities' softplus (log and exp only) is F.softplus: relative error of a couple
     of ulps everywhere, down to raw = −700 (where softplus ≈ e^raw), and raw itself past 20."""
-    from missiwae.likelihoods import _softplus
-
     low = -700.0 if dtype == torch.float64 else -85.0
     raw = torch.cat(
         [torch.linspace(low, 60.0, 4001, dtype=torch.float64), torch.tensor([19.99, 20.0, 20.01, 0.0, 1e-12])]
     ).to(dtype)
-    ours, reference = _softplus(raw), torch.nn.functional.softplus(raw)
+    ours, reference = softplus(raw), torch.nn.functional.softplus(raw)
     eps = torch.finfo(dtype).eps
     torch.testing.assert_close(ours, reference, rtol=4 * eps, atol=0.0)
     assert torch.equal(ours[raw > 20], raw[raw > 20])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_softplus_grad_equals_the_gradient_of_torch_softplus(dtype):
+    """The closed-form backward of the fused densities' softplus is autograd's through
+    F.softplus, exactly 1 past its threshold of 20 included."""
+    raw = torch.cat(
+        [torch.linspace(-80.0, 60.0, 4001, dtype=torch.float64), torch.tensor([19.99, 20.0, 20.01, 0.0])]
+    ).to(dtype)
+    grad = torch.linspace(-2.0, 3.0, raw.numel(), dtype=dtype)
+    leaf = raw.clone().requires_grad_()
+    (reference,) = torch.autograd.grad((torch.nn.functional.softplus(leaf) * grad).sum(), leaf)
+    ours = softplus_grad(grad, raw, out=torch.empty_like(raw))
+    torch.testing.assert_close(ours, reference, rtol=2 * torch.finfo(dtype).eps, atol=0.0)
+    assert torch.equal(ours[raw > 20], grad[raw > 20])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_log1p_through_log_equals_torch_log1p_to_rounding(dtype):
+    """log1p_ (with and without the added term) is torch.log1p to a couple of ulps, from
+    u = 0 and u far below ε up to u = 1e30."""
+    u = torch.cat([torch.zeros(1), torch.logspace(-30, 30, 3001, dtype=torch.float64)]).to(dtype)
+    plus = torch.linspace(0.0, 5.0, u.numel(), dtype=dtype)
+    eps = torch.finfo(dtype).eps
+    torch.testing.assert_close(log1p_(u.clone()), torch.log1p(u), rtol=2 * eps, atol=0.0)
+    torch.testing.assert_close(
+        log1p_(u.clone(), plus=plus.clone()), torch.log1p(u) + plus, rtol=2 * eps, atol=0.0
+    )
+
+
+@pytest.mark.parametrize("model", CONTINUOUS[:2], ids=CONTINUOUS_IDS[:2])
+def test_generic_gather_path_gradient_equals_the_plain_masked_sum(model):
+    """The differentiable gather (taken when x itself needs a gradient) has the definition's
+    gradients with respect to params and x."""
+    params, x, mask = continuous_batch(model.num_params, D=21, seed=10)
+    weights = torch.linspace(-1.0, 2.0, params.shape[0] * params.shape[1], dtype=torch.float64)
+
+    def grads(fn):
+        p, x_leaf = params.clone().requires_grad_(), x.clone().requires_grad_()
+        value = fn(p, x_leaf)
+        return value.detach(), *torch.autograd.grad((value.flatten() * weights).sum(), [p, x_leaf])
+
+    fast = grads(lambda p, x_leaf: model.log_prob_observed(p, x_leaf, mask))
+    plain = grads(lambda p, x_leaf: torch.where(mask, model.log_prob(p, x_leaf), 0.0).sum(-1))
+    for ours, reference in zip(fast, plain, strict=True):
+        torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-11)
+
+
+def test_observed_log_prob_sum_leaves_other_layouts_to_the_caller():
+    """No fast path for a mask that is not a (B, D) bool matching params: None, and the model
+    evaluates its definition."""
+    from missiwae.kernels import GaussianKernel, observed_log_prob_sum
+
+    params, x, mask = continuous_batch(2, D=7, seed=11)
+    model = Gaussian()
+    float_mask = mask.double()
+    assert observed_log_prob_sum(GaussianKernel(1e-3), model.log_prob, params, x, float_mask) is None
+    assert observed_log_prob_sum(None, model.log_prob, params, x[None], mask[None]) is None
+    value = model.log_prob_observed(params, x, float_mask.bool()[None])
+    torch.testing.assert_close(value, plain_masked_sum(model, params, x, mask), rtol=1e-12, atol=1e-11)

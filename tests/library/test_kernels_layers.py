@@ -1,4 +1,4 @@
-"""The CPU fast paths of missiwae.networks compute the same function as torch's own layers."""
+"""missiwae.kernels' layers (used by missiwae.networks) compute the same function as torch's own."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from missiwae.config import ModelConfig
-from missiwae.networks import ELU, ConvDecoder, OutputConvTranspose2d, Tanh, build_networks
+from missiwae.kernels import ELU, OutputConvTranspose2d, Tanh
+from missiwae.networks import ConvDecoder, build_networks
 
 FAST_ACTIVATIONS = [
     # (layer, torch's own function, the float32 bound: roundings of 1, ulp(1)/2 = 2^-24 each)
@@ -69,3 +70,55 @@ def test_mlp_activations_use_the_fast_layers(name, layer_type):
     encoder, decoder = build_networks(ModelConfig(architecture="mlp", activation=name), num_params=1)
     assert any(isinstance(layer, layer_type) for layer in encoder.modules())
     assert any(isinstance(layer, layer_type) for layer in decoder.modules())
+
+
+def _with_torch_layers(network: nn.Module) -> nn.Module:
+    """A copy of `network` with every kernels layer replaced by the torch layer it stands for."""
+    import copy
+
+    plain = copy.deepcopy(network)
+    for module in plain.modules():
+        for name, child in module.named_children():
+            if isinstance(child, ELU):
+                setattr(module, name, nn.ELU())
+            elif isinstance(child, Tanh):
+                setattr(module, name, nn.Tanh())
+            elif isinstance(child, OutputConvTranspose2d):
+                # the same parameters under torch's own class and forward pass
+                replacement: nn.Module = copy.deepcopy(child)
+                replacement.__class__ = nn.ConvTranspose2d
+                setattr(module, name, replacement)
+    return plain
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        ModelConfig(architecture="mlp", activation="tanh"),
+        ModelConfig(architecture="mlp", activation="elu"),
+        ModelConfig(architecture="conv"),
+    ],
+    ids=["mlp_tanh", "mlp_elu", "conv"],
+)
+def test_networks_equal_the_same_networks_built_from_torch_layers(config):
+    """The encoders and decoders compute what nn.ELU / nn.Tanh / nn.ConvTranspose2d would,
+    values and parameter gradients, in float64."""
+    torch.manual_seed(1)
+    encoder, decoder = (network.double() for network in build_networks(config, num_params=2))
+    x = torch.rand(3, config.num_features, dtype=torch.float64)
+    mask = torch.rand(3, config.num_features) < 0.5
+    z = torch.randn(4, config.latent_dim, dtype=torch.float64)
+    for network, inputs in ((encoder, (x, mask)), (decoder, (z,))):
+        plain = _with_torch_layers(network)
+        assert not any(isinstance(m, ELU | Tanh | OutputConvTranspose2d) for m in plain.modules())
+        ours, reference = network(*inputs), plain(*inputs)
+        ours_out = torch.cat([t.flatten() for t in (ours if isinstance(ours, tuple) else (ours,))])
+        reference_out = torch.cat(
+            [t.flatten() for t in (reference if isinstance(reference, tuple) else (reference,))]
+        )
+        torch.testing.assert_close(ours_out, reference_out, rtol=1e-12, atol=1e-12)
+        weights = torch.linspace(-1.0, 1.0, ours_out.numel(), dtype=torch.float64)
+        grads = torch.autograd.grad((ours_out * weights).sum(), list(network.parameters()))
+        reference_grads = torch.autograd.grad((reference_out * weights).sum(), list(plain.parameters()))
+        for a, b in zip(grads, reference_grads, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-12)
