@@ -11,7 +11,8 @@ on CPU (benchmarks/README.md). Raising both thresholds lets the freed blocks be 
 PyTorch's own CPU tuning guide recommends swapping in jemalloc or tcmalloc for this reason;
 `mallopt` gets the same effect without a preloaded library. The cost is that the process keeps
 up to `trim_threshold` bytes of freed memory instead of returning it: its peak RSS is
-unchanged, it just does not shrink between steps. Set MISSIWAE_RETAIN_FREED_MEMORY=0 to opt out.
+unchanged, it just does not shrink between steps. Set MISSIWAE_RETAIN_FREED_MEMORY=0 to opt out
+of it where an entry point opts in.
 """
 
 from __future__ import annotations
@@ -40,8 +41,10 @@ def retain_freed_memory(
     """Raise glibc's mmap and trim thresholds for this process; True when they were set.
 
     A no-op returning False off glibc (macOS, Windows, musl), when MISSIWAE_RETAIN_FREED_MEMORY
-    is 0, or when `mallopt` refuses the values. Idempotent and cheap: the training loop, the
-    imputation actors and the command line call it on entry.
+    is 0, or when `mallopt` refuses the values. Idempotent and cheap. The library never calls
+    it by itself (it changes the whole process): entry points opt in on entry, namely the
+    command line, the Ray Train workers, the imputation actors, the classifier tasks and the
+    benchmark workers.
     """
     global _applied
     if os.environ.get(OPT_OUT_VARIABLE, "1").strip().lower() in {"0", "false", "no", "off"}:

@@ -25,8 +25,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from missiwae.allocator import retain_freed_memory
-
 __all__ = [
     "ClassifierConfig",
     "ClassifierResult",
@@ -328,7 +326,6 @@ def train_classifier(
     y_test = torch.from_numpy(np.ascontiguousarray(test_labels_np)).to(device)
     num_train = int(train_idx.shape[0])
 
-    retain_freed_memory()
     previous_threads = torch.get_num_threads()
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)

@@ -91,16 +91,78 @@ def test_retain_freed_memory_reports_false_off_glibc(monkeypatch):
     assert allocator.retain_freed_memory() is False
 
 
-@glibc_only
-def test_the_training_loop_keeps_freed_memory(monkeypatch):
+# A child that imports the library with mallopt replaced by a recorder (so nothing is really
+# changed and the check runs off glibc too), trains a missIWAE model and a classifier, and
+# reports the calls made before and after it asks for the setting itself.
+_RECORDING_CHILD = textwrap.dedent(
+    """
+    import json
+    import missiwae
+    from missiwae import allocator
+    calls = []
+    def recording_mallopt():
+        def mallopt(parameter, value):
+            calls.append([parameter, value])
+            return 1
+        return mallopt
+    allocator._glibc_mallopt = recording_mallopt
+    import numpy as np
     import torch
-
+    from missiwae.classifier import ClassifierConfig, train_classifier
     from missiwae.config import ModelConfig, TrainConfig
-    from missiwae.model import MissIWAE
-    from missiwae.training import train
-
-    monkeypatch.setattr(allocator, "_applied", None)
     x = (torch.rand(8, 4) < 0.5).float()
-    model = MissIWAE.from_config(ModelConfig(architecture="mlp", num_features=4, hidden=(3,), latent_dim=2))
-    train(model, x, torch.rand(8, 4) < 0.5, TrainConfig(epochs=1, batch_size=4, K=2), progress=False)
-    assert allocator._applied == (allocator.DEFAULT_MMAP_THRESHOLD, allocator.DEFAULT_TRIM_THRESHOLD)
+    model = missiwae.MissIWAE.from_config(
+        ModelConfig(architecture="mlp", num_features=4, hidden=(3,), latent_dim=2)
+    )
+    missiwae.train(model, x, torch.rand(8, 4) < 0.5, TrainConfig(epochs=1, batch_size=4, K=2), progress=False)
+    images = np.random.default_rng(0).random((12, 784), dtype=np.float32)
+    labels = np.arange(12) % 10
+    config = ClassifierConfig(channels=(2, 2), hidden=4, epochs=1, batch_size=4, num_threads=1)
+    train_classifier(images, labels, images[:4], labels[:4], config)
+    by_library = list(calls)
+    asked = missiwae.retain_freed_memory()
+    print(json.dumps({"by_library": by_library, "asked": asked, "after_asking": calls[len(by_library):]}))
+    """
+)
+
+
+def test_training_leaves_the_allocator_alone_unless_the_caller_asks():
+    completed = subprocess.run(
+        [sys.executable, "-c", _RECORDING_CHILD],
+        env={**os.environ, allocator.OPT_OUT_VARIABLE: "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr
+    report = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert report["by_library"] == [], "import missiwae + train(...) / train_classifier(...) called mallopt"
+    # The recorder works: the same process records the caller's own opt-in.
+    assert report["asked"] is True
+    assert report["after_asking"] == [
+        [allocator._M_MMAP_THRESHOLD, allocator.DEFAULT_MMAP_THRESHOLD],
+        [allocator._M_TRIM_THRESHOLD, allocator.DEFAULT_TRIM_THRESHOLD],
+    ]
+
+
+def test_the_command_line_opts_in(monkeypatch, tmp_path, capsys):
+    from missiwae.cli import main
+
+    calls: list[tuple[int, int]] = []
+
+    def mallopt(parameter: int, value: int) -> int:
+        calls.append((parameter, value))
+        return 1
+
+    def recording_mallopt():
+        return mallopt
+
+    monkeypatch.setenv(allocator.OPT_OUT_VARIABLE, "1")
+    monkeypatch.setattr(allocator, "_glibc_mallopt", recording_mallopt)
+    monkeypatch.setattr(allocator, "_applied", None)
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "nowhere")]) == 2  # fails after opting in
+    assert "nowhere" in capsys.readouterr().err
+    assert calls == [
+        (allocator._M_MMAP_THRESHOLD, allocator.DEFAULT_MMAP_THRESHOLD),
+        (allocator._M_TRIM_THRESHOLD, allocator.DEFAULT_TRIM_THRESHOLD),
+    ]

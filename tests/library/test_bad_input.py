@@ -36,8 +36,8 @@ from missiwae.config import (
     load_config_file,
     to_dict,
 )
-from missiwae.data import DataError, read_amat, read_binarized_label_file, read_idx
 from missiwae.estimator import MissIWAEImputer
+from missiwae.mnist_files import DataError, read_amat, read_binarized_label_file, read_idx
 from missiwae.model import MissIWAE
 from missiwae.training import load_model, save_checkpoint, train
 from tests.conftest import count_example

@@ -137,10 +137,10 @@ def test_impute(trained: Path, capsys: pytest.CaptureFixture[str], tmp_path: Pat
         assert 0.0 <= numbers[key] <= 1.0, key
     assert 1.0 <= numbers["effective_sample_size_mean"] <= 20.0
 
-    from missiwae.cli import _load_split
+    from missiwae.runs import load_split
 
     config = RunConfig.from_dict(json.loads((trained / "run_config.json").read_text()))
-    data = _load_split(config, "test")
+    data = load_split(config, "test")
     with np.load(target) as saved:
         imputed, imputations = saved["imputed"], saved["imputations"]
         mask, labels = saved["mask"], saved["labels"]
