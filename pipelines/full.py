@@ -22,8 +22,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from missiwae.config import ConfigError
-from missiwae.data import DataError
+from missiwae.mnist_files import DataError
 from pipelines.config import PipelineConfig, add_override_argument, load_pipeline_config
+from pipelines.runtime import configure_ray_auth
 
 MANIFEST_NAME = "_MANIFEST.json"
 
@@ -34,7 +35,7 @@ def run(config: PipelineConfig) -> dict[str, float]:
         return run_table(config)
     from pipelines.classify import format_table, run_classification, write_table
     from pipelines.impute import run_imputation
-    from pipelines.ingest import load_split_numpy, run_ingest
+    from pipelines.ingest import load_split_numpy
     from pipelines.runtime import ensure_ray
     from pipelines.storage import ensure_writable
     from pipelines.tracking import Tracker, ui_command
@@ -44,13 +45,7 @@ def run(config: PipelineConfig) -> dict[str, float]:
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     with Tracker(config, run_name=f"full-{Path(config.run_dir).name}") as tracker:
-        with tracker.stage("ingest") as stage:
-            clock = time.perf_counter()
-            ingest = run_ingest(config)
-            seconds["ingest"] = time.perf_counter() - clock
-            stage.log_metrics({f"rows_{split}": rows for split, rows in ingest.num_rows.items()})
-            stage.log_metrics({"reused": float(ingest.reused), "stage_seconds": seconds["ingest"]})
-            stage.log_params({"data_dir": str(ingest.data_dir)})
+        ingest = _ingest_stage(tracker, config, seconds)
 
         trained = _train_stage(tracker, config, ingest, seconds)
 
@@ -93,7 +88,6 @@ def run(config: PipelineConfig) -> dict[str, float]:
 def run_table(config: PipelineConfig) -> dict[str, float]:
     """A user's table (data.path): ingest -> train -> impute; the MNIST-only parts (missForest
     on pixels, the classifier, digit figures, accuracy against a known truth) are skipped."""
-    from pipelines.ingest import run_ingest
     from pipelines.tabular import run_tabular_imputation, tabular_model_config
     from pipelines.tracking import Tracker, ui_command
 
@@ -101,22 +95,7 @@ def run_table(config: PipelineConfig) -> dict[str, float]:
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     with Tracker(config, run_name=f"table-{Path(config.run_dir).name}") as tracker:
-        with tracker.stage("ingest") as stage:
-            clock = time.perf_counter()
-            ingest = run_ingest(config)
-            seconds["ingest"] = time.perf_counter() - clock
-            assert ingest.table is not None
-            stage.log_metrics({f"rows_{split}": rows for split, rows in ingest.num_rows.items()})
-            stage.log_metrics(
-                {
-                    "reused": float(ingest.reused),
-                    "stage_seconds": seconds["ingest"],
-                    "num_missing": float(ingest.table["num_missing"]),
-                    "num_columns": float(len(ingest.table["columns"])),
-                }
-            )
-            stage.log_params({"data_dir": str(ingest.data_dir), "source": ingest.table["source"]})
-            stage.log_dict(ingest.table, "table.json")  # columns, types, standardisation
+        ingest = _ingest_stage(tracker, config, seconds, log_table=True)
 
         config = tabular_model_config(config, ingest)  # num_features, column_types from the table
         trained = _train_stage(tracker, config, ingest, seconds)
@@ -147,6 +126,31 @@ def run_table(config: PipelineConfig) -> dict[str, float]:
     print(f"MLflow: experiment '{config.tracking.experiment}', run {tracker.run_id}")
     print(f"  browse with: {ui_command(config)}")
     return seconds
+
+
+def _ingest_stage(
+    tracker: Any, config: PipelineConfig, seconds: dict[str, float], log_table: bool = False
+) -> Any:
+    """The ingest stage as a nested run: rows per split, reuse, time; with `log_table`, the
+    user's table too (size, source, and table.json: columns, types, standardisation)."""
+    from pipelines.ingest import run_ingest
+
+    with tracker.stage("ingest") as stage:
+        clock = time.perf_counter()
+        ingest = run_ingest(config)
+        seconds["ingest"] = time.perf_counter() - clock
+        stage.log_metrics({f"rows_{split}": rows for split, rows in ingest.num_rows.items()})
+        stage.log_metrics({"reused": float(ingest.reused), "stage_seconds": seconds["ingest"]})
+        stage.log_params({"data_dir": str(ingest.data_dir)})
+        if log_table:
+            assert ingest.table is not None
+            table = ingest.table
+            stage.log_metrics(
+                {"num_missing": float(table["num_missing"]), "num_columns": float(len(table["columns"]))}
+            )
+            stage.log_params({"source": table["source"]})
+            stage.log_dict(table, "table.json")
+    return ingest
 
 
 def _train_stage(tracker: Any, config: PipelineConfig, ingest: Any, seconds: dict[str, float]) -> Any:
@@ -189,6 +193,9 @@ def _log_figures(stage: Any, ingest: Any, checkpoint_dir: Path, single_dir: Path
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Token auth for the embedded Ray is set in the environment, which Ray reads only when it is
+    # first imported: so here, before any stage imports it.
+    configure_ray_auth()
     parser = argparse.ArgumentParser(
         prog="pipelines/full.py",
         description=__doc__,

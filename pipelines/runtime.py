@@ -1,33 +1,90 @@
-"""Connecting to Ray: a running cluster when there is one, else an embedded local one."""
+"""Connecting to Ray: a running cluster when there is one, else an embedded local one.
+
+Token authentication goes through Ray's public configuration only: the environment variables
+``RAY_AUTH_MODE`` and ``RAY_AUTH_TOKEN`` (https://docs.ray.io/en/latest/ray-security/token-auth.html).
+Ray reads them once, when it is first imported, so an entry point calls
+:func:`configure_ray_auth` before anything imports Ray:
+
+    from pipelines.runtime import configure_ray_auth
+    configure_ray_auth()          # first thing in main(); then import / start Ray
+
+In a notebook, call it before ``import ray`` (or export the two variables before starting
+Python). When Ray was imported first and the variables are not set, :func:`ensure_ray` refuses
+to start an embedded Ray (:class:`RayAuthError`) rather than start one that anybody on the
+network could run code on. (Variables set by hand *after* ``import ray`` are not seen by Ray;
+that case cannot be told apart from outside Ray, so set them first.)
+"""
 
 from __future__ import annotations
 
 import os
 import secrets
+import sys
 
 # A 2-core machine deadlocks when stages ask for whole CPUs; a local Ray advertises more
 # logical CPUs than there are cores, and stages ask for fractions (see ARCHITECTURE.md).
 LOCAL_LOGICAL_CPUS = 8
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
+AUTH_TOKEN_ENV = "RAY_AUTH_TOKEN"
+AUTH_TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
+
+
+class RayAuthError(RuntimeError):
+    """Ray was imported before its token authentication was configured."""
+
+
+def configure_ray_auth(address: str | None = None) -> None:
+    """Token authentication for a Ray this process will start, through the environment.
+
+    Sets ``RAY_AUTH_MODE=token`` unless the user chose a mode, and, unless a token is configured
+    (``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH``), a random ``RAY_AUTH_TOKEN`` in this
+    process's environment only: Ray's workers and any subprocess inherit it, nothing is written
+    to disk. Does nothing when connecting to a cluster (``address`` or ``$RAY_ADDRESS``): that
+    cluster's token comes from the user's environment or token file, as Ray documents.
+
+    Raises RayAuthError when something must be set but Ray is already imported (Ray would not
+    see it). Idempotent: a second call finds everything set and changes nothing.
+    """
+    if address or os.environ.get("RAY_ADDRESS"):
+        return
+    missing: dict[str, str] = {}
+    mode = os.environ.get(AUTH_MODE_ENV) or "token"  # empty counts as unset
+    if not os.environ.get(AUTH_MODE_ENV):
+        missing[AUTH_MODE_ENV] = mode
+    if mode == "token" and not (os.environ.get(AUTH_TOKEN_ENV) or os.environ.get(AUTH_TOKEN_PATH_ENV)):
+        missing[AUTH_TOKEN_ENV] = secrets.token_hex(32)
+    if not missing:
+        return
+    if "ray" in sys.modules:
+        raise RayAuthError(
+            f"Ray was imported before token authentication was configured, so it would not see "
+            f"{' and '.join(sorted(missing))}. Call pipelines.runtime.configure_ray_auth() before "
+            f"anything imports Ray (the pipeline's entry points do), or export "
+            f"{AUTH_MODE_ENV}=token and {AUTH_TOKEN_ENV}=<a random secret> before starting Python."
+        )
+    os.environ.update(missing)
 
 
 def ensure_ray(address: str | None = None) -> None:
     """ray.init once: `address` or $RAY_ADDRESS (a cluster, e.g. under `ray job submit`),
-    otherwise a local Ray with LOCAL_LOGICAL_CPUS logical CPUs."""
+    otherwise a local, token-authenticated Ray with LOCAL_LOGICAL_CPUS logical CPUs."""
+    imported = sys.modules.get("ray")
+    if imported is not None and imported.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        configure_ray_auth()  # before `import ray` below, when this is the first import
     import ray
     import ray.data
 
-    if ray.is_initialized():
-        return
     # Progress bars redrawn by every worker bury the job's own output in the driver's log.
     ray.data.DataContext.get_current().enable_progress_bars = False
-    address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        enable_token_auth()
         # "local": a fresh embedded Ray, even when a `ray start` head runs on this machine. No
         # dashboard, so no Jobs API; its GCS port listens on every interface, which is why the
-        # token is required (checked in tests/test_security.py).
+        # token is required (checked in tests/pipeline/test_security.py).
         ray.init(
             address="local",
             num_cpus=max(LOCAL_LOGICAL_CPUS, os.cpu_count() or 1),
@@ -35,22 +92,4 @@ def ensure_ray(address: str | None = None) -> None:
         )
 
 
-def enable_token_auth() -> None:
-    """Token authentication for a Ray this process starts: RAY_AUTH_MODE=token and, unless the
-    user configured a token (RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH), a random one in this
-    process's environment only (Ray's workers inherit it; nothing is written to disk). Anything
-    that reaches the cluster without the token is refused."""
-    changed = "RAY_AUTH_MODE" not in os.environ
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
-    if os.environ["RAY_AUTH_MODE"] == "token" and not (
-        os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
-    ):
-        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
-        changed = True
-    if changed:
-        # Ray reads its settings when it is imported; re-read them so this process (the
-        # driver) uses the mode and token its GCS will get. The same calls Ray's own tests use.
-        from ray import _raylet
-
-        _raylet.Config.initialize("")  # type: ignore[attr-defined]
-        _raylet.AuthenticationTokenLoader.instance().reset_cache()  # type: ignore[attr-defined]
+__all__ = ["LOCAL_LOGICAL_CPUS", "RayAuthError", "configure_ray_auth", "ensure_ray"]

@@ -84,14 +84,21 @@ def test_smoke_job_submitted_to_a_ray_head_succeeds_and_is_tracked_in_mlflow(ray
     assert refused.returncode != 0, "a client without the token must be refused"
 
     def submit(submission_id: str, environment: dict[str, str]) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [
-                RAY, "job", "submit", "--address", address, "--submission-id", submission_id, "--no-wait",
-                "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env),
-                "--", "python", "pipelines/full.py", "--config", "smoke", "--set", f"run_dir={run_dir}",
-            ],
-            env=environment, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
+        # The head's job agent may come up after `ray start` returns; until it does, Ray answers
+        # "No available agent to submit job, please try again later" (seen on a loaded machine).
+        patience = time.monotonic() + 180
+        while True:
+            done = subprocess.run(
+                [
+                    RAY, "job", "submit", "--address", address, "--submission-id", submission_id, "--no-wait",
+                    "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env),
+                    "--", "python", "pipelines/full.py", "--config", "smoke", "--set", f"run_dir={run_dir}",
+                ],
+                env=environment, capture_output=True, text=True, timeout=300,
+            )  # fmt: skip
+            if "No available agent" not in done.stderr or time.monotonic() > patience:
+                return done
+            time.sleep(5)
 
     # The same job without the token: refused, and nothing was queued.
     intruder = submit(f"{job_id}-no-token", unauthenticated)

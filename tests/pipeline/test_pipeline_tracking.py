@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import warnings
 from pathlib import Path
@@ -20,6 +21,7 @@ from pipelines.tracking import (
     resolve_tracking_uri,
     ui_command,
 )
+from tests.conftest import REPO
 
 
 @pytest.fixture
@@ -206,3 +208,20 @@ def ids_of_experiment(db: Path) -> str:
     experiment = MlflowClient(f"sqlite:///{db}").get_experiment_by_name("test-exp")
     assert experiment is not None
     return str(experiment.experiment_id)
+
+
+def test_one_module_imports_mlflow() -> None:
+    """MLflow is reached only through pipelines.tracking (its `runs` module); the library and
+    every other stage stay free of it."""
+    importers = set()
+    for folder in ("missiwae", "pipelines"):
+        for path in (REPO / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = []
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module:
+                    names = [node.module]
+                if any(name == "mlflow" or name.startswith("mlflow.") for name in names):
+                    importers.add(path.relative_to(REPO).as_posix())
+    assert importers == {"pipelines/tracking/runs.py"}

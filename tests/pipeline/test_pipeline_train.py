@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import inspect
 import json
 import math
 from pathlib import Path
@@ -15,7 +17,8 @@ from missiwae.model import MissIWAE, make_generator
 from missiwae.training import load_model
 from pipelines.config import PipelineConfig
 from pipelines.ingest import IngestResult, load_split_numpy, run_ingest
-from pipelines.train import HISTORY_KEYS, BoundModule, epoch_seed, run_training
+from pipelines.train import HISTORY_KEYS, run_training
+from pipelines.train_worker import BoundModule, epoch_seed, train_loop_per_worker
 
 
 def make_config(run_dir: Path, data_root: Path) -> PipelineConfig:
@@ -62,6 +65,13 @@ def test_epoch_seeds_differ_across_ranks_and_epochs():
     seeds = {epoch_seed(0, rank, epoch) for rank in range(2) for epoch in range(1, 4)}
     assert len(seeds) == 6
     assert epoch_seed(0, 1, 2) == epoch_seed(0, 1, 2)
+
+
+def test_each_ray_train_worker_opts_in_to_the_allocator_setting():
+    """The library never changes the allocator by itself; a worker process, an entry point, does."""
+    tree = ast.parse(inspect.getsource(train_loop_per_worker))
+    calls = {ast.unparse(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
+    assert "retain_freed_memory" in calls
 
 
 _UNINTERRUPTED: dict[str, Any] = {}  # the DDP test's run, compared with the killed-worker run

@@ -107,6 +107,41 @@ def test_the_embedded_ray_refuses_a_client_without_its_token(ray_cluster: Any) -
     assert with_token.returncode == 0 and "resources" in with_token.stdout, with_token.stderr[-2000:]
 
 
+def _python_without_ray_auth(code: str) -> subprocess.CompletedProcess[str]:
+    """`python -c code` in the repository, in this environment less any Ray auth setting or
+    cluster address (a fresh shell's)."""
+    names = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS")
+    env = {k: v for k, v in os.environ.items() if k not in names}
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_token_auth_is_set_through_the_environment_before_ray_is_imported() -> None:
+    """Ray's public configuration only: no private Ray module is used, and the entry-point
+    helper sets mode and a random token in the environment before Ray is imported."""
+    for path in SOURCES:
+        assert "_raylet" not in path.read_text(), f"{path} uses Ray's private _raylet module"
+    probe = (
+        "import os, sys; from pipelines.runtime import configure_ray_auth; configure_ray_auth(); "
+        "configure_ray_auth(); "  # idempotent
+        "print(os.environ['RAY_AUTH_MODE'], len(os.environ['RAY_AUTH_TOKEN']), 'ray' in sys.modules)"
+    )
+    done = _python_without_ray_auth(probe)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["token", "64", "False"]
+
+
+def test_an_embedded_ray_is_refused_when_ray_was_imported_before_its_auth_was_set() -> None:
+    """Ray reads its auth settings on import: starting one without them would run without
+    auth, so ensure_ray fails with a message saying what to do, before Ray starts."""
+    probe = "import ray; from pipelines.runtime import ensure_ray; ensure_ray()"
+    done = _python_without_ray_auth(probe)
+    assert done.returncode != 0
+    assert "RayAuthError" in done.stderr and "configure_ray_auth()" in done.stderr, done.stderr[-2000:]
+    assert "Started a local Ray instance" not in done.stderr + done.stdout
+
+
 def test_mlflow_gets_no_home_paths_and_no_secrets(tmp_path: Path, monkeypatch) -> None:
     from pipelines.tracking import Tracker
 

@@ -1,44 +1,17 @@
-"""MLflow tracking for the pipeline: one parent run per job, one nested run per stage.
+"""MLflow runs by id: ``RunLogger`` (one run: params, metrics, tags, artifacts, nested runs)
+and ``Tracker`` (the job's parent run, as a context manager). The only module that imports mlflow.
 
-The only module that imports mlflow. Everything goes through an explicit ``MlflowClient`` and
-run ids -- never the fluent ``mlflow.start_run`` stack -- so no active-run state leaks between
-tests or jobs, and Ray workers need no MLflow state at all (the driver logs what they return).
-
-Where runs go (:func:`resolve_tracking_uri`): ``config.tracking.tracking_uri``, else
-``$MLFLOW_TRACKING_URI``, else ``sqlite:///<run_path>/mlflow.db``. MLflow 3 wants a database
-store (the plain file store needs an opt-in) and absolute paths, so relative sqlite paths are
-made absolute. Artifacts of a newly created experiment go to ``<run_path>/mlartifacts``
-(a ``file://`` URI) unless the tracking URI is a remote server, which then decides.
-
-When the store is unreachable or read-only, tracking degrades instead of failing the job: the
-first failing call switches the tracker (parent and stages alike) to a no-op, one log line says
-so at once, and when the parent run ends one ``TrackingWarning`` lists everything that was not
-logged. Results and artifacts are written to ``run_dir`` by the stages themselves, so nothing
-but the MLflow copy is lost. (For an http store, ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` and
-``MLFLOW_HTTP_REQUEST_TIMEOUT`` bound how long the first failing call takes.)
-
-What is logged is scrubbed (:func:`scrub`): the user's home directory becomes ``~`` and the
-value of any environment variable whose name looks like a secret (TOKEN, SECRET, PASSWORD,
-KEY, CREDENTIAL) becomes ``***``, in params, tags and dict/text artifacts.
-
-Usage::
-
-    with Tracker(config, "smoke") as tracker:        # parent run, config logged
-        with tracker.stage("train") as stage:        # nested run, tag stage=train
-            stage.log_metrics({"loss": 1.0}, step=1)
-    # FINISHED on success; FAILED (stage and parent) when an exception escapes.
+Everything goes through an explicit ``MlflowClient`` and run ids -- never the fluent
+``mlflow.start_run`` stack -- so no active-run state leaks between tests or jobs, and Ray
+workers need no MLflow state at all (the driver logs what they return). Every call is guarded
+by the shared ``TrackingHealth`` (pipelines.tracking.health).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import logging
 import os
-import re
-import shlex
 import time
-import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,127 +23,15 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipelines.config import PipelineConfig
+from pipelines.tracking.health import TrackingHealth
+from pipelines.tracking.scrub import MAX_TAG_VALUE, flatten_params, scrub, scrub_value
+from pipelines.tracking.store import resolve_artifact_location, resolve_tracking_uri
 
-__all__ = [
-    "RunLogger",
-    "Tracker",
-    "TrackingWarning",
-    "flatten_params",
-    "resolve_artifact_location",
-    "resolve_tracking_uri",
-    "scrub",
-    "ui_command",
-]
-
-_log = logging.getLogger(__name__)
-
-TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 PARENT_RUN_TAG = "mlflow.parentRunId"
 STAGE_TAG = "stage"
-# Limits of MLflow's built-in stores (mlflow.utils.validation).
-MAX_PARAM_VALUE = 6000
-MAX_TAG_VALUE = 8000
+# Batch limits of MLflow's built-in stores (mlflow.utils.validation).
 PARAMS_PER_BATCH = 100
 METRICS_PER_BATCH = 1000
-_REMOTE_SCHEMES = ("http://", "https://", "databricks")
-
-
-# ------------------------------------------------------------------------------- where
-
-
-def _absolute_sqlite(uri: str) -> str:
-    """``sqlite:///relative.db`` -> ``sqlite:////abs/relative.db`` (4 slashes = absolute)."""
-    prefix = "sqlite:///"
-    if not uri.startswith(prefix):
-        return uri
-    path, sep, query = uri[len(prefix) :].partition("?")
-    if not path or path == ":memory:" or path.startswith(("/", "file:")):  # file: = sqlite URI mode
-        return uri
-    return f"{prefix}{Path(path).expanduser().resolve()}{sep}{query}"
-
-
-def resolve_tracking_uri(config: PipelineConfig) -> str:
-    """``config.tracking.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else
-    ``sqlite:///<run_path>/mlflow.db``; sqlite paths are made absolute."""
-    uri = config.tracking.tracking_uri or os.environ.get(TRACKING_URI_ENV) or ""
-    if not uri.strip():
-        uri = f"sqlite:///{config.run_path / 'mlflow.db'}"
-    return _absolute_sqlite(uri.strip())
-
-
-def resolve_artifact_location(config: PipelineConfig, tracking_uri: str | None = None) -> str | None:
-    """``file://<run_path>/mlartifacts`` for local stores; None (the server decides) for a
-    remote tracking server."""
-    uri = tracking_uri if tracking_uri is not None else resolve_tracking_uri(config)
-    if uri.startswith(_REMOTE_SCHEMES):
-        return None
-    return (config.run_path / "mlartifacts").as_uri()
-
-
-def ui_command(config: PipelineConfig) -> str:
-    """The shell line that opens the MLflow UI on this pipeline's runs (local only)."""
-    uri = resolve_tracking_uri(config)
-    if uri.startswith(_REMOTE_SCHEMES):
-        return f"# runs are on the tracking server {uri}: open it in a browser"
-    parts = ["mlflow", "ui", "--backend-store-uri", uri]
-    artifacts = resolve_artifact_location(config, uri)
-    if artifacts:
-        parts += ["--default-artifact-root", artifacts]
-    parts += ["--host", "127.0.0.1", "--port", "5000", "--workers", "1"]
-    return " ".join(shlex.quote(p) for p in parts)
-
-
-# ------------------------------------------------------------------------------ values
-
-_SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY", re.I)
-_URL_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
-
-
-def _secret_values() -> list[str]:
-    """Values of environment variables named like secrets, longest first (8+ characters: a
-    short value would blank out ordinary words)."""
-    values = {v for k, v in os.environ.items() if _SECRET_NAME.search(k) and len(v) >= 8}
-    return sorted(values, key=len, reverse=True)
-
-
-def scrub(text: str) -> str:
-    """`text` without secrets or the home directory: secret env values -> ***, user:password@
-    in URLs -> ***@, the home directory -> ~."""
-    for secret in _secret_values():
-        text = text.replace(secret, "***")
-    text = _URL_USERINFO.sub("***@", text)
-    home = os.path.expanduser("~").rstrip("/")
-    if home and home != "/":  # root's home is "/root"; a bare "/" would match every path
-        text = re.sub(re.escape(home) + r"(?![\w.-])", "~", text)
-    return text
-
-
-def _scrub_value(value: Any) -> Any:
-    if isinstance(value, str):
-        return scrub(value)
-    if isinstance(value, Mapping):
-        return {k: _scrub_value(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_scrub_value(v) for v in value]
-    return value
-
-
-def _param_value(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return scrub(text)[:MAX_PARAM_VALUE]
-
-
-def flatten_params(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested mapping -> ``{"train.K": "50", "model.hidden": "[200, 200]", ...}``: dotted keys,
-    non-strings as JSON, values cut at MLflow's 6000 characters."""
-    out: dict[str, str] = {}
-    for key, value in values.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            out.update(flatten_params(value, f"{name}."))
-        else:
-            out[name] = _param_value(value)
-    return out
 
 
 def _now_ms() -> int:
@@ -180,62 +41,6 @@ def _now_ms() -> int:
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-# ------------------------------------------------------------------------------- runs
-
-
-class TrackingWarning(UserWarning):
-    """MLflow could not be written to: the job went on, and the warning lists what was lost."""
-
-
-class _Health:
-    """Shared by a parent run and its stages: whether the store still works, what was skipped."""
-
-    def __init__(self, tracking_uri: str) -> None:
-        self.tracking_uri = tracking_uri
-        self.error: BaseException | None = None
-        self.skipped: list[str] = []
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    def fail(self, what: str, error: BaseException) -> None:
-        if self.error is None:
-            self.error = error
-            _log.warning(
-                "MLflow store %s failed while logging %s (%s: %s); tracking is off for the rest of "
-                "the job, results are still written to disk",
-                scrub(self.tracking_uri),
-                what,
-                type(error).__name__,
-                _short(error),
-            )
-        self.skipped.append(what)
-
-    def skip(self, what: str) -> None:
-        self.skipped.append(what)
-
-    def report(self, run_path: Path) -> None:
-        """One TrackingWarning naming the store, the error and everything not logged."""
-        if self.error is None:
-            return
-        counts: dict[str, int] = {}
-        for what in self.skipped:
-            counts[what] = counts.get(what, 0) + 1
-        lost = ", ".join(f"{what} x{n}" if n > 1 else what for what, n in counts.items())
-        warnings.warn(
-            f"MLflow tracking to {scrub(self.tracking_uri)} failed ({type(self.error).__name__}: "
-            f"{_short(self.error)}); not logged: {lost}. The results themselves are on disk under "
-            f"{scrub(str(run_path))}.",
-            TrackingWarning,
-            stacklevel=3,
-        )
-
-
-def _short(error: BaseException) -> str:
-    return scrub(" ".join(str(error).split()))[:300]
 
 
 class RunLogger:
@@ -250,20 +55,22 @@ class RunLogger:
         client: MlflowClient | None,
         run_id: str | None,
         experiment_id: str | None,
-        health: _Health | None = None,
+        health: TrackingHealth | None = None,
         name: str = "run",
     ) -> None:
         self.client = client
         self.run_id = run_id
         self.experiment_id = experiment_id
-        self.health = health if health is not None else _Health("")
+        self.health = health if health is not None else TrackingHealth("")
         self.name = name
         self._ended = False
 
     @classmethod
     def connect(cls, tracking_uri: str, run_id: str | None, experiment_id: str | None) -> RunLogger:
         """Log into an existing run from another object or process (e.g. a Tune callback)."""
-        return cls(MlflowClient(tracking_uri=tracking_uri), run_id, experiment_id, _Health(tracking_uri))
+        return cls(
+            MlflowClient(tracking_uri=tracking_uri), run_id, experiment_id, TrackingHealth(tracking_uri)
+        )
 
     @property
     def artifact_uri(self) -> str:
@@ -340,7 +147,7 @@ class RunLogger:
 
     def log_dict(self, dictionary: Mapping[str, Any], artifact_file: str) -> None:
         """JSON or YAML by the file's extension."""
-        clean = _scrub_value(dict(dictionary))
+        clean = scrub_value(dict(dictionary))
 
         def call() -> None:
             assert self.client is not None and self.run_id is not None
@@ -447,7 +254,7 @@ class Tracker(RunLogger):
         self.config = config
         self.tracking_uri = resolve_tracking_uri(config)
         self.artifact_location = resolve_artifact_location(config, self.tracking_uri)
-        health = _Health(self.tracking_uri)
+        health = TrackingHealth(self.tracking_uri)
         client: MlflowClient | None = None
         run_id = experiment_id = None
         try:
@@ -524,3 +331,6 @@ def _context_tags(tags: Mapping[str, Any] | None) -> dict[str, str]:
         return {str(k): str(v) for k, v in resolve_tags(extra).items()}
     except Exception:  # an internal API: fall back to the caller's tags
         return extra
+
+
+__all__ = ["PARENT_RUN_TAG", "STAGE_TAG", "RunLogger", "Tracker"]

@@ -1,0 +1,244 @@
+"""The Ray Train worker: one DDP process of `pipelines.train.run_training`.
+
+Each worker reads its shard of "train" (split by Ray Data) and all of "valid" (scoring the rows
+with row_id % N == rank), maximises the mean L_K through DDP, and reports one history entry per
+epoch; rank 0 attaches a checkpoint: a plain missiwae checkpoint (model.pt + config.json,
+`missiwae.training.load_model`) plus `pipeline_state.json` (the history and the restore count).
+
+Randomness: parameters are initialised with `torch.manual_seed(train.seed + rank)` (DDP then
+broadcasts rank 0's); importance samples use a generator seeded from (train.seed, rank, epoch),
+so a resumed epoch draws the same numbers as an uninterrupted one would. Each worker reads its
+shard into memory once and shuffles it with a generator seeded the same way
+(`scaling.shard_in_memory`); which rows Ray Data puts in which shard is not reproducible, nor is
+the order of the streaming path (shard_in_memory: false).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from missiwae.allocator import retain_freed_memory
+from missiwae.config import ModelConfig, TrainConfig
+from missiwae.evaluation import mean_bound
+from missiwae.model import MissIWAE, make_generator
+from missiwae.training import EpochStats, load_training_state, make_optimizer, minibatches, save_checkpoint
+
+PIPELINE_STATE_FILE = "pipeline_state.json"  # per-epoch history (+ restore count) in a checkpoint
+HISTORY_KEYS = ("epoch", "train_bound", "valid_bound", "seconds", "images_per_second", "restores")
+VALID_BATCH_SIZE = 500
+_SHUFFLE_BUFFER_BATCHES = 8  # Ray Data local shuffle buffer, in training batches
+_SHARD_READ_BATCH = 4096  # rows per batch when a worker reads its shard into memory
+
+
+class BoundModule(nn.Module):
+    """forward(x, mask, K, generator) = model.bound(...) (B,): what DDP wraps.
+
+    DDP synchronises gradients of what runs through its own forward, so the bound has to be
+    computed by the wrapped module's forward rather than by calling `model.bound` beside it.
+    """
+
+    def __init__(self, model: MissIWAE):
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, K: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        return self.model.bound(x, mask, K, generator, validate=False)
+
+
+def epoch_seed(seed: int, rank: int, epoch: int) -> int:
+    """A well-mixed 63-bit seed for (train.seed, worker rank, epoch)."""
+    return int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """One DDP worker. loop_config: model (ModelConfig), train (TrainConfig), num_threads,
+    shard_in_memory (read the training shard once, see ScalingConfig), and `_fault_injection` —
+    TEST ONLY: a marker-file path; when set, the last rank kills its process (os._exit(1)) once,
+    after its first step of epoch 2, and creates the marker so the restarted group does not die
+    again."""
+    import ray.train
+    import ray.train.torch
+
+    model_config: ModelConfig = loop_config["model"]
+    train_config: TrainConfig = loop_config["train"]
+    fault_marker: str | None = loop_config.get("_fault_injection")
+    torch.set_num_threads(int(loop_config["num_threads"]))
+    # This worker process is an entry point: it opts in to the allocator setting, which the
+    # library never applies on its own (it changes the whole process).
+    retain_freed_memory()
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+
+    torch.manual_seed(train_config.seed + rank)
+    model = MissIWAE.from_config(model_config).to(device)
+    optimizer = make_optimizer(model, train_config.learning_rate)
+    history: list[dict[str, Any]] = []
+    restores = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:  # a restarted worker group, or a re-run of a named run
+        with checkpoint.as_directory() as directory:
+            load_training_state(directory, model, optimizer)
+            history, restores = read_pipeline_state(directory)
+        restores += 1
+    ddp_model = ray.train.torch.prepare_model(BoundModule(model))
+
+    train_shard = ray.train.get_dataset_shard("train")
+    valid_shard = ray.train.get_dataset_shard("valid")
+    assert train_shard is not None and valid_shard is not None
+    batch_size = train_config.batch_size
+    shard = _read_shard(train_shard) if loop_config["shard_in_memory"] else None
+    for epoch in range(len(history) + 1, train_config.epochs + 1):
+        started = time.perf_counter()
+        ddp_model.train()
+        seed = epoch_seed(train_config.seed, rank, epoch)
+        generator = make_generator(seed, device)
+        bound_sum, num_rows = 0.0, 0
+        if shard is not None:
+            batches: Iterable[dict[str, torch.Tensor]] = (
+                {"pixels": shard[0][rows], "mask": shard[1][rows]}
+                for rows in minibatches(shard[0].shape[0], batch_size, make_generator(seed))
+            )
+        else:
+            batches = train_shard.iter_torch_batches(
+                batch_size=batch_size,
+                local_shuffle_buffer_size=batch_size * _SHUFFLE_BUFFER_BATCHES,
+                local_shuffle_seed=seed % 2**32,
+            )
+        for step, batch in enumerate(batches):
+            x, mask = batch["pixels"].to(device, torch.float32), batch["mask"].to(device)
+            bound = ddp_model(x, mask, train_config.K, generator)
+            loss = -bound.mean()  # DDP averages gradients over workers: equal shards, equal weight
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            bound_sum += float(bound.detach().sum())
+            num_rows += x.shape[0]
+            if fault_marker and epoch == 2 and step == 0 and rank == world_size - 1:
+                _die_once(fault_marker)
+        train_seconds = time.perf_counter() - started
+        bound_sum, num_rows = _all_reduce_sum([bound_sum, num_rows], device)
+
+        valid_sum, valid_rows = _valid_bound_sum(
+            model, valid_shard, train_config.K, rank, world_size, make_generator(seed + 1, device)
+        )
+        valid_sum, valid_rows = _all_reduce_sum([valid_sum, valid_rows], device)
+        entry = {
+            "epoch": epoch,
+            "train_bound": bound_sum / max(num_rows, 1),
+            "valid_bound": valid_sum / max(valid_rows, 1),
+            "seconds": time.perf_counter() - started,
+            "images_per_second": num_rows / max(train_seconds, 1e-9),
+            "restores": restores,
+        }
+        history.append(entry)
+        if rank == 0:
+            with tempfile.TemporaryDirectory() as directory:
+                stats = [
+                    EpochStats(e["epoch"], e["train_bound"], e["valid_bound"], e["seconds"]) for e in history
+                ]
+                save_checkpoint(directory, model, optimizer, train_config, stats)
+                write_pipeline_state(directory, history, restores)
+                ray.train.report(entry, checkpoint=ray.train.Checkpoint.from_directory(directory))
+        else:
+            ray.train.report(entry, checkpoint=None)  # a barrier: every rank reports every epoch
+
+
+def _read_shard(train_shard: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """This worker's whole training shard, read once: pixels (N_w, D) uint8 and mask (N_w, D).
+
+    Streaming it again every epoch cost a tenth of the epoch on a 1-CPU worker (Arrow to
+    torch conversion and the local shuffle buffer, per batch: benchmarks/README.md).
+    """
+    pixels, masks = [], []
+    for batch in train_shard.iter_torch_batches(batch_size=_SHARD_READ_BATCH):
+        pixels.append(batch["pixels"])
+        masks.append(batch["mask"])
+    if not pixels:
+        raise RuntimeError("this worker's training shard is empty: fewer training rows than workers?")
+    return torch.cat(pixels), torch.cat(masks)
+
+
+@torch.no_grad()
+def _valid_bound_sum(
+    model: MissIWAE,
+    valid_shard: Any,
+    K: int,
+    rank: int,
+    world_size: int,
+    generator: torch.Generator,
+) -> tuple[float, int]:
+    """Sum of L_K over the validation rows this rank owns (row_id % world_size == rank)."""
+    model.eval()
+    total, count = 0.0, 0
+    for batch in valid_shard.iter_torch_batches(batch_size=VALID_BATCH_SIZE):
+        mine = batch["row_id"] % world_size == rank
+        n = int(mine.sum())
+        if n == 0:
+            continue
+        x = batch["pixels"][mine].to(model.device, torch.float32)
+        mask = batch["mask"][mine].to(model.device)
+        total += mean_bound(model, x, mask, K, batch_size=VALID_BATCH_SIZE, generator=generator) * n
+        count += n
+    model.train()
+    return total, count
+
+
+def _all_reduce_sum(values: list[float], device: torch.device) -> tuple[float, int]:
+    """Sum (value, count) over the workers (identity without a process group)."""
+    import torch.distributed as dist
+
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return float(tensor[0]), round(float(tensor[1]))
+
+
+def _die_once(marker: str) -> None:
+    """Kill this worker process unless `marker` exists (then create it): a test's fault."""
+    import ray.train
+
+    path = Path(marker)
+    if path.exists():
+        return
+    # Wait until the controller has committed every checkpoint reported so far: it collects
+    # reports when it polls the workers (every 2 s), and a worker that dies before that poll
+    # takes the newest checkpoint with it, so the restart would go back one epoch further.
+    ray.train.get_all_reported_checkpoints(ray.train.CheckpointConsistencyMode.COMMITTED)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"worker killed itself (pid {os.getpid()})\n")
+    os._exit(1)
+
+
+def write_pipeline_state(directory: str | Path, history: list[dict[str, Any]], restores: int) -> None:
+    state = {"history": history, "restores": restores}
+    (Path(directory) / PIPELINE_STATE_FILE).write_text(json.dumps(state, indent=2))
+
+
+def read_pipeline_state(directory: str | Path) -> tuple[list[dict[str, Any]], int]:
+    """(history, restores) from a checkpoint written by `train_loop_per_worker`."""
+    state = json.loads((Path(directory) / PIPELINE_STATE_FILE).read_text())
+    return list(state["history"]), int(state["restores"])
+
+
+__all__ = [
+    "HISTORY_KEYS",
+    "PIPELINE_STATE_FILE",
+    "BoundModule",
+    "epoch_seed",
+    "read_pipeline_state",
+    "train_loop_per_worker",
+    "write_pipeline_state",
+]
