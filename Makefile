@@ -42,10 +42,12 @@ demo: setup
 bench-uci: setup
 	$(BIN)/python benchmarks/uci.py
 
+# ruff, mypy, and the import contracts of .importlinter (layers only point down).
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: lint
 	$(BIN)/python -m pytest

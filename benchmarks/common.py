@@ -35,8 +35,9 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
-# The last commit before the performance work: the "before" column of every table.
-BEFORE_REF = "5b790999849688082f15973b0092b5e5974b6e6c"
+# The last commit before the performance work: the "before" column of every table. Another
+# commit can stand in (MISSIWAE_BENCH_BEFORE_REF=<rev>), e.g. to show a refactor left speed alone.
+BEFORE_REF = os.environ.get("MISSIWAE_BENCH_BEFORE_REF", "5b790999849688082f15973b0092b5e5974b6e6c")
 PEER_PYTHON = Path(os.environ.get("MISSIWAE_PEER_PYTHON", str(REPO_ROOT / ".peer-venv" / "bin" / "python")))
 PEER_PACKAGE = "hyperimpute"
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One session on a lent GPU machine, as one prepared command (device time is scarce):
 #   1. the GPU throughput benchmarks (bench_train, bench_impute with --device cuda);
-#   2. the time-boxed paper run, pipelines/report_gpu.py (library only: the machine has no Ray).
+#   2. the time-boxed paper run, paper/gpu.py (library only: the machine has no Ray).
 # Everything lands in one tarball under $1 so that it comes back as one file.
 #   usage: bash benchmarks/gpu_device.sh OUT_DIR [BUDGET_S] [DEVICE]
 # The machine has torch, numpy, scikit-learn and matplotlib but not this repo's data folder:
@@ -31,7 +31,7 @@ log "bench_impute (rc $?)"
 timeout 90 python3 benchmarks/bench_impute.py --device "$device" --no-peer --no-before --reps 1 \
   --work 10000000 --out "$work/impute_cuda.json" >"$work/bench_impute.txt" 2>&1
 log "report_gpu run (rc $?)"
-python3 -m pipelines.report_gpu run --out "$work/report_gpu" --budget-s "$budget" --device "$device" \
+python3 -m paper.gpu run --out "$work/report_gpu" --budget-s "$budget" --device "$device" \
   >"$work/report_gpu.txt" 2>&1
 log "done (rc $?)"
 tail -n 30 "$work"/bench_*.txt

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +15,7 @@ from typing import Any
 
 import torch
 
-from missiwae.allocator import retain_freed_memory
+from missiwae.atomic import atomic_file, write_text_atomic
 from missiwae.config import ConfigError, ModelConfig, TrainConfig, from_dict, to_dict
 from missiwae.evaluation import mean_bound
 from missiwae.model import MissIWAE, make_generator
@@ -32,6 +30,9 @@ class EpochStats:
     train_bound: float  # mean L_K over the epoch's minibatches (as optimised)
     valid_bound: float | None  # mean L_K on the validation rows, after the epoch
     seconds: float
+    # Training rows the epoch saw: fewer than N when `train`'s deadline cut it short. None in
+    # the history of a checkpoint written before this field existed (those epochs were whole).
+    rows: int | None = None
 
 
 def make_optimizer(model: torch.nn.Module, learning_rate: float) -> torch.optim.Adam:
@@ -60,8 +61,13 @@ def train_epoch(
     shuffle_generator: torch.Generator,
     sample_generator: torch.Generator | None = None,
     progress: Callable[[Iterator[torch.Tensor]], Iterator[torch.Tensor]] | None = None,
+    deadline: float | None = None,
 ) -> float:
-    """One pass over (x, mask) (N, D); returns the mean bound of its minibatches."""
+    """One pass over (x, mask) (N, D); returns the mean bound of its minibatches.
+
+    With `deadline` (a wall-clock time, `time.time()`) the pass stops at the first minibatch
+    boundary at or after it, after one minibatch at least.
+    """
     model.train()
     total, count = 0.0, 0
     batches = minibatches(x.shape[0], batch_size, shuffle_generator)
@@ -74,7 +80,25 @@ def train_epoch(
         optimizer.step()
         total += float(bound.detach().sum())
         count += index.numel()
+        # Read the clock only when asked: without a deadline the loop is the one it always was.
+        if deadline is not None and time.time() >= deadline:
+            break
     return total / max(count, 1)
+
+
+def _counting(
+    progress: Callable[[Iterator[torch.Tensor]], Iterator[torch.Tensor]] | None, counter: list[int]
+) -> Callable[[Iterator[torch.Tensor]], Iterator[torch.Tensor]]:
+    """A `train_epoch` progress hook that adds each minibatch's rows to counter[0] as it hands
+    the minibatch over: `train_epoch` trains on every one it is handed, so counter[0] ends as
+    the rows the epoch saw, however early a deadline cut it."""
+
+    def wrap(batches: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
+        for index in progress(batches) if progress else batches:
+            counter[0] += index.numel()
+            yield index
+
+    return wrap
 
 
 def train(
@@ -88,17 +112,23 @@ def train(
     resume: bool = True,
     progress: bool = True,
     on_epoch_end: Callable[[EpochStats], None] | None = None,
+    deadline: float | None = None,
 ) -> list[EpochStats]:
     """Train `model` in place for `config.epochs` epochs; returns the per-epoch history.
 
     With `checkpoint_dir`, a checkpoint is written atomically after every epoch and, when
     `resume` is set and one exists there, training continues after its last epoch with the
     same optimiser state and random streams (so a resumed run matches an uninterrupted one).
+
+    With `deadline` (a wall-clock time, `time.time()`), training stops at the first minibatch
+    boundary at or after it, though never before this call has run one minibatch. The cut
+    epoch is validated, checkpointed and recorded like any other, with the rows it saw in
+    `EpochStats.rows` (a resumed run counts it as done). Time-boxed runs set `config.epochs`
+    as an upper bound and let the deadline end training.
     """
     model.check_batch(x, mask)
     if valid is not None:
         model.check_batch(*valid)
-    retain_freed_memory()
     device = torch.device(config.device)
     model.to(device)
     x, mask = x.to(device), mask.to(device)
@@ -115,10 +145,14 @@ def train(
         sample_generator.set_state(state["sample_rng"])
         valid_generator.set_state(state["valid_rng"])
         history = [EpochStats(**entry) for entry in state["history"]]
-    for epoch in range(len(history) + 1, config.epochs + 1):
+    first_epoch = len(history) + 1
+    for epoch in range(first_epoch, config.epochs + 1):
+        if deadline is not None and epoch > first_epoch and time.time() >= deadline:
+            break
         started = time.perf_counter()
         num_batches = -(-x.shape[0] // config.batch_size)
         bar = _progress_bar(epoch, config.epochs, num_batches) if progress else None
+        rows = [0]
         train_bound = train_epoch(
             model,
             optimizer,
@@ -128,13 +162,14 @@ def train(
             config.batch_size,
             shuffle_generator,
             sample_generator,
-            bar,
+            _counting(bar, rows),
+            deadline,
         )
         valid_bound = None
         if valid is not None:
             model.eval()
             valid_bound = mean_bound(model, *valid, config.K, generator=valid_generator)
-        stats = EpochStats(epoch, train_bound, valid_bound, time.perf_counter() - started)
+        stats = EpochStats(epoch, train_bound, valid_bound, time.perf_counter() - started, rows[0])
         history.append(stats)
         if checkpoint_dir is not None:
             save_checkpoint(
@@ -190,30 +225,15 @@ def save_checkpoint(
     config = {"model": to_dict(model.config)}
     if train_config is not None:
         config["train"] = to_dict(train_config)
-    _atomic_write(directory / WEIGHTS_FILE, lambda path: torch.save(state, path))
-    _atomic_write(directory / CONFIG_FILE, lambda path: path.write_text(json.dumps(config, indent=2)))
+    with atomic_file(directory / WEIGHTS_FILE) as temporary:
+        torch.save(state, temporary)
+    write_text_atomic(directory / CONFIG_FILE, json.dumps(config, indent=2))
 
 
-def _atomic_write(target: Path, write: Callable[[Path], object]) -> None:
-    """Write through a temporary file in the same directory, then rename: no half files."""
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    os.close(handle)
-    try:
-        write(Path(temporary))
-        os.chmod(temporary, 0o666 & ~_current_umask())  # mkstemp makes it owner-only
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _read_state(directory: str | Path) -> dict[str, Any]:
+def read_checkpoint_state(directory: str | Path) -> dict[str, Any]:
+    """The dict saved in `directory`/model.pt (weights, optimiser state, history, RNG states),
+    read with `weights_only=True`; a missing file is a FileNotFoundError and an unreadable one
+    a ValueError, each naming the file. The one place a checkpoint is read from disk."""
     path = Path(directory) / WEIGHTS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
@@ -239,7 +259,7 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> Mis
     except ConfigError as error:
         raise ConfigError(f"checkpoint config {config_path}: {error}") from error
     model = MissIWAE.from_config(model_config)
-    _load_weights(model, _read_state(directory), directory)
+    _load_weights(model, read_checkpoint_state(directory), directory)
     return model.to(device).eval()
 
 
@@ -247,7 +267,7 @@ def load_training_state(
     directory: str | Path, model: MissIWAE, optimizer: torch.optim.Optimizer
 ) -> dict[str, Any]:
     """Load weights and optimiser state in place; return the rest (history, RNG states)."""
-    state = _read_state(directory)
+    state = read_checkpoint_state(directory)
     _load_weights(model, state, directory)
     path = Path(directory) / WEIGHTS_FILE
     if "optimizer" not in state:

@@ -120,7 +120,7 @@ class ClassifyConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ReportConfig:
-    """`python -m pipelines.report`: which sweep gives Figure 1 (left), which of its models the
+    """`python -m paper.report`: which sweep gives Figure 1 (left), which of its models the
     other experiments use, and the L grid of Figure 1 (right)."""
 
     space: str = "paper"  # tune/spaces/<space>.yaml: the Figure 1 (left) sweep

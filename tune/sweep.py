@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from missiwae.config import ConfigError
-from missiwae.data import DataError
+from missiwae.mnist_files import DataError
 from pipelines.config import PipelineConfig, add_override_argument, load_pipeline_config
 from pipelines.storage import write_json_atomic
 from tune.space import SearchSpace, check_space, load_space, trial_config
@@ -207,6 +207,9 @@ def _scheduler(space: SearchSpace) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipelines.runtime import configure_ray_auth
+
+    configure_ray_auth()  # before run_sweep imports Ray: Ray reads its auth settings on import
     parser = argparse.ArgumentParser(
         prog="python -m tune.sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

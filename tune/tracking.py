@@ -8,6 +8,17 @@ Tune pickles its RunConfig (callbacks included) into the experiment so that `Tun
 gets them back; this callback therefore holds only the path of the sweep's state file, where
 the sweep run, the experiment, the base config and trial id -> MLflow run id are kept, so a
 restored sweep logs into the same runs instead of opening duplicates.
+
+Why not Ray's own `ray.air.integrations.mlflow.MLflowLoggerCallback` (read in Ray 2.60): it
+names each run after Tune's trial (`run_trial_1a2b3_00000`, not "K=50 zero"); it logs Tune's
+`trial.config` (the variant dict and sampled keys), not the resolved `PipelineConfig` a trial
+ran with, unscrubbed; it steps by `training_iteration`, so a restored trial's replayed epochs
+are logged twice; it keeps trial -> run in memory, so after `Tuner.restore` every unfinished
+trial opens a second run; and its `setup` raises when the store is unreachable, failing the
+sweep, where `pipelines.tracking.RunLogger` (the project's one MLflow owner) degrades to a
+warning. Nesting alone would fit (a `mlflow.parentRunId` tag). `setup_mlflow` logs from
+inside each trial process: several writers on one sqlite store, and a dependency on MLflow in
+every worker, which the driver-side callback avoids.
 """
 
 from __future__ import annotations

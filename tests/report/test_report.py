@@ -6,15 +6,10 @@ import json
 import math
 from pathlib import Path
 
+from paper.render import render_report
+from paper.report import rerender, run_report
+from paper.verdicts import figure1_left_verdicts, figure1_right_verdicts, table1_verdicts
 from pipelines.config import load_pipeline_config
-from pipelines.report import (
-    figure1_left_verdicts,
-    figure1_right_verdicts,
-    render_report,
-    rerender,
-    run_report,
-    table1_verdicts,
-)
 
 PAPER_LIKE = {
     "K=1 zero": -90.0,
@@ -79,7 +74,7 @@ def test_tiny_report_runs_every_experiment_and_writes_a_readme_with_verdicts(
 ):
     config = load_pipeline_config("tiny", [f"run_dir={tmp_path / 'run'}", f"data.data_dir={data_root}"])
     out = tmp_path / "report"
-    results = run_report(config, "tiny", out, "python -m pipelines.report --config tiny")
+    results = run_report(config, "tiny", out, "python -m paper.report --config tiny")
 
     names = {p.name for p in out.iterdir()}
     expected = {"README.md", "results.json", "ranking.md", "figure1_left.png", "figure1_right.png"}

@@ -1,4 +1,4 @@
-"""The time-boxed single-GPU report (pipelines/report_gpu.py), run here on the CPU at toy size."""
+"""The time-boxed single-GPU report (paper/gpu.py), run here on the CPU at toy size."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines import report_gpu
-from pipelines.report_gpu import RESULT_FILE, figure1_specs, folder_name, render, run
+from paper import gpu_specs
+from paper.gpu import proposal_check, run
+from paper.gpu_render import render
+from paper.gpu_specs import RESULT_FILE, figure1_specs, folder_name
 
 
 def test_a_time_boxed_run_trains_evaluates_and_imputes_with_every_model_then_renders_the_report(
@@ -43,7 +45,7 @@ def test_a_time_boxed_run_trains_evaluates_and_imputes_with_every_model_then_ren
     assert status == (0 if forest_finished else 1)
 
     report = tmp_path / "report"
-    text = render(folder, report, "python -m pipelines.report_gpu run --budget-s 30")
+    text = render(folder, report, "python -m paper.gpu run --budget-s 30")
     assert {"README.md", "results.json", "figure1_left.png", "figure1_right.png"} <= {
         p.name for p in report.iterdir()
     }
@@ -56,7 +58,7 @@ def test_a_time_boxed_run_trains_evaluates_and_imputes_with_every_model_then_ren
         assert "| not finished |" in text
         assert summary["verdicts"][3]["verdict"] == "not measurable at this budget"
 
-    table = report_gpu.proposal_check(folder, ["K=1 zero", "K=1 oracle"], rows=4, samples=3)
+    table = proposal_check(folder, ["K=1 zero", "K=1 oracle"], rows=4, samples=3)
     assert table.count("\n| K=1 ") == 2
 
 
@@ -105,4 +107,4 @@ def test_folder_names_are_plain_and_distinct():
     names = [folder_name(label) for label in labels]
     assert len(set(names)) == len(names)
     assert all(name.replace("_", "").isalnum() for name in names)
-    assert np.isclose(report_gpu.LEARNING_RATE, 1e-3)
+    assert np.isclose(gpu_specs.LEARNING_RATE, 1e-3)

@@ -1,8 +1,8 @@
 """The paper's experiments as one generated report: Figure 1 (left, right), Table 1, Figures 2, 3.
 
-    python -m pipelines.report --config cpu        # 2-core machine, ~2 h; writes reports/cpu/
-    python -m pipelines.report --config paper      # the paper's settings on a GPU cluster
-    ray job submit --working-dir . -- python -m pipelines.report --config paper
+    python -m paper.report --config cpu        # 2-core machine, ~2 h; writes reports/cpu/
+    python -m paper.report --config paper      # the paper's settings on a GPU cluster
+    ray job submit --working-dir . -- python -m paper.report --config paper
 
     Figure 1 (left)  the `report.space` sweep (tune.sweep): K=1/K=50 × zero/oracle ι + complete data,
                      test log-likelihood of complete test images (evaluate.num_samples samples)
@@ -15,166 +15,39 @@
 Everything lands in ``--out`` (default reports/<preset>/): README.md with the paper's numbers
 beside ours and a verdict per claim, the figures, tables as CSV/markdown, and results.json;
 the same files are MLflow artifacts of the report run. The verdicts are computed from the
-numbers by the functions below, never written by hand.
+numbers by `paper.verdicts`, never written by hand; `paper.render` writes the README.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
 import json
 import math
-import platform
 import shlex
-import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from missiwae.config import ConfigError
-from missiwae.data import DataError
+from missiwae.mnist_files import DataError
+from paper.render import accuracy_figure, git_commit, machine_description, render_report
+from paper.verdicts import verdicts_of
 from pipelines.config import PipelineConfig, add_override_argument, load_pipeline_config
 
 REPO = Path(__file__).resolve().parents[1]
-# Imputation accuracy of missForest and missIWAE in the paper's Figure 1 (right) is shown only
-# as curves; the claims are orderings, checked below. Table 1 is in pipelines.classify.
-CLAIMS_LEFT = (
-    "at K=1, oracle ι clearly beats zero ι",
-    "at K=50, zero and oracle ι are on par, and both beat K=1",
-    "missIWAE (K=50, zero ι, half the pixels) is less than 2 nats below the complete-data VAE",
-)
-CLAIMS_RIGHT = ("missVAE and missIWAE beat missForest for L ≥ 10", "missIWAE is best for L ≥ 1000")
-CLEARLY_NATS = 1.0  # "clearly better" / "on par" threshold for Figure 1 (left), in nats
-
-
-@dataclasses.dataclass(frozen=True)
-class Verdict:
-    claim: str
-    verdict: str  # "holds", "does not hold", "not measurable at this budget"
-    evidence: str
-
-
-# ------------------------------------------------------------------------------------ verdicts
-
-
-def figure1_left_verdicts(test_ll: Mapping[str, float]) -> list[Verdict]:
-    """test_ll: sweep label -> test log-likelihood (complete test images)."""
-
-    def get(label: str) -> float:
-        return float(test_ll.get(label, math.nan))
-
-    z1, o1, z50, o50 = get("K=1 zero"), get("K=1 oracle"), get("K=50 zero"), get("K=50 oracle")
-    vae = get("complete VAE (K=1)")
-    out = []
-    if math.isnan(z1) or math.isnan(o1):
-        out.append(Verdict(CLAIMS_LEFT[0], "not measurable at this budget", "a K=1 trial did not finish"))
-    else:
-        gap = o1 - z1
-        verdict = "holds" if gap > CLEARLY_NATS else "does not hold"
-        out.append(Verdict(CLAIMS_LEFT[0], verdict, f"oracle − zero = {gap:+.2f} nats at K=1"))
-    if any(math.isnan(v) for v in (z1, o1, z50, o50)):
-        out.append(Verdict(CLAIMS_LEFT[1], "not measurable at this budget", "a trial did not finish"))
-    else:
-        par = abs(o50 - z50) <= CLEARLY_NATS
-        above = min(z50, o50) > max(z1, o1)
-        verdict = "holds" if par and above else "does not hold"
-        evidence = (
-            f"|oracle − zero| = {abs(o50 - z50):.2f} nats at K=50; "
-            f"worst K=50 − best K=1 = {min(z50, o50) - max(z1, o1):+.2f}"
-        )
-        out.append(Verdict(CLAIMS_LEFT[1], verdict, evidence))
-    if math.isnan(z50) or math.isnan(vae):
-        out.append(Verdict(CLAIMS_LEFT[2], "not measurable at this budget", "a trial did not finish"))
-    else:
-        gap = vae - z50
-        out.append(
-            Verdict(
-                CLAIMS_LEFT[2], "holds" if gap < 2.0 else "does not hold", f"VAE − missIWAE = {gap:+.2f} nats"
-            )
-        )
-    return out
-
-
-def figure1_right_verdicts(
-    samples: Sequence[int], miss_vae: Sequence[float], miss_iwae: Sequence[float], missforest: float
-) -> list[Verdict]:
-    """Accuracies per L (same order as `samples`) against missForest's single number."""
-    out = []
-    if math.isnan(missforest):
-        out.append(Verdict(CLAIMS_RIGHT[0], "not measurable at this budget", "missForest was not run"))
-    else:
-        checked = [(n, v, w) for n, v, w in zip(samples, miss_vae, miss_iwae, strict=True) if n >= 10]
-        if not checked:
-            out.append(Verdict(CLAIMS_RIGHT[0], "not measurable at this budget", "no L ≥ 10 in the grid"))
-        else:
-            worst = min(min(v, w) for _, v, w in checked)
-            verdict = "holds" if worst > missforest else "does not hold"
-            out.append(
-                Verdict(
-                    CLAIMS_RIGHT[0], verdict, f"lowest for L ≥ 10: {worst:.4f}; missForest {missforest:.4f}"
-                )
-            )
-    large = [(n, v, w) for n, v, w in zip(samples, miss_vae, miss_iwae, strict=True) if n >= 1000]
-    if not large:
-        out.append(Verdict(CLAIMS_RIGHT[1], "not measurable at this budget", "no L ≥ 1000 in the grid"))
-    else:
-        # "Best" is read per L, as in the paper's curves: at each L ≥ 1000 missIWAE is above
-        # missVAE at that same L and above missForest (which has no L).
-        forest = -math.inf if math.isnan(missforest) else missforest
-        margin, at = min((w - max(v, forest), n) for n, v, w in large)
-        verdict = "holds" if margin > 0 else "does not hold"
-        evidence = (
-            f"smallest lead of missIWAE over the best other at the same L ≥ 1000: {margin:+.4f} (L = {at})"
-        )
-        out.append(Verdict(CLAIMS_RIGHT[1], verdict, evidence))
-    return out
-
-
-def table1_verdicts(accuracy: Mapping[str, float]) -> list[Verdict]:
-    """The paper's ordering: zero < missForest < missIWAE single < multiple ≈ complete."""
-    order = ("zero", "missforest", "missiwae_single", "missiwae_multiple")
-    values = [accuracy.get(name, math.nan) for name in order]
-    claim = "accuracy rises zero < missForest < missIWAE single < missIWAE multiple"
-    if any(math.isnan(v) for v in values):
-        return [Verdict(claim, "not measurable at this budget", "a dataset was not classified")]
-    rising = all(a < b for a, b in itertools.pairwise(values))
-    evidence = " < ".join(f"{name} {value:.4f}" for name, value in zip(order, values, strict=True))
-    out = [Verdict(claim, "holds" if rising else "does not hold", evidence)]
-    complete, multiple = accuracy.get("complete", math.nan), values[-1]
-    claim = "missIWAE multiple imputation is on par with complete data (within 0.002)"
-    if math.isnan(complete):
-        out.append(Verdict(claim, "not measurable at this budget", "complete data was not classified"))
-    else:
-        gap = complete - multiple
-        out.append(
-            Verdict(
-                claim, "holds" if abs(gap) <= 0.002 else "does not hold", f"complete − multiple = {gap:+.4f}"
-            )
-        )
-    return out
-
-
-def verdicts_of(results: Mapping[str, Any]) -> list[Verdict]:
-    """Every verdict, from the numbers of a results.json alone."""
-    right = results["figure1_right"]
-    vae, iwae = list(right["curves"].values())
-    return (
-        figure1_left_verdicts(results["figure1_left"]["test_log_likelihood"])
-        + figure1_right_verdicts(right["L"], vae, iwae, float(right["missforest"]))
-        + table1_verdicts(results["table1"]["accuracy"])
-    )
 
 
 def measured_seconds(config: PipelineConfig) -> dict[str, Any]:
     """The compute times recorded where the work was done, so that a report whose sweep or
     imputations were reused from an earlier run of the same command still shows what they cost:
     each trial's training seconds (trial_result.json) and the impute stage's manifest."""
-    from pipelines.impute import MANIFEST, imputed_dir
+    from pipelines.impute import imputed_dir
+    from pipelines.publish import MANIFEST
     from tune.space import load_space
     from tune.sweep import sweep_dir_of
 
@@ -199,14 +72,11 @@ def rerender(out_dir: Path) -> dict[str, Any]:
 
     results = json.loads((out_dir / "results.json").read_text())
     results["verdicts"] = [dataclasses.asdict(v) for v in verdicts_of(results)]
-    results["verdicts_commit"] = _git_commit()
+    results["verdicts_commit"] = git_commit()
     results.setdefault("measured_seconds", measured_seconds(PipelineConfig.from_dict(results["config"])))
     write_json_atomic(out_dir / "results.json", results)
     write_text_atomic(out_dir / "README.md", render_report(results, (out_dir / "ranking.md").read_text()))
     return results
-
-
-# ----------------------------------------------------------------------- Figure 1 (right)
 
 
 def _accuracy_task(
@@ -246,28 +116,6 @@ def accuracy_curves(
         for name, path in checkpoints.items()
     }
     return {name: [float(v) for v in ray.get(r)] for name, r in refs.items()}
-
-
-def accuracy_figure(samples: Sequence[int], curves: Mapping[str, Sequence[float]], missforest: float) -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for name, values in curves.items():
-        axis.plot(samples, values, marker="o", label=name)
-    if not math.isnan(missforest):
-        axis.axhline(missforest, color="grey", linestyle="--", label="missForest")
-    axis.set_xscale("log")
-    axis.set_xlabel("importance samples L")
-    axis.set_ylabel("imputation accuracy (missing pixels)")
-    axis.set_title("Figure 1 (right): accuracy of single imputation vs L")
-    axis.legend()
-    return figure
-
-
-# --------------------------------------------------------------------------------- the run
 
 
 def _trial_results(sweep_dir: Path) -> dict[str, dict[str, Any]]:
@@ -326,7 +174,7 @@ def run_report(config: PipelineConfig, preset: str, out_dir: Path, command: str)
         "preset": preset,
         "command": command,
         "preset_notes": preset_notes(preset),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
     }
     with Tracker(config, run_name=f"report-{preset}") as tracker:
         with tracker.stage("figure1_left") as stage:
@@ -426,130 +274,12 @@ def run_report(config: PipelineConfig, preset: str, out_dir: Path, command: str)
     return results
 
 
-# ------------------------------------------------------------------------------ rendering
-
-
-def render_report(results: Mapping[str, Any], sweep_table: str) -> str:
-    """The README of a report from results.json's content (a pure function of the numbers)."""
-    left = results["figure1_left"]["test_log_likelihood"]
-    right = results["figure1_right"]
-    lines = [
-        f"# missIWAE on static binarized MNIST, 50% MCAR — `{results['preset']}` report",
-        "",
-        f"Generated by `{results['command']}` at git commit `{results['git_commit']}`",
-        f"on {results['machine']}.",
-        "Every number below comes from that run (`results.json`); the verdicts are computed from them.",
-    ]
-    if results.get("verdicts_commit"):
-        lines.append(
-            f"The verdicts were recomputed from those numbers at commit `{results['verdicts_commit']}` "
-            "(`python -m pipelines.report --rerender`)."
-        )
-    lines += [
-        "",
-        "## Verdicts",
-        "",
-        "| claim (Mattei & Frellsen 2019) | verdict | evidence |",
-        "|---|---|---|",
-    ]
-    lines += [f"| {v['claim']} | **{v['verdict']}** | {v['evidence']} |" for v in results["verdicts"]]
-    lines += [
-        "",
-        "## Figure 1 (left): test log-likelihood",
-        "",
-        "![Figure 1 left](figure1_left.png)",
-        "",
-        sweep_table.strip(),
-        "",
-        f"Trials finished: {sum(not math.isnan(v) for v in left.values())} of {len(left)}.",
-        "",
-        "## Figure 1 (right): imputation accuracy vs L",
-        "",
-        "![Figure 1 right](figure1_right.png)",
-        "",
-        "| L | " + " | ".join(right["curves"]) + " | missForest |",
-        "|---:|" + "---:|" * (len(right["curves"]) + 1),
-    ]
-    for index, n in enumerate(right["L"]):
-        cells = [f"{values[index]:.4f}" for values in right["curves"].values()]
-        lines.append(f"| {n} | " + " | ".join(cells) + f" | {_fmt(right['missforest'])} |")
-    lines += [
-        "",
-        f"Accuracy on the missing pixels of {right['rows']} training images "
-        "(the SNIS estimate of P(x_j = 1 | x_o) thresholded at 1/2).",
-        "",
-        "## Table 1: classifier trained on imputed training sets",
-        "",
-        results["table1"]["markdown"].strip(),
-        "",
-        "## Figures 2 and 3",
-        "",
-        "![Figure 2](figure2_samples.png) ![Figure 3](figure3_imputations.png)",
-        "",
-        "## Settings and wall time",
-        "",
-        "| stage | seconds |",
-        "|---|---:|",
-    ]
-    lines += [f"| {stage} | {value:.0f} |" for stage, value in results["seconds"].items()]
-    measured = results.get("measured_seconds", {})
-    if measured:
-        lines += [
-            "",
-            "A stage whose work was already on disk from an earlier run of the same command reuses",
-            "it (the sweep is restored, imputations with the same fingerprint are read back), so its",
-            "wall time above can be near zero. What that work cost when it ran:",
-            "",
-            "| work | seconds |",
-            "|---|---:|",
-        ]
-        lines += [
-            f"| training, {label} | {value:.0f} |"
-            for label, value in measured.get("trial_train_seconds", {}).items()
-        ]
-        lines += [
-            f"| imputation, {key} | {value:.0f} |"
-            for key, value in measured.get("impute_seconds", {}).items()
-        ]
-        if measured.get("impute_created"):
-            lines.append(f"\nImputations written {measured['impute_created']}.")
-    if results.get("preset_notes"):
-        lines += ["", "What the preset reduces from the paper's settings, in its own words:", "", "```"]
-        lines += [results["preset_notes"], "```"]
-    lines += ["", "```json", json.dumps(results["config"], indent=1), "```", ""]
-    return "\n".join(lines)
-
-
-def _fmt(value: float) -> str:
-    return "—" if math.isnan(value) else f"{value:.4f}"
-
-
-def machine_description() -> str:
-    import torch
-
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    cpu = platform.processor() or platform.machine()
-    return f"{cpu}, {_cpu_count()} cores, {device}, torch {torch.__version__}"
-
-
-def _cpu_count() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
+    from pipelines.runtime import configure_ray_auth
+
+    configure_ray_auth()  # before anything imports Ray: Ray reads its auth settings on import
     parser = argparse.ArgumentParser(
-        prog="python -m pipelines.report",
+        prog="python -m paper.report",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -571,10 +301,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_pipeline_config(args.config, args.overrides)
     except (ConfigError, DataError) as error:
-        print(f"pipelines.report: error: {error}", file=sys.stderr)
+        print(f"paper.report: error: {error}", file=sys.stderr)
         return 2
     out_dir = Path(args.out) if args.out else REPO / "reports" / preset
-    command = "python -m pipelines.report " + " ".join(
+    command = "python -m paper.report " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
     )
     results = run_report(config, preset, out_dir, command)
