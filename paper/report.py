@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from missiwae.atomic import write_bytes_atomic
 from missiwae.config import ConfigError
 from missiwae.mnist_files import DataError
 from paper.render import accuracy_figure, git_commit, machine_description, render_report
@@ -189,7 +190,7 @@ def run_report(config: PipelineConfig, preset: str, out_dir: Path, command: str)
             results["figure1_left"] = {"test_log_likelihood": test_ll, "sweep_run_id": sweep.mlflow_run_id}
             for name in ("markdown", "csv", "figure"):
                 target = out_dir / sweep.outputs[name].name
-                target.write_bytes(sweep.outputs[name].read_bytes())
+                write_bytes_atomic(target, sweep.outputs[name].read_bytes())
             stage.log_metrics({"stage_seconds": seconds["figure1_left"]})
 
         checkpoints = _trial_checkpoints(sweep.sweep_dir)

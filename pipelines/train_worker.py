@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from missiwae.allocator import retain_freed_memory
+from missiwae.atomic import write_json_atomic
 from missiwae.config import ModelConfig, TrainConfig
 from missiwae.evaluation import mean_bound
 from missiwae.model import MissIWAE, make_generator
@@ -223,8 +224,7 @@ def _die_once(marker: str) -> None:
 
 
 def write_pipeline_state(directory: str | Path, history: list[dict[str, Any]], restores: int) -> None:
-    state = {"history": history, "restores": restores}
-    (Path(directory) / PIPELINE_STATE_FILE).write_text(json.dumps(state, indent=2))
+    write_json_atomic(Path(directory) / PIPELINE_STATE_FILE, {"history": history, "restores": restores})
 
 
 def read_pipeline_state(directory: str | Path) -> tuple[list[dict[str, Any]], int]:
