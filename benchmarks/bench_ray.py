@@ -43,9 +43,10 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from pipelines.config import PipelineConfig
-    from pipelines.impute import _imputation_dataset
-    from pipelines.ingest import load_split_numpy, run_ingest
+    from pipelines.impute_job import imputation_dataset
+    from pipelines.ingest import run_ingest
     from pipelines.runtime import ensure_ray
+    from pipelines.shards import load_split_numpy
     from pipelines.train import run_training
 
     ensure_ray()
@@ -79,7 +80,7 @@ def main() -> None:
                 # measures), without the Parquet writes of the stage around it.
                 files = sorted(Path(p) for p in ingest.shards["train"])
                 started = time.perf_counter()
-                rows = _imputation_dataset(run, files, checkpoint).materialize().count()
+                rows = imputation_dataset(run, files, checkpoint).materialize().count()
                 results[f"actors_{actors}"].append(rows / (time.perf_counter() - started))
             print(f"repetition {rep + 1}/{args.reps} done")
     summary = {key: statistics.median(values) for key, values in results.items()}

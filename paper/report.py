@@ -47,8 +47,8 @@ def measured_seconds(config: PipelineConfig) -> dict[str, Any]:
     """The compute times recorded where the work was done, so that a report whose sweep or
     imputations were reused from an earlier run of the same command still shows what they cost:
     each trial's training seconds (trial_result.json) and the impute stage's manifest."""
-    from pipelines.impute import imputed_dir
     from pipelines.publish import MANIFEST
+    from pipelines.shards import imputed_dir
     from tune.space import load_space
     from tune.sweep import sweep_dir_of
 
@@ -159,8 +159,9 @@ def run_report(config: PipelineConfig, preset: str, out_dir: Path, command: str)
     from pipelines import figures
     from pipelines.classify import format_table, run_classification, write_table
     from pipelines.impute import MISSFOREST, read_dataset, run_imputation
-    from pipelines.ingest import load_split_numpy, run_ingest
+    from pipelines.ingest import run_ingest
     from pipelines.runtime import ensure_ray
+    from pipelines.shards import load_split_numpy
     from pipelines.storage import write_json_atomic, write_text_atomic
     from pipelines.tracking import Tracker
     from tune.space import load_space

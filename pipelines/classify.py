@@ -17,16 +17,14 @@ ways (see :mod:`missiwae.classifier`):
 
 Every other name (``zero``, ``missforest``, ``missiwae_single``, ``complete``, ...) is a single
 dataset. The result holds one row per (dataset, seed) and the Table 1 summary (mean and sd over
-seeds) beside the paper's numbers.
+seeds) beside the paper's numbers; those result types and the Table 1 files live in
+:mod:`pipelines.table1` and are re-exported here, the stage's public face.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
-import io
-import math
 import os
 import re
 import statistics
@@ -38,13 +36,23 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import ray
 
 from missiwae.classifier import ClassifierConfig, ClassifierResult, pool_predictions, train_classifier
+from missiwae.mnist_files import NUM_PIXELS
 from pipelines.config import PipelineConfig
-from pipelines.runtime import ensure_ray
-from pipelines.storage import read_parquet_table, write_text_atomic
+from pipelines.shards import IMPUTED_COLUMNS, read_table, tensor_matrix
+from pipelines.table1 import (
+    PAPER_ORDER,
+    PAPER_TABLE1,
+    ClassifyResult,
+    RunRow,
+    SummaryRow,
+    format_table,
+    paper_order,
+    summarize,
+    write_table,
+)
 
 __all__ = [
     "PAPER_ORDER",
@@ -59,102 +67,12 @@ __all__ = [
     "write_table",
 ]
 
-NUM_PIXELS = 784
 NUM_CLASSES = 10
-
-# Table 1 of Mattei & Frellsen (2019): (test accuracy, test cross-entropy).
-PAPER_TABLE1: dict[str, tuple[float, float]] = {
-    "zero": (0.97388, 0.10033),
-    "missforest": (0.98049, 0.06446),
-    "missiwae_single": (0.98473, 0.05101),
-    "missiwae_multiple": (0.98683, 0.05090),
-    "complete": (0.98663, 0.04638),
-}
-PAPER_ORDER: tuple[str, ...] = (
-    "zero",
-    "missforest",
-    "missiwae_single",
-    "missiwae_multiple",
-    "missiwae_multiple_pooled",
-    "complete",
-)
-LABELS: dict[str, str] = {
-    "zero": "Zero imputation",
-    "missforest": "missForest",
-    "missiwae_single": "missIWAE single imputation",
-    "missiwae_multiple": "missIWAE multiple imputation (union)",
-    "missiwae_multiple_pooled": "missIWAE multiple imputation (pooled)",
-    "complete": "Complete data",
-}
-_COLUMNS = ("row_id", "label", "pixels")
+_COLUMNS = IMPUTED_COLUMNS
 
 
 class ClassifyError(RuntimeError):
     """A classifier training failed; the message names the dataset and the seed."""
-
-
-# ------------------------------------------------------------------------------ results
-
-
-@dataclasses.dataclass(frozen=True)
-class RunRow:
-    """One (dataset, seed) outcome.
-
-    For the pooled reading ``best_epoch`` / ``epochs_run`` are means over the M networks,
-    ``seconds`` their sum and ``num_networks`` = M; ``history`` is then empty.
-    """
-
-    dataset: str
-    seed: int
-    test_accuracy: float
-    test_cross_entropy: float
-    best_epoch: float
-    epochs_run: float
-    seconds: float  # training time inside the task(s), queueing excluded
-    num_networks: int = 1
-    history: tuple[dict[str, float], ...] = ()  # per epoch, see ClassifierResult.history
-
-    def record(self) -> dict[str, Any]:
-        """The row without its history (what the CSV holds)."""
-        out = dataclasses.asdict(self)
-        del out["history"]
-        return out
-
-
-@dataclasses.dataclass(frozen=True)
-class SummaryRow:
-    """Table 1 row: mean and sample sd (ddof=1; NaN for one seed) over seeds."""
-
-    dataset: str
-    num_seeds: int
-    accuracy_mean: float
-    accuracy_sd: float
-    cross_entropy_mean: float
-    cross_entropy_sd: float
-    paper_accuracy: float | None
-    paper_cross_entropy: float | None
-
-    def record(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclasses.dataclass(frozen=True)
-class ClassifyResult:
-    runs: tuple[RunRow, ...]
-    summary: tuple[SummaryRow, ...]
-    seconds: float  # wall clock of the whole fan-out (reading included)
-
-    def run(self, dataset: str, seed: int) -> RunRow:
-        for row in self.runs:
-            if row.dataset == dataset and row.seed == seed:
-                return row
-        raise KeyError(f"no run for dataset {dataset!r}, seed {seed}")
-
-    def row(self, dataset: str) -> SummaryRow:
-        for row in self.summary:
-            if row.dataset == dataset:
-                return row
-        raise KeyError(f"no summary row for dataset {dataset!r}")
 
 
 # ------------------------------------------------------------------------------ reading
@@ -179,36 +97,6 @@ def _parquet_files(source: Path | str | Sequence[Path | str], name: str) -> list
     return files
 
 
-def _is_list(kind: pa.DataType) -> bool:
-    return bool(pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind))
-
-
-def _pixels_to_numpy(column: pa.ChunkedArray, name: str) -> np.ndarray:
-    """float32 (N, 784) from a Ray tensor extension column or (nested) list column."""
-    parts: list[np.ndarray] = []
-    for chunk in column.chunks:
-        arr: pa.Array = chunk.storage if isinstance(chunk, pa.ExtensionArray) else chunk
-        num_rows, row_size = len(arr), 1
-        while _is_list(arr.type):
-            if arr.null_count:
-                raise ValueError(f"dataset {name!r}: the pixels column has null entries")
-            lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
-            if len(lengths) and (lengths != lengths[0]).any():
-                raise ValueError(f"dataset {name!r}: pixel rows of different lengths")
-            row_size *= int(lengths[0]) if len(lengths) else 1
-            arr = arr.flatten()  # honours slicing offsets, unlike .values
-        if not (pa.types.is_floating(arr.type) or pa.types.is_integer(arr.type)):
-            raise ValueError(f"dataset {name!r}: unsupported pixels type {column.type}")
-        if num_rows and row_size != NUM_PIXELS:
-            raise ValueError(f"dataset {name!r}: pixel rows hold {row_size} values, expected {NUM_PIXELS}")
-        # Nulls inside become NaN here and are caught by the completeness check.
-        values = arr.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-        parts.append(values.reshape(num_rows, NUM_PIXELS))
-    if not parts:
-        return np.zeros((0, NUM_PIXELS), np.float32)
-    return np.ascontiguousarray(np.concatenate(parts))
-
-
 def read_imputed(
     source: Path | str | Sequence[Path | str], name: str = "dataset"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -217,7 +105,7 @@ def read_imputed(
     labels outside 0..9 or non-finite pixels (the classifier needs complete data)."""
     tables = []
     for path in _parquet_files(source, name):
-        table = read_parquet_table(path)
+        table = read_table(path)
         missing = [c for c in _COLUMNS if c not in table.column_names]
         if missing:
             raise ValueError(f"dataset {name!r}: {path} lacks column(s) {missing}")
@@ -225,7 +113,9 @@ def read_imputed(
     table = pa.concat_tables(tables)
     row_id = table.column("row_id").to_numpy().astype(np.int64, copy=False)
     labels = table.column("label").to_numpy().astype(np.int64, copy=False)
-    x = _pixels_to_numpy(table.column("pixels"), name)
+    x = tensor_matrix(table.column("pixels"), np.float32, what=f"dataset {name!r}")
+    if len(x) and x.shape[1] != NUM_PIXELS:
+        raise ValueError(f"dataset {name!r}: pixel rows hold {x.shape[1]} values, expected {NUM_PIXELS}")
     order = np.argsort(row_id, kind="stable")
     row_id, labels, x = row_id[order], labels[order], x[order]
     if len(row_id) == 0:
@@ -267,6 +157,9 @@ def _train_task(
     *train_sets: np.ndarray,
 ) -> tuple[ClassifierResult, float]:
     """One classifier training; ``train_sets`` are the copies whose union is trained on."""
+    from missiwae.allocator import retain_freed_memory
+
+    retain_freed_memory()  # this task is the entry point: it opts in, the library does not
     start = time.perf_counter()
     with warnings.catch_warnings():
         # Arrays from the object store are read-only views; the training never writes to them.
@@ -339,36 +232,6 @@ def _multiple_names(names: Sequence[str], prefix: str) -> list[str]:
     return sorted((n for n in names if pattern.fullmatch(n)), key=lambda n: int(n[len(prefix) :]))
 
 
-def _order(names: Sequence[str]) -> list[str]:
-    known = [n for n in PAPER_ORDER if n in names]
-    return known + [n for n in names if n not in PAPER_ORDER]
-
-
-def _summarize(runs: Sequence[RunRow]) -> tuple[SummaryRow, ...]:
-    by_dataset: dict[str, list[RunRow]] = {}
-    for row in runs:
-        by_dataset.setdefault(row.dataset, []).append(row)
-    rows = []
-    for name in _order(list(by_dataset)):
-        group = by_dataset[name]
-        acc = [r.test_accuracy for r in group]
-        ce = [r.test_cross_entropy for r in group]
-        paper = PAPER_TABLE1.get(name)
-        rows.append(
-            SummaryRow(
-                dataset=name,
-                num_seeds=len(group),
-                accuracy_mean=statistics.fmean(acc),
-                accuracy_sd=statistics.stdev(acc) if len(acc) > 1 else math.nan,
-                cross_entropy_mean=statistics.fmean(ce),
-                cross_entropy_sd=statistics.stdev(ce) if len(ce) > 1 else math.nan,
-                paper_accuracy=paper[0] if paper else None,
-                paper_cross_entropy=paper[1] if paper else None,
-            )
-        )
-    return tuple(rows)
-
-
 def _default_in_flight(gpus_per_task: float) -> int | None:
     """This machine's cores when the cluster is this one node running CPU tasks, else None."""
     if gpus_per_task > 0 or sum(1 for node in ray.nodes() if node.get("Alive")) > 1:
@@ -429,6 +292,9 @@ def run_classification(
     test_x = np.ascontiguousarray(np.asarray(test[0], dtype=np.float32))
     test_labels = np.asarray(test[1]).astype(np.int64, copy=False)
     _check_arrays(test_x, test_labels, "test")
+
+    # Looked up at call time, as the other stages do (a test may stand in for it meanwhile).
+    from pipelines.runtime import ensure_ray
 
     ensure_ray()
     # Into the object store once; every task gets references and reads shared memory. Each
@@ -523,54 +389,6 @@ def run_classification(
                     num_networks=len(members),
                 )
             )
-    order = {name: i for i, name in enumerate(_order([r.dataset for r in runs]))}
+    order = {name: i for i, name in enumerate(paper_order([r.dataset for r in runs]))}
     runs.sort(key=lambda r: (order[r.dataset], r.seed))
-    return ClassifyResult(runs=tuple(runs), summary=_summarize(runs), seconds=time.perf_counter() - start)
-
-
-# ------------------------------------------------------------------------------ output
-
-
-def _fmt(value: float | None, digits: int = 5) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return f"{value:.{digits}f}"
-
-
-def format_table(result: ClassifyResult) -> str:
-    """Table 1 as markdown: mean ± sd over seeds, the paper's numbers beside."""
-    lines = [
-        "| dataset | method | seeds | test accuracy | test cross-entropy "
-        "| paper accuracy | paper cross-entropy |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
-    for row in result.summary:
-        lines.append(
-            f"| {row.dataset} | {LABELS.get(row.dataset, row.dataset)} | {row.num_seeds} "
-            f"| {_fmt(row.accuracy_mean)} ± {_fmt(row.accuracy_sd)} "
-            f"| {_fmt(row.cross_entropy_mean)} ± {_fmt(row.cross_entropy_sd)} "
-            f"| {_fmt(row.paper_accuracy)} | {_fmt(row.paper_cross_entropy)} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def _csv_text(records: Sequence[Mapping[str, Any]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(records[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({k: "" if v is None else v for k, v in r.items()} for r in records)
-    return buffer.getvalue()
-
-
-def write_table(result: ClassifyResult, directory: Path | str) -> dict[str, Path]:
-    """Write ``table1.csv`` (summary), ``table1.md`` and ``classify_runs.csv`` (one row per
-    dataset and seed) into ``directory``, each atomically (temp file + rename).
-
-    Returns ``{"csv": ..., "markdown": ..., "runs": ...}``."""
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"csv": out / "table1.csv", "markdown": out / "table1.md", "runs": out / "classify_runs.csv"}
-    write_text_atomic(paths["csv"], _csv_text([r.record() for r in result.summary]))
-    write_text_atomic(paths["markdown"], format_table(result))
-    write_text_atomic(paths["runs"], _csv_text([r.record() for r in result.runs]))
-    return paths
+    return ClassifyResult(runs=tuple(runs), summary=summarize(runs), seconds=time.perf_counter() - start)

@@ -35,8 +35,8 @@ def run(config: PipelineConfig) -> dict[str, float]:
         return run_table(config)
     from pipelines.classify import format_table, run_classification, write_table
     from pipelines.impute import run_imputation
-    from pipelines.ingest import load_split_numpy
     from pipelines.runtime import ensure_ray
+    from pipelines.shards import load_split_numpy
     from pipelines.storage import ensure_writable
     from pipelines.tracking import Tracker, ui_command
 
@@ -88,7 +88,8 @@ def run(config: PipelineConfig) -> dict[str, float]:
 def run_table(config: PipelineConfig) -> dict[str, float]:
     """A user's table (data.path): ingest -> train -> impute; the MNIST-only parts (missForest
     on pixels, the classifier, digit figures, accuracy against a known truth) are skipped."""
-    from pipelines.tabular import run_tabular_imputation, tabular_model_config
+    from pipelines.table_source import tabular_model_config
+    from pipelines.tabular import run_tabular_imputation
     from pipelines.tracking import Tracker, ui_command
 
     # Ray starts inside the stages, after the table has been read and checked.
@@ -180,7 +181,7 @@ def _log_figures(stage: Any, ingest: Any, checkpoint_dir: Path, single_dir: Path
     from missiwae.training import load_model
     from pipelines import figures
     from pipelines.impute import read_dataset
-    from pipelines.ingest import load_split_numpy
+    from pipelines.shards import load_split_numpy
 
     x, mask, _, _ = load_split_numpy(ingest, "train")
     _, _, imputed = read_dataset(single_dir)

@@ -20,7 +20,9 @@ Columns (one row per image):
 
 `pixels` and `mask` are Ray tensor-extension columns (``ArrowTensorTypeV2``), so Ray Data
 hands them to ``map_batches`` / ``iter_torch_batches`` as (n, 784) arrays. Plain pyarrow (no
-Ray imported) sees them as ``large_list`` columns; :func:`load_split_numpy` reads either.
+Ray imported) sees them as ``large_list`` columns; :func:`load_split_numpy` reads either. The
+format itself (schema, tensor columns, readers) is pipelines/shards.py's; publishing (lock,
+staging, manifest, swap, reuse) is pipelines/publish.py's.
 
 The rows and masks come from :func:`missiwae.data.load_incomplete_mnist`; nothing here
 re-implements masking. Writes are atomic per split (a temporary sibling folder renamed into
@@ -31,58 +33,34 @@ later run would trust; such leftovers are removed on the next run. A re-run with
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import itertools
-import json
-import shutil
 import time
-import uuid
-from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from missiwae.config import to_dict
-from missiwae.data import NUM_PIXELS, load_incomplete_mnist
+from missiwae.data import load_incomplete_mnist
+from missiwae.mnist_files import NUM_PIXELS
 from pipelines.config import PipelineConfig
-from pipelines.storage import (
-    TEMP_PREFIX,
-    OutputError,
-    ensure_writable,
-    exclusive,
-    output_error,
-    read_manifest,
-    read_parquet_table,
-    swap_into_place,
-    write_json_atomic,
+from pipelines.publish import MANIFEST, Publisher, fingerprint
+from pipelines.shards import (
+    SHARD_COLUMNS,
+    SPLITS,
+    IngestResult,
+    shard_table,
+    write_shards,
 )
+from pipelines.storage import TEMP_PREFIX, write_json_atomic
 
 if TYPE_CHECKING:
-    import pyarrow as pa
-    import ray.data
+    from pathlib import Path
 
-SPLITS: tuple[str, ...] = ("train", "valid", "test")
-COLUMNS: tuple[str, ...] = ("row_id", "split", "label", "pixels", "mask")
-MANIFEST = "_MANIFEST.json"
+    import pyarrow as pa
+
+COLUMNS: tuple[str, ...] = SHARD_COLUMNS
 # Bump when the shard layout or schema changes: old manifests then stop matching.
 FORMAT_VERSION = 1
-_TEMP_PREFIX = TEMP_PREFIX  # temporary split folders being written, and old ones being removed
 _LOCK = ".ingest.lock"
-
-
-@dataclasses.dataclass(frozen=True)
-class IngestResult:
-    data_dir: Path  # {run_dir}/data
-    shards: dict[str, list[Path]]  # split -> Parquet files, sorted
-    num_rows: dict[str, int]
-    reused: bool  # True: an intact manifest with the same fingerprint was found, nothing written
-    seconds: float
-    fingerprint: str = ""
-    # A user's table (data.path): columns, column_types, mean, scale, source... (tabular.py);
-    # None for MNIST.
-    table: dict[str, Any] | None = None
 
 
 def ingest_fingerprint(config: PipelineConfig) -> str:
@@ -93,11 +71,11 @@ def ingest_fingerprint(config: PipelineConfig) -> str:
         "ingest": to_dict(config.ingest),
     }
     if config.data.path is not None:  # the table's bytes, not only its name, decide the shards
-        from pipelines.tabular import TABULAR_FORMAT_VERSION, file_sha256
+        from pipelines.table_source import TABULAR_FORMAT_VERSION, file_sha256
 
         payload["source_sha256"] = file_sha256(config.data.path)
         payload["tabular_format_version"] = TABULAR_FORMAT_VERSION
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    return fingerprint(payload)
 
 
 def _split_rows(config: PipelineConfig, split: str) -> int | None:
@@ -108,20 +86,22 @@ def _split_rows(config: PipelineConfig, split: str) -> int | None:
     }[split]
 
 
+def _publisher(data_dir: Path) -> Publisher:
+    # Split folders are staged right beside them as .tmp-*: a crash's leftovers (and stray
+    # atomic-write temporaries) are swept whole at the start of every run.
+    return Publisher(data_dir, _LOCK, "the ingest split {!r}", area=data_dir, prefix=TEMP_PREFIX)
+
+
 def run_ingest(config: PipelineConfig) -> IngestResult:
     """Write (or reuse) the Parquet shards of the three splits; see the module docstring."""
     started = time.perf_counter()
     data_dir = config.run_path / "data"
-    ensure_writable(data_dir)
-    fingerprint = ingest_fingerprint(config)
-    with exclusive(data_dir / _LOCK):  # a second ingest of the same run_dir waits, then reuses
-        _remove_temporaries(data_dir)  # left by a crashed run: never complete by construction
-        manifest = read_manifest(data_dir / MANIFEST)
-        if (
-            manifest is not None
-            and manifest.get("fingerprint") == fingerprint
-            and _intact(data_dir, manifest)
-        ):
+    out = _publisher(data_dir)
+    digest = ingest_fingerprint(config)
+    with out.locked():  # a second ingest of the same run_dir waits, then reuses
+        out.sweep()  # left by a crashed run: never complete by construction
+        manifest = out.reusable(data_dir / MANIFEST, digest, lambda m: _intact(data_dir, m))
+        if manifest is not None:
             return _result(data_dir, manifest, reused=True, seconds=time.perf_counter() - started)
 
         # From here on the old shards are not trusted: drop the manifest first, so a crash
@@ -133,7 +113,7 @@ def run_ingest(config: PipelineConfig) -> IngestResult:
         table_info: dict[str, Any] | None = None
         tables: dict[str, pa.Table] = {}
         if config.data.path is not None:  # read (and reject a bad table) before Ray starts
-            from pipelines.tabular import tabular_split_tables
+            from pipelines.table_source import tabular_split_tables
 
             tables, table_info = tabular_split_tables(config)
         ensure_ray()
@@ -147,7 +127,7 @@ def run_ingest(config: PipelineConfig) -> IngestResult:
             }
         manifest = {
             "format_version": FORMAT_VERSION,
-            "fingerprint": fingerprint,
+            "fingerprint": digest,
             "config": {"data": to_dict(config.data), "ingest": to_dict(config.ingest)},
             "columns": list(COLUMNS),
             "splits": splits,
@@ -155,6 +135,7 @@ def run_ingest(config: PipelineConfig) -> IngestResult:
         }
         if table_info is not None:
             manifest["table"] = table_info
+        # The data folder's manifest, over the three split folders: written last, after them.
         write_json_atomic(data_dir / MANIFEST, manifest)
         return _result(data_dir, manifest, reused=False, seconds=time.perf_counter() - started)
 
@@ -176,43 +157,17 @@ def _mnist_table(config: PipelineConfig, split: str) -> pa.Table:
 
 
 def write_split_table(data_dir: Path, split: str, table: pa.Table, num_shards: int) -> tuple[list[str], int]:
-    """Write one split's table into a temporary folder with Ray Data, then swap it into place."""
-    import ray.data
-
+    """Write one split's table into a staging folder with Ray Data, then swap it into place."""
     num_rows = table.num_rows
     if num_shards > num_rows:
         raise ValueError(f"ingest.num_shards={num_shards} exceeds the {num_rows} rows of split {split!r}")
-    # One Arrow block per shard (contiguous row ranges), one write task and file per block.
-    bounds = np.linspace(0, num_rows, num_shards + 1).astype(int)
-    blocks = [table.slice(int(lo), int(hi - lo)) for lo, hi in itertools.pairwise(bounds)]
-    temporary = data_dir / f"{_TEMP_PREFIX}{split}-{uuid.uuid4().hex}"
-    temporary.mkdir()
-    try:
-        # A fresh, empty folder: OVERWRITE only lifts Ray's check that file names hold the
-        # write's uuid (meant to stop concurrent writes from clobbering each other).
-        ray.data.from_arrow(blocks).write_parquet(
-            str(temporary), filename_provider=_shard_names(), mode=ray.data.SaveMode.OVERWRITE
-        )
-        names = sorted(p.name for p in temporary.glob("*.parquet"))
-        if len(names) != num_shards:
-            raise RuntimeError(
-                f"Ray Data wrote {len(names)} files for split {split!r}, expected {num_shards}"
-            )
-        trash = data_dir / f"{_TEMP_PREFIX}old-{split}-{uuid.uuid4().hex}"
-        swap_into_place(temporary, data_dir / split, trash)
-    except BaseException as error:
-        shutil.rmtree(temporary, ignore_errors=True)
-        if isinstance(error, OSError) and not isinstance(error, OutputError):
-            raise output_error(error, f"the ingest split {split!r}", data_dir) from error
-        raise
+    with _publisher(data_dir).stage(split) as staged:
+        names = write_shards(table, staged.path, num_shards, what=f"split {split!r}")
     return names, num_rows
 
 
 def split_table(split: str, pixels: np.ndarray, mask: np.ndarray, labels: np.ndarray) -> pa.Table:
-    """The Arrow table of one split: pixels (n, 784) of 0/1, mask (n, 784) bool, labels (n,)."""
-    import pyarrow as pa
-    from ray.data.extensions import ArrowTensorArray
-
+    """The Arrow table of one MNIST split: pixels (n, 784) of 0/1, mask (n, 784) bool, labels (n,)."""
     n = pixels.shape[0]
     if pixels.shape != (n, NUM_PIXELS) or mask.shape != (n, NUM_PIXELS) or labels.shape != (n,):
         raise ValueError(
@@ -222,34 +177,7 @@ def split_table(split: str, pixels: np.ndarray, mask: np.ndarray, labels: np.nda
     pixels_u8 = pixels.astype(np.uint8)
     if not np.array_equal(pixels_u8, pixels):
         raise ValueError("pixels must be binary (0/1): the shards store them as uint8")
-    return pa.table(
-        {
-            "row_id": pa.array(np.arange(n, dtype=np.int64)),
-            "split": pa.array([split] * n, type=pa.string()),
-            "label": pa.array(labels.astype(np.int64)),
-            "pixels": ArrowTensorArray.from_numpy(np.ascontiguousarray(pixels_u8)),
-            "mask": ArrowTensorArray.from_numpy(np.ascontiguousarray(mask.astype(bool))),
-        }
-    )
-
-
-def _shard_names() -> ray.data.datasource.FilenameProvider:
-    """Files ``part-{task:05d}`` (pyarrow appends ``-0.parquet``); built lazily (imports Ray)."""
-    from ray.data.datasource import FilenameProvider
-
-    class ShardNames(FilenameProvider):
-        def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
-            return f"part-{task_index:05d}.parquet"
-
-    return ShardNames()
-
-
-def _remove_temporaries(data_dir: Path) -> None:
-    for leftover in data_dir.glob(f"{_TEMP_PREFIX}*"):
-        if leftover.is_dir():
-            shutil.rmtree(leftover, ignore_errors=True)
-        else:
-            leftover.unlink(missing_ok=True)
+    return shard_table(split, labels.astype(np.int64), pixels_u8, mask)
 
 
 def _intact(data_dir: Path, manifest: dict[str, Any]) -> bool:
@@ -281,79 +209,12 @@ def _result(data_dir: Path, manifest: dict[str, Any], *, reused: bool, seconds: 
     )
 
 
-# --------------------------------------------------------------------------- reading
-
-
-def read_split(ingest: IngestResult, split: str, columns: Sequence[str] | None = None) -> ray.data.Dataset:
-    """The split's shards as a Ray Dataset (row order not guaranteed: sort by row_id if needed).
-
-    Pass `columns` to read only some (``iter_torch_batches`` cannot convert the string
-    column ``split``: select numeric columns, e.g. ``["pixels", "mask"]``, before it).
-    """
-    import ray.data
-
-    _check_split(ingest, split)
-    dataset = ray.data.read_parquet([str(p) for p in ingest.shards[split]])
-    # select_columns is pushed down into the Parquet read (`columns=` is deprecated in 2.60).
-    return dataset.select_columns(list(columns)) if columns is not None else dataset
-
-
-def load_split_numpy(
-    ingest: IngestResult, split: str
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The whole split in the driver, sorted by row_id (plain pyarrow, no Ray tasks).
-
-    Returns:
-        x float32 (N, 784) the true pixels, mask bool (N, 784) True = observed,
-        labels int64 (N,), row_id int64 (N,) (= arange(N) for a complete split).
-    """
-    import pyarrow as pa
-
-    _check_split(ingest, split)
-    columns = ["row_id", "label", "pixels", "mask"]
-    table = pa.concat_tables([read_parquet_table(path, columns=columns) for path in ingest.shards[split]])
-    row_id = table.column("row_id").to_numpy()
-    order = np.argsort(row_id, kind="stable")
-    pixels = _tensor_column(table.column("pixels"))
-    mask = _tensor_column(table.column("mask"))
-    labels = table.column("label").to_numpy()
-    return (
-        pixels[order].astype(np.float32),
-        mask[order].astype(bool),
-        labels[order].astype(np.int64),
-        row_id[order].astype(np.int64),
-    )
-
-
-def _tensor_column(column: pa.ChunkedArray) -> np.ndarray:
-    """A (n, width) array from a Ray tensor-extension column or its list storage (width: 784
-    pixels for MNIST, the number of columns for a user's table)."""
-    import pyarrow as pa
-
-    parts = []
-    for chunk in column.chunks:
-        storage = chunk.storage if isinstance(chunk, pa.ExtensionArray) else chunk
-        values = storage.flatten().to_numpy(zero_copy_only=False)
-        if len(chunk):
-            parts.append(values.reshape(len(chunk), -1))
-    if not parts:
-        return np.zeros((0, NUM_PIXELS))
-    return np.concatenate(parts)
-
-
-def _check_split(ingest: IngestResult, split: str) -> None:
-    if split not in ingest.shards:
-        raise ValueError(f"split must be one of {sorted(ingest.shards)}, got {split!r}")
-
-
 __all__ = [
     "COLUMNS",
     "MANIFEST",
     "SPLITS",
     "IngestResult",
     "ingest_fingerprint",
-    "load_split_numpy",
-    "read_split",
     "run_ingest",
     "split_table",
     "write_split_table",

@@ -1,7 +1,7 @@
-"""Crash-safe output directories shared by the stages that write datasets (ingest, impute).
+"""Crash-safe file-system primitives under pipelines/publish.py: a writability probe, the
+OutputError it and the stages raise, manifest reading, rename-swap, and a file lock.
 
-A stage writes into a temporary sibling, puts its manifest there last, then renames it into
-place: a reader sees a whole dataset or none. A file lock keeps two runs of one run_dir apart.
+(Parquet reading is the shard format's: pipelines/shards.py.)
 """
 
 from __future__ import annotations
@@ -15,14 +15,13 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from missiwae.data import DataError
-
-TEMP_PREFIX = ".tmp-"  # what a crash may leave behind; stages sweep names with this prefix
-
-if TYPE_CHECKING:
-    import pyarrow as pa
+# The one atomic writer lives in the library; re-exported here for the stages that import it.
+from missiwae.atomic import TEMP_PREFIX as TEMP_PREFIX
+from missiwae.atomic import atomic_file as atomic_file
+from missiwae.atomic import write_json_atomic as write_json_atomic
+from missiwae.atomic import write_text_atomic as write_text_atomic
 
 
 class OutputError(OSError):
@@ -71,30 +70,6 @@ def read_manifest(path: Path) -> dict[str, Any] | None:
     return manifest if isinstance(manifest, dict) else None
 
 
-@contextmanager
-def atomic_file(target: Path) -> Iterator[Path]:
-    """A temporary sibling path to write; renamed onto `target` when the block succeeds and
-    removed when it fails, so `target` is always absent, the old file, or the whole new one."""
-    temporary = target.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}-{target.name}")
-    try:
-        yield temporary
-        os.replace(temporary, target)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def write_text_atomic(target: Path, text: str) -> None:
-    """`text` (UTF-8) at `target`, whole or not at all, flushed to disk before the rename."""
-    with atomic_file(target) as temporary, temporary.open("w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def write_json_atomic(target: Path, value: Any) -> None:
-    write_text_atomic(target, json.dumps(value, indent=2))
-
-
 def swap_into_place(source: Path, target: Path, trash: Path) -> None:
     """Make `source` appear at `target` by renames; a previous `target` is moved to `trash`
     (a path on the same file system that does not exist yet) and removed after."""
@@ -116,16 +91,3 @@ def exclusive(lock_path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def read_parquet_table(path: str | os.PathLike[str], columns: list[str] | None = None) -> pa.Table:
-    """One Parquet file as an Arrow table; a truncated, corrupt or foreign file (or one lacking
-    `columns`) is a DataError naming it, not an Arrow traceback."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        return pq.read_table(path, columns=columns)
-    except (pa.ArrowException, OSError, ValueError) as error:
-        message = " ".join(str(error).split())[:300]
-        raise DataError(f"{path}: not a readable Parquet file of this pipeline ({message})") from error

@@ -26,7 +26,6 @@ each worker seeds its randomness), the live per-epoch bridge in `pipelines.epoch
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
 import time
 import uuid
@@ -43,8 +42,9 @@ from missiwae.model import make_generator
 from missiwae.training import load_model
 from pipelines.config import PipelineConfig
 from pipelines.epoch_stream import EpochDelivery, fit_streaming, history_forwarder
-from pipelines.ingest import IngestResult, load_split_numpy, read_split
 from pipelines.publish import fingerprint
+from pipelines.shards import IngestResult, load_split_numpy, read_split
+from pipelines.storage import TEMP_PREFIX, swap_into_place
 from pipelines.train_worker import HISTORY_KEYS, read_pipeline_state, train_loop_per_worker
 
 
@@ -162,18 +162,14 @@ def run_training(
 def _copy_checkpoint(checkpoint: Any, target: Path) -> None:
     """Materialise a Ray checkpoint at `target`, atomically (temporary sibling, then renames)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    for leftover in target.parent.glob(f".{target.name}.tmp-*"):
+    for leftover in target.parent.glob(f"{TEMP_PREFIX}{target.name}-*"):  # a crashed copy's
         shutil.rmtree(leftover, ignore_errors=True)
-    temporary = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex}")
-    old = target.with_name(f".{target.name}.tmp-old-{uuid.uuid4().hex}")
+    temporary = target.with_name(f"{TEMP_PREFIX}{target.name}-{uuid.uuid4().hex}")
     try:
         checkpoint.to_directory(str(temporary))
-        if target.exists():
-            os.replace(target, old)
-        os.replace(temporary, target)
+        swap_into_place(temporary, target, trash=target.with_name(f"{temporary.name}-old"))
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def evaluate_test_log_likelihood(

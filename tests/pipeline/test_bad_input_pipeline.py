@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from missiwae.config import ConfigError, RunConfig, to_dict
-from missiwae.data import DataError
+from missiwae.mnist_files import DataError
 from pipelines.config import PipelineConfig
 from tests.conftest import count_example
 from tests.library.test_bad_input import FIXTURES, assert_clear_error, corrupted, outcome

@@ -25,16 +25,14 @@ from pipelines import impute
 from pipelines.config import ImputeStageConfig, MissForestConfig, PipelineConfig
 from pipelines.impute import (
     MANIFEST,
-    ImputeActor,
     ImputeResult,
-    as_matrix,
-    batch_seed,
-    column_matrix,
     dataset_names,
     read_dataset,
     read_inputs,
     run_imputation,
 )
+from pipelines.impute_job import ImputeActor, batch_seed
+from pipelines.shards import batch_matrix, tensor_matrix
 
 NUM_TRAIN, NUM_IMPUTE = 2000, 200
 FIRST_ROW = NUM_TRAIN  # row ids 2000..2199: not 0-based, and the random streams follow them
@@ -291,12 +289,12 @@ def test_pixel_columns_of_every_encoding(tmp_path: Path) -> None:
     fixed = pa.FixedSizeListArray.from_arrays(pa.array(values.ravel()), 784)
     listed = pa.array(list(values), type=pa.list_(pa.uint8()))
     for column in (fixed, listed):
-        np.testing.assert_array_equal(column_matrix(pa.chunked_array([column]), np.uint8), values)
+        np.testing.assert_array_equal(tensor_matrix(pa.chunked_array([column]), np.uint8), values)
     per_row = np.empty(3, dtype=object)  # what Ray Data's numpy batches hold for list columns
     for i, row in enumerate(values):
         per_row[i] = row
-    np.testing.assert_array_equal(as_matrix(per_row, np.uint8), values)
-    np.testing.assert_array_equal(as_matrix(values, np.float32), values.astype(np.float32))
+    np.testing.assert_array_equal(batch_matrix(per_row, np.uint8), values)
+    np.testing.assert_array_equal(batch_matrix(values, np.float32), values.astype(np.float32))
     path = tmp_path / "shard.parquet"
     table = ingest_table(np.arange(3), np.zeros(3), values, values.astype(bool))
     pq.write_table(table, path)

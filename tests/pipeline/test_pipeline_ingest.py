@@ -13,15 +13,8 @@ import pytest
 
 from missiwae.data import load_incomplete_mnist
 from pipelines.config import PipelineConfig
-from pipelines.ingest import (
-    COLUMNS,
-    MANIFEST,
-    SPLITS,
-    IngestResult,
-    load_split_numpy,
-    read_split,
-    run_ingest,
-)
+from pipelines.ingest import COLUMNS, MANIFEST, SPLITS, IngestResult, run_ingest
+from pipelines.shards import load_split_numpy, read_split
 
 ROWS = {"train": 300, "valid": 100, "test": 100}
 NUM_SHARDS = 3

@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from missiwae.config import ConfigError
 from pipelines import full
-from pipelines.tabular import column_types, read_table, split_rows
+from pipelines.table_source import column_types, read_table, split_rows
 
 COLUMNS = ["a", "b", "flag", "c", "d", "e"]
 

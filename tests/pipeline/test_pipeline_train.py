@@ -16,7 +16,8 @@ from missiwae.evaluation import estimate_log_likelihood
 from missiwae.model import MissIWAE, make_generator
 from missiwae.training import load_model
 from pipelines.config import PipelineConfig
-from pipelines.ingest import IngestResult, load_split_numpy, run_ingest
+from pipelines.ingest import run_ingest
+from pipelines.shards import IngestResult, load_split_numpy
 from pipelines.train import HISTORY_KEYS, run_training
 from pipelines.train_worker import BoundModule, epoch_seed, train_loop_per_worker
 

@@ -1,0 +1,268 @@
+"""The imputation job: one Ray Data actor pool over ingest shards, images and tables alike.
+
+    read_parquet(shards) -> repartition(batch_size rows per block, strict)
+        -> map_batches(ImputeActor, ActorPoolStrategy(size=num_actors), num_cpus, num_gpus)
+
+Every actor loads the checkpoint once; per batch it computes the Rao-Blackwellised SNIS estimate
+E[x_m | x_o] with L importance samples (single imputation) and M SIR draws (multiple
+imputation), seeded by (impute.seed, the batch's first row id, stream). The stages around it
+(pipelines/impute.py for MNIST, pipelines/tabular.py for a user's table) write what it returns.
+
+Input contract (the ingest stage, images): Parquet files with columns row_id int64, label int64,
+pixels (784,) uint8 = the TRUE pixels, mask (784,) bool/uint8 with True = observed, as Ray
+tensor columns or (fixed-size) list columns; other columns (``split``) are ignored.
+
+Randomness, and what is guaranteed. Each batch is imputed with two torch generators seeded from
+(impute.seed, row_id of the batch's first row, stream), stream 0 for SNIS and 1 for SIR, so the
+single imputation does not change with M. The batch layout is pinned: the input files are read
+in sorted order with Ray Data's ``preserve_order``, and a strict streaming repartition cuts the
+rows into blocks of exactly ``impute.batch_size`` rows (the last one shorter), each of which is
+exactly one batch. So the numbers depend on (input rows and their order, checkpoint, impute.*,
+CPU vs GPU, torch version) and NOT on the number of actors, which actor gets which batch, or Ray's
+scheduling; the tests check bit-equality across actor counts. They do change with
+``impute.batch_size`` (the batch is the unit of the random streams).
+A table's shards (pipelines/tabular.py) give standardised float ``pixels`` and ``source_row``,
+which seeds the batches instead of ``row_id``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipelines.config import PipelineConfig
+from pipelines.shards import batch_matrix
+
+if TYPE_CHECKING:
+    import ray.data
+
+SINGLE = "missiwae_single"  # the image job's single-imputation column (and dataset name)
+INPUT_COLUMNS = ("row_id", "label", "pixels", "mask")
+TABLE_INPUT_COLUMNS = ("row_id", "source_row", "pixels", "mask")
+_SNIS_STREAM, _SIR_STREAM = 0, 1
+WAIT_FOR_ACTORS_S = 600  # the actor pool must be up within this time (model load included)
+# A dead actor is restarted and its batch retried on it (at-least-once; the output is still one
+# row per input row because a batch's output only counts once its task returns). Bounded, so a
+# batch that kills every actor it touches fails the job instead of looping.
+ACTOR_MAX_RESTARTS = 3
+
+
+def imputation_dataset(
+    config: PipelineConfig,
+    files: Sequence[Path],
+    checkpoint_dir: Path,
+    *,
+    table: bool = False,
+    fault_marker: str | None = None,
+) -> ray.data.Dataset:
+    """The lazy Ray Data job over the shards `files`: ordered read, fixed-size blocks, the pool
+    of :class:`ImputeActor` (``table``: a user's table, see the actor; it runs on CPUs)."""
+    import ray.data
+
+    from pipelines.runtime import ensure_ray
+
+    ensure_ray()
+    stage, impute = config.impute_stage, config.impute
+    columns = TABLE_INPUT_COLUMNS if table else INPUT_COLUMNS
+    gpus = stage.gpus_per_actor if stage.gpus_per_actor > 0 and not table else None
+    with _job_context():  # a Dataset keeps a copy of the context it was built under
+        dataset = ray.data.read_parquet([str(p) for p in files]).select_columns(list(columns))
+        # Blocks of exactly batch_size rows (the last one shorter): each block is one batch,
+        # so the batch layout, hence every random stream, is independent of the actor count.
+        # With at least num_actors blocks every actor gets work.
+        dataset = dataset.repartition(target_num_rows_per_block=impute.batch_size, strict=True)
+        return dataset.map_batches(
+            ImputeActor,
+            fn_constructor_kwargs={
+                "checkpoint_dir": str(checkpoint_dir),
+                "num_samples": impute.num_samples,
+                "num_imputations": impute.num_imputations,
+                "chunk_size": impute.chunk_size,
+                "seed": impute.seed,
+                "device": "cuda" if gpus else "cpu",
+                "fault_marker": fault_marker,
+                "table": table,
+            },
+            batch_size=impute.batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=stage.num_actors),
+            num_cpus=stage.cpus_per_actor,
+            num_gpus=gpus,
+            max_restarts=ACTOR_MAX_RESTARTS,
+            max_task_retries=ACTOR_MAX_RESTARTS,
+        )
+
+
+class ImputeActor:
+    """Callable class for ``map_batches``, images and tables alike: the model is loaded once
+    per actor; each batch gets the SNIS single imputation (L samples) and M SIR draws, seeded
+    by (seed, the batch's first row id, stream) -- the table's ``source_row``, else ``row_id``.
+
+    Images (``table=False``). In: row_id (B,), label (B,), pixels (B, D) the true 0/1 values,
+    mask (B, D) True = observed. Out: row_id, label, pixels (uint8), mask (bool) passed through;
+    missiwae_single (B, D) float32; missiwae_multiple (B, M, D) uint8; ess (B,) float32;
+    num_missing, correct_single, correct_zero (B,) int64; correct_multiple (B, M) int64;
+    actor (B,) str and batch_start (B,) int64 (debugging: who imputed what, in which batch).
+
+    Tables (``table=True``; no truth, so no counts, and never the oracle ι). In: row_id,
+    source_row (B,), pixels (B, D) standardised, mask (B, D). Out: source_row, single (B, D)
+    and multiple (B, M, D) float32 in standardised units, ess and log_likelihood (B,).
+
+    ``fault_marker`` is for tests only: the first actor (of all) to begin its second batch
+    creates that file and kills its own process (os._exit), so Ray restarts it and retries the
+    batch; the marker makes sure it happens once.
+    """
+
+    def __init__(
+        self,
+        checkpoint_dir: str,
+        num_samples: int,
+        num_imputations: int,
+        chunk_size: int | None,
+        seed: int,
+        device: str = "cpu",
+        fault_marker: str | None = None,
+        table: bool = False,
+    ) -> None:
+        import ray
+
+        from missiwae.allocator import retain_freed_memory
+        from missiwae.training import load_model
+
+        retain_freed_memory()
+        self.device, self.table = device, table
+        self.model = load_model(checkpoint_dir, device=device)
+        self.num_samples, self.num_imputations = num_samples, num_imputations
+        self.chunk_size, self.seed = chunk_size, seed
+        self.actor_id = ray.get_runtime_context().get_actor_id() or f"pid-{os.getpid()}"
+        self.fault_marker, self.calls = fault_marker, 0
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        self.calls += 1
+        if self.fault_marker and self.calls == 2:
+            _die_once(self.fault_marker)
+        first = np.asarray(batch["source_row" if self.table else "row_id"], dtype=np.int64)
+        mask = batch_matrix(batch["mask"], np.bool_)
+        pixels = batch_matrix(batch["pixels"], np.float32 if self.table else np.uint8)
+        x_true = torch.from_numpy(pixels.astype(np.float32)).to(self.device)
+        observed = torch.tensor(mask, device=self.device)  # a copy: Ray's batch is read-only
+        # The model sees NaN in the holes: the truth cannot leak (the oracle ι must read it).
+        oracle = self.model.uses_oracle and not self.table
+        x = x_true if oracle else x_true.masked_fill(~observed, float("nan"))
+        single, multiple = self._impute(x, observed, int(first[0]))
+        if self.table:
+            return {
+                "source_row": first,
+                "single": single.imputed.float().cpu().numpy(),
+                "multiple": multiple.imputations.permute(1, 0, 2).float().cpu().numpy(),  # (B, M, D)
+                "ess": single.effective_sample_size.float().cpu().numpy(),
+                "log_likelihood": single.log_likelihood.double().cpu().numpy(),
+            }
+        return self._image_output(batch, first, pixels, mask, single, multiple)
+
+    def _impute(self, x: Any, observed: Any, start: int) -> tuple[Any, Any]:
+        """SNIS (stream 0) and SIR (stream 1) for one batch; x (B, D) with NaN in the holes."""
+        from missiwae.imputation import impute_multiple, impute_single
+        from missiwae.model import make_generator
+
+        single = impute_single(
+            self.model,
+            x,
+            observed,
+            self.num_samples,
+            chunk_size=self.chunk_size,
+            generator=make_generator(batch_seed(self.seed, start, _SNIS_STREAM), self.device),
+        )
+        multiple = impute_multiple(
+            self.model,
+            x,
+            observed,
+            self.num_imputations,
+            self.num_samples,
+            chunk_size=self.chunk_size,
+            generator=make_generator(batch_seed(self.seed, start, _SIR_STREAM), self.device),
+        )
+        return single, multiple
+
+    def _image_output(
+        self,
+        batch: dict[str, np.ndarray],
+        row_id: np.ndarray,
+        pixels: np.ndarray,
+        mask: np.ndarray,
+        single: Any,
+        multiple: Any,
+    ) -> dict[str, np.ndarray]:
+        import torch
+
+        num_rows = len(row_id)
+        single_x = single.imputed.float().cpu().numpy()
+        # (M, B, D) -> (B, M, D); SIR draws of binary pixels are exactly 0 or 1.
+        multiple_x = multiple.imputations.permute(1, 0, 2).round().to(torch.uint8).cpu().numpy()
+        missing = ~mask
+        truth = pixels > 0
+        return {
+            "row_id": row_id,
+            "label": np.asarray(batch["label"], dtype=np.int64),
+            "pixels": pixels,
+            "mask": mask,
+            SINGLE: single_x.astype(np.float32),
+            "missiwae_multiple": multiple_x,
+            "ess": single.effective_sample_size.float().cpu().numpy(),
+            "num_missing": missing.sum(axis=1).astype(np.int64),
+            "correct_single": (missing & ((single_x > 0.5) == truth)).sum(axis=1).astype(np.int64),
+            "correct_multiple": (missing[:, None] & ((multiple_x > 0) == truth[:, None])).sum(axis=2),
+            "correct_zero": (missing & ~truth).sum(axis=1).astype(np.int64),
+            "actor": np.array([self.actor_id] * num_rows),
+            "batch_start": np.full(num_rows, int(row_id[0]), dtype=np.int64),
+        }
+
+
+def _die_once(marker: str) -> None:
+    """Kill this actor's process unless `marker` exists; create it atomically first (O_EXCL),
+    so of several actors racing here exactly one dies."""
+    try:
+        handle = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.write(handle, f"imputation actor killed itself (pid {os.getpid()})\n".encode())
+    os.close(handle)
+    os._exit(1)
+
+
+def batch_seed(seed: int, first_row_id: int, stream: int) -> int:
+    """A 63-bit torch seed from (seed, first row id of the batch, stream) via SeedSequence."""
+    entropy = [seed % 2**64, first_row_id % 2**64, stream]
+    return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+@contextlib.contextmanager
+def _job_context() -> Iterator[None]:
+    """Settings for the datasets built inside (each Dataset keeps a copy of the current
+    DataContext); the driver's context is restored after.
+
+    preserve_order: blocks reach the repartition and the writers in input order, which pins
+    the batch layout. wait_for_min_actors_s: the pool waits for all its actors before the first
+    batch is dispatched (otherwise the first actor up may take every batch of a small job), and
+    a pool the cluster cannot place fails with a timeout instead of running short-handed.
+    """
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    previous = (context.execution_options.preserve_order, context.wait_for_min_actors_s)
+    context.execution_options.preserve_order = True
+    context.wait_for_min_actors_s = WAIT_FOR_ACTORS_S
+    try:
+        yield
+    finally:
+        context.execution_options.preserve_order, context.wait_for_min_actors_s = previous
+
+
+__all__ = ["ACTOR_MAX_RESTARTS", "SINGLE", "ImputeActor", "batch_seed", "imputation_dataset"]

@@ -1,0 +1,310 @@
+"""The Parquet shard format: the one module that writes and reads the stages' tables.
+
+Ingest shards (one row per image or table row; ``{run_dir}/data/{split}/part-NNNNN-0.parquet``)::
+
+    row_id      int64    index of the row within its split
+    split       string   "train" / "valid" / "test"
+    label       int64    the digit (a table: float64, its label column or -1)
+    source_row  int64    a table only: the row's index in the user's file
+    pixels      (D,)     the model input: MNIST the TRUE 0/1 pixels as uint8, missing ones
+                         included (oracle ι and accuracy need them; models look only where mask
+                         is True); a table float32 standardised values, 0 in the holes
+    mask        bool     (D,) True = observed
+    values      float64  a table only: (D,) the file's values, NaN in the holes
+
+Imputed datasets (``{run_dir}/imputed/{split}/{name}/*.parquet``): ``row_id`` int64, ``label``
+int64, ``pixels`` (D,) float32.
+
+The (D,) columns are Ray tensor-extension columns (``ArrowTensorTypeV2``), so Ray Data hands them
+to ``map_batches`` / ``iter_torch_batches`` as (n, D) arrays; plain pyarrow (no Ray imported)
+sees ``large_list`` columns, and a user may hand in (fixed-size) list columns: every reader here
+takes all of them. The width D is taken from the data (784 for MNIST, the number of columns for a
+table), never from a constant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from missiwae.mnist_files import DataError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import ray.data
+
+    from pipelines.config import PipelineConfig
+
+SPLITS: tuple[str, ...] = ("train", "valid", "test")
+SHARD_COLUMNS: tuple[str, ...] = ("row_id", "split", "label", "pixels", "mask")
+TABLE_SHARD_COLUMNS: tuple[str, ...] = ("row_id", "split", "label", "source_row", "pixels", "mask", "values")
+IMPUTED_COLUMNS: tuple[str, ...] = ("row_id", "label", "pixels")
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestResult:
+    """A published set of ingest shards (pipelines/ingest.py writes them)."""
+
+    data_dir: Path  # {run_dir}/data
+    shards: dict[str, list[Path]]  # split -> Parquet files, sorted
+    num_rows: dict[str, int]
+    reused: bool  # True: an intact manifest with the same fingerprint was found, nothing written
+    seconds: float
+    fingerprint: str = ""
+    # A user's table (data.path): columns, column_types, mean, scale, source... (tabular.py);
+    # None for MNIST.
+    table: dict[str, Any] | None = None
+
+
+# ------------------------------------------------------------------------------ writing
+
+
+def tensor_array(values: np.ndarray) -> pa.Array:
+    """(n, *shape) numpy -> a Ray tensor-extension column (C-contiguous copy when needed)."""
+    from ray.data.extensions import ArrowTensorArray
+
+    return ArrowTensorArray.from_numpy(np.ascontiguousarray(values))
+
+
+def shard_table(
+    split: str,
+    label: np.ndarray,
+    pixels: np.ndarray,
+    mask: np.ndarray,
+    *,
+    source_row: np.ndarray | None = None,
+    values: np.ndarray | None = None,
+) -> pa.Table:
+    """One split's rows in the shard layout (module docstring), row_id = 0..n-1.
+
+    label (n,) kept in its dtype; pixels (n, D) kept in its dtype; mask (n, D) as bool;
+    source_row (n,) and values (n, D) for a table only.
+    """
+    import pyarrow as pa
+
+    n = len(label)
+    if pixels.shape[0] != n or mask.shape != pixels.shape:
+        raise ValueError(
+            f"expected label (n,), pixels and mask (n, D), got {label.shape}, {pixels.shape}, {mask.shape}"
+        )
+    columns: dict[str, Any] = {
+        "row_id": pa.array(np.arange(n, dtype=np.int64)),
+        "split": pa.array([split] * n, type=pa.string()),
+        "label": pa.array(label),
+    }
+    if source_row is not None:
+        columns["source_row"] = pa.array(source_row.astype(np.int64))
+    columns["pixels"] = tensor_array(pixels)
+    columns["mask"] = tensor_array(mask.astype(bool))
+    if values is not None:
+        columns["values"] = tensor_array(values)
+    return pa.table(columns)
+
+
+def imputed_table(row_id: np.ndarray, label: np.ndarray, pixels: np.ndarray) -> pa.Table:
+    """An imputed dataset's rows: row_id (N,), label (N,), pixels (N, D) as float32."""
+    import pyarrow as pa
+
+    return pa.table(
+        {
+            "row_id": pa.array(row_id.astype(np.int64)),
+            "label": pa.array(label.astype(np.int64)),
+            "pixels": tensor_array(np.asarray(pixels, dtype=np.float32)),
+        }
+    )
+
+
+def write_shards(table: pa.Table, directory: Path, num_shards: int, what: str = "the shards") -> list[str]:
+    """Write `table` with Ray Data into the fresh, empty `directory`: `num_shards` files of
+    contiguous row ranges, ``part-{i:05d}-0.parquet``. Returns the file names, sorted.
+    (`what` names the table in the error raised when Ray writes another number of files.)"""
+    import ray.data
+
+    # One Arrow block per shard, one write task and file per block.
+    bounds = np.linspace(0, table.num_rows, num_shards + 1).astype(int)
+    blocks = [table.slice(int(lo), int(hi - lo)) for lo, hi in itertools.pairwise(bounds)]
+    # A fresh, empty folder: OVERWRITE only lifts Ray's check that file names hold the write's
+    # uuid (meant to stop concurrent writes from clobbering each other).
+    ray.data.from_arrow(blocks).write_parquet(
+        str(directory), filename_provider=_shard_names(), mode=ray.data.SaveMode.OVERWRITE
+    )
+    names = sorted(p.name for p in directory.glob("*.parquet"))
+    if len(names) != num_shards:
+        raise RuntimeError(f"Ray Data wrote {len(names)} files for {what}, expected {num_shards}")
+    return names
+
+
+def _shard_names() -> ray.data.datasource.FilenameProvider:
+    """Files ``part-{task:05d}`` (pyarrow appends ``-0.parquet``); built lazily (imports Ray)."""
+    from ray.data.datasource import FilenameProvider
+
+    class ShardNames(FilenameProvider):
+        def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
+            return f"part-{task_index:05d}.parquet"
+
+    return ShardNames()
+
+
+# ------------------------------------------------------------------------------ reading
+
+
+def read_table(path: str | os.PathLike[str], columns: Sequence[str] | None = None) -> pa.Table:
+    """One Parquet file as an Arrow table; a truncated, corrupt or foreign file (or one lacking
+    `columns`) is a DataError naming it, not an Arrow traceback."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path, columns=None if columns is None else list(columns))
+    except (pa.ArrowException, OSError, ValueError) as error:
+        message = " ".join(str(error).split())[:300]
+        raise DataError(f"{path}: not a readable Parquet file of this pipeline ({message})") from error
+
+
+def read_shards(
+    files: Sequence[str | os.PathLike[str]], columns: Sequence[str], order_by: str | None = "row_id"
+) -> pa.Table:
+    """`columns` of several files as one table, sorted (stably) by the `order_by` column, or in
+    file then row order when it is None."""
+    import pyarrow as pa
+
+    table = pa.concat_tables([read_table(path, columns) for path in files])
+    if order_by is None:
+        return table
+    return table.take(np.argsort(table.column(order_by).to_numpy(), kind="stable"))
+
+
+def tensor_matrix(
+    column: pa.ChunkedArray, dtype: Any, *, what: str = "shard", name: str = "pixels"
+) -> np.ndarray:
+    """(n, D) of `dtype` from a Ray tensor-extension column or a (nested, fixed-size or large)
+    list column; D is the data's row width. Raises ValueError starting with `what` on null rows,
+    rows of different lengths or a non-numeric type (`name`: the column's, for the message).
+    Nulls inside a row become NaN."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    parts: list[np.ndarray] = []
+    widths: set[int] = set()
+    for chunk in column.chunks:
+        array: pa.Array = chunk.storage if isinstance(chunk, pa.ExtensionArray) else chunk
+        num_rows, width = len(array), 1
+        while _is_list(array.type):
+            if array.null_count:
+                raise ValueError(f"{what}: the {name} column has null entries")
+            lengths = pc.list_value_length(array).to_numpy(zero_copy_only=False)
+            if len(lengths) and (lengths != lengths[0]).any():
+                raise ValueError(f"{what}: {name} rows of different lengths")
+            width *= int(lengths[0]) if len(lengths) else 1
+            array = array.flatten()  # honours slicing offsets, unlike .values
+        kind = array.type
+        if not (pa.types.is_floating(kind) or pa.types.is_integer(kind) or pa.types.is_boolean(kind)):
+            raise ValueError(f"{what}: unsupported {name} type {column.type}")
+        if num_rows:
+            widths.add(width)
+            parts.append(array.to_numpy(zero_copy_only=False).reshape(num_rows, width))
+    if len(widths) > 1:
+        raise ValueError(f"{what}: {name} rows of different lengths")
+    if not parts:
+        return np.zeros((0, _declared_width(column.type)), dtype=dtype)
+    return np.ascontiguousarray(np.concatenate(parts).astype(dtype, copy=False))
+
+
+def _is_list(kind: pa.DataType) -> bool:
+    import pyarrow as pa
+
+    return bool(pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind))
+
+
+def _declared_width(kind: pa.DataType) -> int:
+    """The row width an empty column's type declares (tensor shape, fixed list size), else 0."""
+    import pyarrow as pa
+
+    shape = getattr(kind, "shape", None)
+    if shape is not None:
+        return int(np.prod(shape))
+    return int(kind.list_size) if pa.types.is_fixed_size_list(kind) else 0
+
+
+def batch_matrix(values: np.ndarray, dtype: Any) -> np.ndarray:
+    """(B, D) of `dtype` from a Ray Data numpy batch column: 2-D already (tensor columns) or an
+    object array of per-row arrays (list columns)."""
+    array = np.asarray(values)
+    if array.dtype == object:
+        array = np.stack(list(array)) if len(array) else np.zeros((0, 0))
+    if array.ndim != 2:
+        raise ValueError(f"expected a (rows, features) column, got shape {array.shape}")
+    return array.astype(dtype, copy=False)
+
+
+# ------------------------------------------------------------------ a run's splits and outputs
+
+
+def read_split(ingest: IngestResult, split: str, columns: Sequence[str] | None = None) -> ray.data.Dataset:
+    """The split's shards as a Ray Dataset (row order not guaranteed: sort by row_id if needed).
+
+    Pass `columns` to read only some (``iter_torch_batches`` cannot convert the string
+    column ``split``: select numeric columns, e.g. ``["pixels", "mask"]``, before it).
+    """
+    import ray.data
+
+    _check_split(ingest, split)
+    dataset = ray.data.read_parquet([str(p) for p in ingest.shards[split]])
+    # select_columns is pushed down into the Parquet read (`columns=` is deprecated in 2.60).
+    return dataset.select_columns(list(columns)) if columns is not None else dataset
+
+
+def load_split_numpy(
+    ingest: IngestResult, split: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The whole split in the driver, sorted by row_id (plain pyarrow, no Ray tasks).
+
+    Returns:
+        x float32 (N, 784) the true pixels, mask bool (N, 784) True = observed,
+        labels int64 (N,), row_id int64 (N,) (= arange(N) for a complete split).
+    """
+    _check_split(ingest, split)
+    table = read_shards(ingest.shards[split], ["row_id", "label", "pixels", "mask"])
+    what = f"split {split!r}"
+    return (
+        tensor_matrix(table.column("pixels"), np.float32, what=what, name="pixels"),
+        tensor_matrix(table.column("mask"), np.bool_, what=what, name="mask"),
+        table.column("label").to_numpy().astype(np.int64),
+        table.column("row_id").to_numpy().astype(np.int64),
+    )
+
+
+def _check_split(ingest: IngestResult, split: str) -> None:
+    if split not in ingest.shards:
+        raise ValueError(f"split must be one of {sorted(ingest.shards)}, got {split!r}")
+
+
+def imputed_dir(config: PipelineConfig) -> Path:
+    """{run_dir}/imputed: the stage's output, one folder per split (each with its MANIFEST)."""
+    return config.run_path / "imputed"
+
+
+__all__ = [
+    "IMPUTED_COLUMNS",
+    "SHARD_COLUMNS",
+    "SPLITS",
+    "TABLE_SHARD_COLUMNS",
+    "IngestResult",
+    "batch_matrix",
+    "imputed_dir",
+    "imputed_table",
+    "load_split_numpy",
+    "read_shards",
+    "read_split",
+    "read_table",
+    "shard_table",
+    "tensor_array",
+    "tensor_matrix",
+    "write_shards",
+]
