@@ -150,14 +150,19 @@ class IncompleteDataset:
             must only look at ``x_observed`` or ``x * mask``.
         mask: bool (N, D), True = observed.
         labels: int64 (N,).
+        source_rows: int64 (N,), each row's index in the split it was drawn from (for MNIST
+            the row of :func:`load_static_binarized_mnist`'s split, i.e. of the Larochelle
+            file when present), so an output can be traced back; None when unknown.
     """
 
     x: torch.Tensor
     mask: torch.Tensor
     labels: torch.Tensor
+    source_rows: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
-        for name in ("x", "mask", "labels"):
+        optional = () if self.source_rows is None else ("source_rows",)
+        for name in ("x", "mask", "labels", *optional):
             if not isinstance(getattr(self, name), torch.Tensor):
                 # TypeError (not ValueError): the argument is of the wrong kind entirely.
                 raise TypeError(f"{name} must be a torch.Tensor, got {type(getattr(self, name))}")
@@ -176,10 +181,18 @@ class IncompleteDataset:
                 f"labels must be an int64 tensor of shape ({self.x.shape[0]},), got "
                 f"{self.labels.dtype} {tuple(self.labels.shape)}"
             )
+        if self.source_rows is not None and (
+            self.source_rows.dtype != torch.int64 or self.source_rows.shape != self.labels.shape
+        ):
+            raise ValueError(
+                f"source_rows must be an int64 tensor of shape ({self.x.shape[0]},), got "
+                f"{self.source_rows.dtype} {tuple(self.source_rows.shape)}"
+            )
         if torch.isnan(self.x).any():
             raise ValueError("x must hold the true values everywhere (found NaN)")
-        if not (self.x.device == self.mask.device == self.labels.device):
-            raise ValueError("x, mask and labels must be on the same device")
+        devices = {t.device for t in (self.x, self.mask, self.labels, self.source_rows) if t is not None}
+        if len(devices) > 1:
+            raise ValueError("x, mask, labels (and source_rows) must be on the same device")
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -199,11 +212,13 @@ class IncompleteDataset:
                 index = [int(index)]  # keep the row dimension: a 1-row dataset
             idx = torch.as_tensor(np.asarray(index) if not isinstance(index, torch.Tensor) else index)
             idx = idx.to(self.x.device)
-        return IncompleteDataset(self.x[idx], self.mask[idx], self.labels[idx])
+        rows = None if self.source_rows is None else self.source_rows[idx]
+        return IncompleteDataset(self.x[idx], self.mask[idx], self.labels[idx], rows)
 
     def to(self, device: torch.device | str) -> IncompleteDataset:
         """Copy of the dataset on ``device``."""
-        return IncompleteDataset(self.x.to(device), self.mask.to(device), self.labels.to(device))
+        rows = None if self.source_rows is None else self.source_rows.to(device)
+        return IncompleteDataset(self.x.to(device), self.mask.to(device), self.labels.to(device), rows)
 
 
 # Fixed, so that `num_rows` picks the same rows whatever the mask seed.
@@ -230,7 +245,8 @@ def load_incomplete_mnist(
 
     Returns:
         :class:`IncompleteDataset` with x float32 (n, 784), mask bool (n, 784),
-        labels int64 (n,), n = ``num_rows`` or the split size.
+        labels int64 (n,) and source_rows int64 (n,) (which rows of the split were taken, in
+        the dataset's order), n = ``num_rows`` or the split size.
     """
     check_split(split, BINARIZED_SPLITS)
     x_np, labels_np = load_static_binarized_mnist(split, data_dir, seed=seed, download=download)
@@ -253,4 +269,5 @@ def load_incomplete_mnist(
     # Copies: the cached numpy arrays are read-only and must not be aliased.
     x = torch.from_numpy(np.array(x_np[rows], dtype=np.float32))
     labels = torch.from_numpy(np.array(labels_np[rows], dtype=np.int64))
-    return IncompleteDataset(x=x, mask=mask, labels=labels)
+    source_rows = torch.from_numpy(rows.astype(np.int64))
+    return IncompleteDataset(x=x, mask=mask, labels=labels, source_rows=source_rows)

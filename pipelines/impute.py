@@ -10,9 +10,10 @@ with the tabular stage). Every actor loads the checkpoint once and, per batch, c
 Rao-Blackwellised SNIS estimate P(x_j = 1 | x_o) with L = ``impute.num_samples``
 importance samples (single imputation) and M = ``impute.num_imputations`` SIR draws (multiple
 imputation), plus the effective sample size and per-row accuracy counts. Then these Parquet
-datasets are written, one directory each, with columns ``row_id`` int64, ``label`` int64 and
-``pixels`` (784,) float32 (a Ray tensor column, like the ingest shards; plain pyarrow reads it
-as a list column)::
+datasets are written, one directory each, in the imputed layout of pipelines/shards.py:
+``row_id``, ``label``, ``source_row`` (the row of the binarized MNIST file) int64, ``pixels``
+(784,) float32 and ``mask`` (784,) bool, True = observed (Ray tensor columns, like the ingest
+shards; plain pyarrow reads them as list columns)::
 
     {run_dir}/imputed/{split}/missiwae_single/        observed pixels, holes = P(x_j = 1 | x_o)
                               missiwae_multiple_00/   observed pixels, holes = one SIR draw (0/1)
@@ -20,10 +21,17 @@ as a list column)::
                               zero/                   holes = 0
                               missforest/             missForest (skipped with enabled: false)
                               complete/               the true pixels
-                              _MANIFEST.json          fingerprint, row counts, metrics, seconds
+                              _MANIFEST.json          fingerprint, row counts, metrics, seconds,
+                                                      lineage (below)
 
 Observed pixels are copied from the data in every dataset; the model never sees the true value
 of a hole (they are NaN when it runs, except for the oracle ι, whose whole point is to read them).
+
+Lineage: every row carries its mask and ``source_row``
+(``pipelines.shards.read_imputed_rows`` reads a dataset back in source order), and the manifest
+names what produced it: ``checkpoint`` (``path`` relative to run_dir when inside it, ``sha256``
+of model.pt + config.json, ``config`` = the checkpoint's model/train settings), ``config`` (the
+whole resolved pipeline config) and ``inputs`` (the ingest shards and their ``inputs_sha256``).
 
 Input contract, randomness and what is guaranteed (bit-equal numbers across actor counts):
 see pipelines/impute_job.py.
@@ -51,10 +59,14 @@ from missiwae.config import to_dict
 from missiwae.mnist_files import NUM_PIXELS
 from pipelines.config import PipelineConfig
 from pipelines.impute_job import INPUT_COLUMNS, SINGLE, imputation_dataset
+from pipelines.missforest_job import missforest_task, missing_accuracy
 from pipelines.publish import MANIFEST, Publisher, fingerprint, hash_files
 from pipelines.shards import (
     IMPUTED_COLUMNS,
     batch_matrix,
+    check_columns,
+    dataset_files,
+    imputed_columns,
     imputed_dir,
     imputed_table,
     read_shards,
@@ -65,19 +77,20 @@ if TYPE_CHECKING:
     import ray.data
 
 # Bump when the output layout, the seeding scheme or the schema changes: old manifests then
-# stop matching and the split is recomputed.
-FORMAT_VERSION = 1
+# stop matching and the split is recomputed. 2: the lineage columns source_row and mask.
+FORMAT_VERSION = 2
 MULTIPLE_PREFIX = "missiwae_multiple_"
 ZERO, MISSFOREST, COMPLETE = "zero", "missforest", "complete"
 OUTPUT_COLUMNS = IMPUTED_COLUMNS
 _LOCK = ".impute.lock"
+_CHECKPOINT_FILES = ("model.pt", "config.json")  # what missiwae.training.load_model reads
 
 
 @dataclasses.dataclass(frozen=True)
 class ImputeResult:
     """What the imputation stage produced.
 
-    datasets: name -> directory of Parquet files (row_id, label, pixels) for the split the
+    datasets: name -> directory of Parquet files (the imputed layout) for the split the
         classifier trains on: "train" when it is imputed, else the first imputed split.
         Names: missiwae_single, missiwae_multiple_00.., zero, missforest (when enabled), complete.
     splits: every imputed split -> its name -> directory map.
@@ -121,7 +134,8 @@ def run_imputation(
     Args:
         config: ``impute`` (L, M, batch_size, chunk_size, seed), ``impute_stage`` (actors and
             their resources, splits), ``missforest`` and ``run_dir``.
-        shards: split -> Parquet files of the ingest layout (row_id, label, pixels, mask).
+        shards: split -> Parquet files of the ingest layout (row_id, label, source_row, pixels,
+            mask).
         checkpoint_dir: a missiwae checkpoint (``missiwae.training.load_model``).
         _fault_injection: TEST ONLY, a marker-file path: the first actor to start its second
             batch creates the marker and kills its process (see ``ImputeActor``).
@@ -134,7 +148,8 @@ def run_imputation(
         for path in files:
             if not Path(path).is_file():
                 raise FileNotFoundError(f"input shard of split {split!r} not found: {path}")
-    checkpoint_hash = hash_files([checkpoint_dir / "model.pt", checkpoint_dir / "config.json"])
+        check_columns(files, INPUT_COLUMNS, "shards of an older ingest layout; re-run the ingest stage")
+    checkpoint = _checkpoint_entry(config, checkpoint_dir)
     out = publisher(config)
     result_splits: dict[str, dict[str, Path]] = {}
     metrics: dict[str, float] = {}
@@ -143,12 +158,16 @@ def run_imputation(
     with out.locked():  # a second run on the same run_dir waits, then reuses
         for split in config.impute_stage.splits:
             files = sorted(Path(p) for p in shards[split])
-            digest = _fingerprint(config, split, files, checkpoint_hash)
+            inputs_hash = hash_files(files)
+            digest = _fingerprint(config, split, inputs_hash, checkpoint["sha256"])
             split_dir = out.root / split
             manifest = out.reusable(split_dir / MANIFEST, digest, functools.partial(_intact, split_dir))
             reused[split] = manifest is not None
             if manifest is None:
-                manifest = _impute_split(config, split, files, checkpoint_dir, digest, out, _fault_injection)
+                lineage = {"checkpoint": checkpoint, "inputs_sha256": inputs_hash}
+                manifest = _impute_split(
+                    config, split, files, checkpoint_dir, digest, out, lineage, _fault_injection
+                )
             result_splits[split] = {name: split_dir / name for name in manifest["datasets"]}
             metrics.update({k: float(v) for k, v in manifest["metrics"].items()})
             seconds.update({k: float(v) for k, v in manifest["seconds"].items()})
@@ -168,9 +187,11 @@ def _impute_split(
     checkpoint_dir: Path,
     digest: str,
     out: Publisher,
+    lineage: dict[str, Any],
     fault_marker: str | None = None,
 ) -> dict[str, Any]:
-    """Compute one split into a staging directory and publish it; returns the manifest."""
+    """Compute one split into a staging directory and publish it; returns the manifest
+    (`lineage`: its checkpoint and inputs_sha256 entries, see the module docstring)."""
     import ray.data
 
     from pipelines.runtime import ensure_ray
@@ -183,9 +204,9 @@ def _impute_split(
         try:
             # missForest runs as one Ray task beside the actor pool; it needs the whole split.
             if config.missforest.enabled:
-                row_id, label, pixels, mask = read_inputs(files)  # (N,), (N,), (N, D) x2
+                row_id, label, source_row, pixels, mask = read_inputs(files)  # (N,) x3, (N, D) x2
                 x_nan = np.where(mask, pixels.astype(np.float32), np.float32(np.nan))
-                task = ray.remote(_missforest_task).options(num_cpus=config.impute_stage.cpus_per_actor)
+                task = ray.remote(missforest_task).options(num_cpus=config.impute_stage.cpus_per_actor)
                 missforest_ref = task.remote(x_nan, to_dict(config.missforest), config.impute.seed)
 
             clock = time.perf_counter()
@@ -205,7 +226,8 @@ def _impute_split(
             for name in names:
                 if name == MISSFOREST:
                     assert missforest_x is not None
-                    dataset = ray.data.from_arrow(imputed_table(row_id, label, missforest_x))
+                    table = imputed_table(row_id, label, source_row, missforest_x, mask)
+                    dataset = ray.data.from_arrow(table)
                 else:
                     dataset = imputed.map_batches(_Extract(name), batch_format="numpy", batch_size=None)
                 _write_dataset(dataset, staged.path / name)
@@ -218,7 +240,7 @@ def _impute_split(
         metrics = {f"{split}/{key}": value for key, value in stats.items()}
         metrics[f"{split}/rows_per_second"] = stats["num_rows"] / job_seconds
         if missforest_x is not None:
-            metrics[f"{split}/accuracy/{MISSFOREST}"] = _accuracy(missforest_x, pixels, mask)
+            metrics[f"{split}/accuracy/{MISSFOREST}"] = missing_accuracy(missforest_x, pixels, mask)
         manifest = {
             "format_version": FORMAT_VERSION,
             "fingerprint": digest,
@@ -234,13 +256,11 @@ def _impute_split(
                 f"{split}/write": write_seconds,
                 f"{split}/total": time.perf_counter() - started,
             },
-            "config": {
-                "impute": to_dict(config.impute),
-                "impute_stage": to_dict(config.impute_stage),
-                "missforest": to_dict(config.missforest),
-            },
+            "config": config.to_dict(),  # the resolved settings; impute, missforest... inside
+            "checkpoint": lineage["checkpoint"],
             "checkpoint_dir": str(checkpoint_dir),
             "inputs": [str(p) for p in files],
+            "inputs_sha256": lineage["inputs_sha256"],
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         staged.manifest = manifest  # written last, then the split is swapped into place
@@ -248,7 +268,7 @@ def _impute_split(
 
 
 class _Extract:
-    """map_batches function: the imputation job's output -> one dataset (row_id, label, pixels)."""
+    """map_batches function: the imputation job's output -> one dataset (the imputed layout)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -267,11 +287,8 @@ class _Extract:
             values = pixels
         else:
             raise ValueError(f"unknown dataset name {name!r}")
-        return {
-            "row_id": np.asarray(batch["row_id"], dtype=np.int64),
-            "label": np.asarray(batch["label"], dtype=np.int64),
-            "pixels": np.ascontiguousarray(values, dtype=np.float32),
-        }
+        mask = batch_matrix(batch["mask"], np.bool_)
+        return imputed_columns(batch["row_id"], batch["label"], batch["source_row"], values, mask)
 
 
 def _summarise(imputed: ray.data.Dataset, num_imputations: int) -> dict[str, float]:
@@ -315,79 +332,34 @@ def _summarise(imputed: ray.data.Dataset, num_imputations: int) -> dict[str, flo
     return stats
 
 
-# ---------------------------------------------------------------------------------- missForest
-
-
-def _missforest_task(x_nan: np.ndarray, settings: dict[str, Any], seed: int) -> tuple[np.ndarray, float]:
-    """One Ray task: missForest on the whole split (N, 784) with NaN holes; (imputed, seconds).
-
-    With settings["n_jobs"] != 1 the forests of each sweep fan out from this task to Ray
-    actors (Ray's joblib backend), so a cluster fits up to hundreds of columns at once.
-    """
-    import contextlib
-
-    import joblib
-
-    from missiwae.missforest import MissForest
-
-    n_jobs = int(settings.get("n_jobs", 1))
-    backend: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-    if n_jobs != 1:
-        from ray.util.joblib import register_ray
-
-        register_ray()
-        # The pool's actors take no CPU of their own (Ray's default), so SPREAD is what puts
-        # them on every node rather than all beside this task.
-        backend = joblib.parallel_config(backend="ray", ray_remote_args={"scheduling_strategy": "SPREAD"})
-    started = time.perf_counter()
-    imputer = MissForest(
-        max_iter=settings["max_iter"],
-        n_estimators=settings["n_estimators"],
-        max_samples=settings["max_samples"],
-        n_jobs=n_jobs,
-        random_state=seed % 2**32,
-    )
-    with backend:
-        imputed = np.asarray(imputer.fit_transform(x_nan), dtype=np.float32)
-    return imputed, time.perf_counter() - started
-
-
-def _accuracy(imputed: np.ndarray, pixels: np.ndarray, mask: np.ndarray) -> float:
-    import torch
-
-    from missiwae.evaluation import imputation_accuracy
-
-    return imputation_accuracy(
-        torch.from_numpy(np.array(imputed, np.float32)),
-        torch.from_numpy(pixels.astype(np.float32)),
-        torch.from_numpy(np.array(mask, np.bool_)),
-    )
-
-
 # ------------------------------------------------------------------------------ reading, writing
 
 
-def read_inputs(files: Sequence[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def read_inputs(
+    files: Sequence[Path],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The input shards in the driver (plain pyarrow), in file then row order.
 
-    Returns row_id int64 (N,), label int64 (N,), pixels uint8 (N, D), mask bool (N, D).
+    Returns row_id int64 (N,), label int64 (N,), source_row int64 (N,), pixels uint8 (N, D),
+    mask bool (N, D).
     """
     table = read_shards(files, INPUT_COLUMNS, order_by=None)
     what = "the shards " + ", ".join(Path(p).name for p in files)
     return (
         table.column("row_id").to_numpy().astype(np.int64),
         table.column("label").to_numpy().astype(np.int64),
+        table.column("source_row").to_numpy().astype(np.int64),
         tensor_matrix(table.column("pixels"), np.uint8, what=what, name="pixels"),
         tensor_matrix(table.column("mask"), np.bool_, what=what, name="mask"),
     )
 
 
 def read_dataset(directory: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One imputed dataset, sorted by row_id: row_id int64 (N,), label int64 (N,), pixels float32 (N, D)."""
-    files = sorted(Path(directory).glob("*.parquet"))
-    if not files:
-        raise FileNotFoundError(f"no Parquet files in {directory}")
-    table = read_shards(files, OUTPUT_COLUMNS)
+    """One imputed dataset, sorted by row_id: row_id int64 (N,), label int64 (N,), pixels float32 (N, D).
+
+    (With its lineage, mask and source rows, in source order: ``pipelines.shards.read_imputed_rows``.)
+    """
+    table = read_shards(dataset_files(directory), ["row_id", "label", "pixels"])
     return (
         table.column("row_id").to_numpy().astype(np.int64),
         table.column("label").to_numpy().astype(np.int64),
@@ -403,11 +375,26 @@ def _write_dataset(dataset: ray.data.Dataset, directory: Path) -> None:
 # ------------------------------------------------------------------------ fingerprint, manifest
 
 
+def _checkpoint_entry(config: PipelineConfig, checkpoint_dir: Path) -> dict[str, Any]:
+    """The manifest's name for the checkpoint: its path (relative to run_dir when inside it),
+    the sha256 the fingerprint hashes, and its model/train settings (config.json)."""
+    import json
+
+    path = checkpoint_dir.resolve()
+    shown = path.relative_to(config.run_path) if path.is_relative_to(config.run_path) else path
+    return {
+        "path": str(shown),
+        "sha256": hash_files([checkpoint_dir / name for name in _CHECKPOINT_FILES]),
+        "files": list(_CHECKPOINT_FILES),
+        "config": json.loads((checkpoint_dir / "config.json").read_text()),
+    }
+
+
 def _device(config: PipelineConfig) -> str:
     return "cuda" if config.impute_stage.gpus_per_actor > 0 else "cpu"
 
 
-def _fingerprint(config: PipelineConfig, split: str, files: list[Path], checkpoint_hash: str) -> str:
+def _fingerprint(config: PipelineConfig, split: str, inputs_hash: str, checkpoint_hash: str) -> str:
     """sha256 of what decides the output's content (not the actor count: see module docstring)."""
     import torch
 
@@ -421,7 +408,7 @@ def _fingerprint(config: PipelineConfig, split: str, files: list[Path], checkpoi
             "device": _device(config),  # CPU and CUDA random streams differ
             "torch": torch.__version__,
             "checkpoint": checkpoint_hash,
-            "inputs": hash_files(files),
+            "inputs": inputs_hash,
         }
     )
 

@@ -9,8 +9,9 @@ imputation), seeded by (impute.seed, the batch's first row id, stream). The stag
 (pipelines/impute.py for MNIST, pipelines/tabular.py for a user's table) write what it returns.
 
 Input contract (the ingest stage, images): Parquet files with columns row_id int64, label int64,
-pixels (784,) uint8 = the TRUE pixels, mask (784,) bool/uint8 with True = observed, as Ray
-tensor columns or (fixed-size) list columns; other columns (``split``) are ignored.
+source_row int64 (the row in the source file, passed through as lineage), pixels (784,) uint8 =
+the TRUE pixels, mask (784,) bool/uint8 with True = observed, as Ray tensor columns or
+(fixed-size) list columns; other columns (``split``) are ignored.
 
 Randomness, and what is guaranteed. Each batch is imputed with two torch generators seeded from
 (impute.seed, row_id of the batch's first row, stream), stream 0 for SNIS and 1 for SIR, so the
@@ -21,8 +22,9 @@ exactly one batch. So the numbers depend on (input rows and their order, checkpo
 CPU vs GPU, torch version) and NOT on the number of actors, which actor gets which batch, or Ray's
 scheduling; the tests check bit-equality across actor counts. They do change with
 ``impute.batch_size`` (the batch is the unit of the random streams).
-A table's shards (pipelines/tabular.py) give standardised float ``pixels`` and ``source_row``,
-which seeds the batches instead of ``row_id``.
+A table's shards (pipelines/tabular.py) give standardised float ``pixels``, and their
+``source_row`` seeds the batches instead of ``row_id`` (images keep ``row_id``: their numbers
+predate the lineage column and stay as they were).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ if TYPE_CHECKING:
     import ray.data
 
 SINGLE = "missiwae_single"  # the image job's single-imputation column (and dataset name)
-INPUT_COLUMNS = ("row_id", "label", "pixels", "mask")
+INPUT_COLUMNS = ("row_id", "label", "source_row", "pixels", "mask")
 TABLE_INPUT_COLUMNS = ("row_id", "source_row", "pixels", "mask")
 _SNIS_STREAM, _SIR_STREAM = 0, 1
 WAIT_FOR_ACTORS_S = 600  # the actor pool must be up within this time (model load included)
@@ -103,8 +105,9 @@ class ImputeActor:
     per actor; each batch gets the SNIS single imputation (L samples) and M SIR draws, seeded
     by (seed, the batch's first row id, stream) -- the table's ``source_row``, else ``row_id``.
 
-    Images (``table=False``). In: row_id (B,), label (B,), pixels (B, D) the true 0/1 values,
-    mask (B, D) True = observed. Out: row_id, label, pixels (uint8), mask (bool) passed through;
+    Images (``table=False``). In: row_id (B,), label (B,), source_row (B,), pixels (B, D) the
+    true 0/1 values, mask (B, D) True = observed. Out: row_id, label, source_row, pixels (uint8),
+    mask (bool) passed through;
     missiwae_single (B, D) float32; missiwae_multiple (B, M, D) uint8; ess (B,) float32;
     num_missing, correct_single, correct_zero (B,) int64; correct_multiple (B, M) int64;
     actor (B,) str and batch_start (B,) int64 (debugging: who imputed what, in which batch).
@@ -211,6 +214,7 @@ class ImputeActor:
         return {
             "row_id": row_id,
             "label": np.asarray(batch["label"], dtype=np.int64),
+            "source_row": np.asarray(batch["source_row"], dtype=np.int64),
             "pixels": pixels,
             "mask": mask,
             SINGLE: single_x.astype(np.float32),

@@ -11,12 +11,14 @@ Layout under ``{run_dir}/data``::
 
 Columns (one row per image):
 
-    row_id  int64    index of the row within the split subset (load_incomplete_mnist's order)
-    split   string   "train" / "valid" / "test"
-    label   int64    the digit
-    pixels  uint8    (784,) the TRUE binary pixels, missing ones included (oracle ι and
-                     imputation accuracy need them; models look only where mask is True)
-    mask    bool     (784,) True = observed
+    row_id      int64    index of the row within the split subset (load_incomplete_mnist's order)
+    split       string   "train" / "valid" / "test"
+    label       int64    the digit
+    source_row  int64    the row's index in the split's binarized MNIST file (the subset is a
+                         seeded random draw: missiwae.data's ``source_rows``)
+    pixels      uint8    (784,) the TRUE binary pixels, missing ones included (oracle ι and
+                         imputation accuracy need them; models look only where mask is True)
+    mask        bool     (784,) True = observed
 
 `pixels` and `mask` are Ray tensor-extension columns (``ArrowTensorTypeV2``), so Ray Data
 hands them to ``map_batches`` / ``iter_torch_batches`` as (n, 784) arrays. Plain pyarrow (no
@@ -59,7 +61,8 @@ if TYPE_CHECKING:
 
 COLUMNS: tuple[str, ...] = SHARD_COLUMNS
 # Bump when the shard layout or schema changes: old manifests then stop matching.
-FORMAT_VERSION = 1
+# 2: the source_row column (lineage) for MNIST too.
+FORMAT_VERSION = 2
 _LOCK = ".ingest.lock"
 
 
@@ -148,11 +151,13 @@ def _mnist_table(config: PipelineConfig, split: str) -> pa.Table:
         num_rows=_split_rows(config, split),
         data_dir=config.data.data_dir,
     )
+    assert dataset.source_rows is not None  # load_incomplete_mnist always says which rows
     return split_table(
         split,
         pixels=dataset.x.numpy(),
         mask=dataset.mask.numpy(),
         labels=dataset.labels.numpy(),
+        source_rows=dataset.source_rows.numpy(),
     )
 
 
@@ -166,18 +171,26 @@ def write_split_table(data_dir: Path, split: str, table: pa.Table, num_shards: i
     return names, num_rows
 
 
-def split_table(split: str, pixels: np.ndarray, mask: np.ndarray, labels: np.ndarray) -> pa.Table:
-    """The Arrow table of one MNIST split: pixels (n, 784) of 0/1, mask (n, 784) bool, labels (n,)."""
+def split_table(
+    split: str, pixels: np.ndarray, mask: np.ndarray, labels: np.ndarray, source_rows: np.ndarray
+) -> pa.Table:
+    """The Arrow table of one MNIST split: pixels (n, 784) of 0/1, mask (n, 784) bool, labels (n,),
+    source_rows (n,) the rows' indices in the split's binarized file."""
     n = pixels.shape[0]
-    if pixels.shape != (n, NUM_PIXELS) or mask.shape != (n, NUM_PIXELS) or labels.shape != (n,):
+    if (
+        pixels.shape != (n, NUM_PIXELS)
+        or mask.shape != (n, NUM_PIXELS)
+        or labels.shape != (n,)
+        or source_rows.shape != (n,)
+    ):
         raise ValueError(
-            f"expected pixels/mask (n, {NUM_PIXELS}) and labels (n,), got "
-            f"{pixels.shape}, {mask.shape}, {labels.shape}"
+            f"expected pixels/mask (n, {NUM_PIXELS}) and labels/source_rows (n,), got "
+            f"{pixels.shape}, {mask.shape}, {labels.shape}, {source_rows.shape}"
         )
     pixels_u8 = pixels.astype(np.uint8)
     if not np.array_equal(pixels_u8, pixels):
         raise ValueError("pixels must be binary (0/1): the shards store them as uint8")
-    return shard_table(split, labels.astype(np.int64), pixels_u8, mask)
+    return shard_table(split, labels.astype(np.int64), pixels_u8, mask, source_row=source_rows)
 
 
 def _intact(data_dir: Path, manifest: dict[str, Any]) -> bool:

@@ -5,15 +5,24 @@ Ingest shards (one row per image or table row; ``{run_dir}/data/{split}/part-NNN
     row_id      int64    index of the row within its split
     split       string   "train" / "valid" / "test"
     label       int64    the digit (a table: float64, its label column or -1)
-    source_row  int64    a table only: the row's index in the user's file
+    source_row  int64    the row's index in its source: MNIST the row of the split's binarized
+                         file (missiwae.data's ``source_rows``), a table the row of the user's file
     pixels      (D,)     the model input: MNIST the TRUE 0/1 pixels as uint8, missing ones
                          included (oracle ι and accuracy need them; models look only where mask
                          is True); a table float32 standardised values, 0 in the holes
     mask        bool     (D,) True = observed
     values      float64  a table only: (D,) the file's values, NaN in the holes
 
-Imputed datasets (``{run_dir}/imputed/{split}/{name}/*.parquet``): ``row_id`` int64, ``label``
-int64, ``pixels`` (D,) float32.
+Imputed datasets (``{run_dir}/imputed/{split}/{name}/*.parquet``), lineage included::
+
+    row_id      int64    as in the ingest shard the row came from
+    label       int64
+    source_row  int64    as in the ingest shard: traces the row back to the source file
+    pixels      float32  (D,) the completed data: observed cells copied from the data
+    mask        bool     (D,) True = observed, False = the cell was imputed
+
+:func:`read_imputed_rows` returns one in source order; its manifest (pipelines/impute.py) names
+the checkpoint and the config that produced it.
 
 The (D,) columns are Ray tensor-extension columns (``ArrowTensorTypeV2``), so Ray Data hands them
 to ``map_batches`` / ``iter_torch_batches`` as (n, D) arrays; plain pyarrow (no Ray imported)
@@ -29,7 +38,7 @@ import itertools
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -42,9 +51,9 @@ if TYPE_CHECKING:
     from pipelines.config import PipelineConfig
 
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
-SHARD_COLUMNS: tuple[str, ...] = ("row_id", "split", "label", "pixels", "mask")
-TABLE_SHARD_COLUMNS: tuple[str, ...] = ("row_id", "split", "label", "source_row", "pixels", "mask", "values")
-IMPUTED_COLUMNS: tuple[str, ...] = ("row_id", "label", "pixels")
+SHARD_COLUMNS: tuple[str, ...] = ("row_id", "split", "label", "source_row", "pixels", "mask")
+TABLE_SHARD_COLUMNS: tuple[str, ...] = (*SHARD_COLUMNS, "values")
+IMPUTED_COLUMNS: tuple[str, ...] = ("row_id", "label", "source_row", "pixels", "mask")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,28 +87,28 @@ def shard_table(
     pixels: np.ndarray,
     mask: np.ndarray,
     *,
-    source_row: np.ndarray | None = None,
+    source_row: np.ndarray,
     values: np.ndarray | None = None,
 ) -> pa.Table:
     """One split's rows in the shard layout (module docstring), row_id = 0..n-1.
 
     label (n,) kept in its dtype; pixels (n, D) kept in its dtype; mask (n, D) as bool;
-    source_row (n,) and values (n, D) for a table only.
+    source_row (n,) each row's index in the source file; values (n, D) for a table only.
     """
     import pyarrow as pa
 
     n = len(label)
-    if pixels.shape[0] != n or mask.shape != pixels.shape:
+    if pixels.shape[0] != n or mask.shape != pixels.shape or np.shape(source_row) != (n,):
         raise ValueError(
-            f"expected label (n,), pixels and mask (n, D), got {label.shape}, {pixels.shape}, {mask.shape}"
+            f"expected label and source_row (n,), pixels and mask (n, D), got {label.shape}, "
+            f"{np.shape(source_row)}, {pixels.shape}, {mask.shape}"
         )
     columns: dict[str, Any] = {
         "row_id": pa.array(np.arange(n, dtype=np.int64)),
         "split": pa.array([split] * n, type=pa.string()),
         "label": pa.array(label),
+        "source_row": pa.array(np.asarray(source_row).astype(np.int64)),
     }
-    if source_row is not None:
-        columns["source_row"] = pa.array(source_row.astype(np.int64))
     columns["pixels"] = tensor_array(pixels)
     columns["mask"] = tensor_array(mask.astype(bool))
     if values is not None:
@@ -107,17 +116,28 @@ def shard_table(
     return pa.table(columns)
 
 
-def imputed_table(row_id: np.ndarray, label: np.ndarray, pixels: np.ndarray) -> pa.Table:
-    """An imputed dataset's rows: row_id (N,), label (N,), pixels (N, D) as float32."""
+def imputed_columns(
+    row_id: np.ndarray, label: np.ndarray, source_row: np.ndarray, pixels: np.ndarray, mask: np.ndarray
+) -> dict[str, np.ndarray]:
+    """An imputed dataset's rows as numpy columns in the layout's order and dtypes: row_id,
+    label, source_row (N,) int64, pixels (N, D) float32, mask (N, D) bool."""
+    return {
+        "row_id": np.asarray(row_id, dtype=np.int64),
+        "label": np.asarray(label, dtype=np.int64),
+        "source_row": np.asarray(source_row, dtype=np.int64),
+        "pixels": np.ascontiguousarray(pixels, dtype=np.float32),
+        "mask": np.ascontiguousarray(mask, dtype=np.bool_),
+    }
+
+
+def imputed_table(
+    row_id: np.ndarray, label: np.ndarray, source_row: np.ndarray, pixels: np.ndarray, mask: np.ndarray
+) -> pa.Table:
+    """An imputed dataset's rows as an Arrow table (:func:`imputed_columns`, tensor columns)."""
     import pyarrow as pa
 
-    return pa.table(
-        {
-            "row_id": pa.array(row_id.astype(np.int64)),
-            "label": pa.array(label.astype(np.int64)),
-            "pixels": tensor_array(np.asarray(pixels, dtype=np.float32)),
-        }
-    )
+    columns = imputed_columns(row_id, label, source_row, pixels, mask)
+    return pa.table({k: tensor_array(v) if v.ndim == 2 else pa.array(v) for k, v in columns.items()})
 
 
 def write_shards(table: pa.Table, directory: Path, num_shards: int, what: str = "the shards") -> list[str]:
@@ -163,8 +183,28 @@ def read_table(path: str | os.PathLike[str], columns: Sequence[str] | None = Non
     try:
         return pq.read_table(path, columns=None if columns is None else list(columns))
     except (pa.ArrowException, OSError, ValueError) as error:
-        message = " ".join(str(error).split())[:300]
-        raise DataError(f"{path}: not a readable Parquet file of this pipeline ({message})") from error
+        raise _unreadable(path, error) from error
+
+
+def _unreadable(path: str | os.PathLike[str], error: Exception) -> DataError:
+    message = " ".join(str(error).split())[:300]
+    return DataError(f"{path}: not a readable Parquet file of this pipeline ({message})")
+
+
+def check_columns(files: Sequence[str | os.PathLike[str]], columns: Sequence[str], hint: str) -> None:
+    """A DataError naming the first of `files` whose schema lacks one of `columns` (only the
+    footers are read); `hint` says what to do, e.g. which stage to re-run (older layouts)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for path in files:
+        try:
+            names = set(pq.read_schema(path).names)
+        except (pa.ArrowException, OSError, ValueError) as error:
+            raise _unreadable(path, error) from error
+        missing = [c for c in columns if c not in names]
+        if missing:
+            raise DataError(f"{path} lacks column(s) {missing}: {hint}")
 
 
 def read_shards(
@@ -290,16 +330,62 @@ def imputed_dir(config: PipelineConfig) -> Path:
     return config.run_path / "imputed"
 
 
+def dataset_files(directory: str | os.PathLike[str]) -> list[Path]:
+    """The Parquet files of one imputed dataset folder, sorted (FileNotFoundError when none)."""
+    files = sorted(Path(directory).glob("*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"no Parquet files in {directory}")
+    return files
+
+
+class ImputedRows(NamedTuple):
+    """One imputed dataset with its lineage, in source order (:func:`read_imputed_rows`)."""
+
+    values: np.ndarray  # float32 (N, D): the completed data, observed cells copied from the data
+    mask: np.ndarray  # bool (N, D): True = observed, False = the cell was imputed
+    labels: np.ndarray  # int64 (N,)
+    source_rows: np.ndarray  # int64 (N,), ascending: each row's index in the source file
+
+
+def read_imputed_rows(directory: str | os.PathLike[str]) -> ImputedRows:
+    """One imputed dataset folder as (values, mask, labels, source_rows), sorted by source row,
+    so row i can be set beside row source_rows[i] of the source file (plain pyarrow, no Ray).
+
+    Raises FileNotFoundError for a folder without Parquet files, DataError for one written
+    before the lineage columns existed (re-run the imputation stage) or unreadable, ValueError
+    for duplicate source rows.
+    """
+    files = dataset_files(directory)
+    columns = ["label", "source_row", "pixels", "mask"]
+    check_columns(files, columns, "an imputed dataset of an older layout; re-run the imputation stage")
+    table = read_shards(files, columns, order_by="source_row")
+    what = f"dataset {directory}"
+    source_rows = table.column("source_row").to_numpy().astype(np.int64)
+    if (np.diff(source_rows) == 0).any():
+        raise ValueError(f"{what}: duplicate source_row values")
+    return ImputedRows(
+        values=tensor_matrix(table.column("pixels"), np.float32, what=what, name="pixels"),
+        mask=tensor_matrix(table.column("mask"), np.bool_, what=what, name="mask"),
+        labels=table.column("label").to_numpy().astype(np.int64),
+        source_rows=source_rows,
+    )
+
+
 __all__ = [
     "IMPUTED_COLUMNS",
     "SHARD_COLUMNS",
     "SPLITS",
     "TABLE_SHARD_COLUMNS",
+    "ImputedRows",
     "IngestResult",
     "batch_matrix",
+    "check_columns",
+    "dataset_files",
+    "imputed_columns",
     "imputed_dir",
     "imputed_table",
     "load_split_numpy",
+    "read_imputed_rows",
     "read_shards",
     "read_split",
     "read_table",

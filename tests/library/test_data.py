@@ -138,6 +138,20 @@ def test_incomplete_dataset_len_and_subset() -> None:
     assert len(ds.subset(slice(1, None))) == 2
     assert len(ds.subset(1)) == 1
     assert ds.subset(np.array([True, False, True])).labels.tolist() == [0, 2]
+    assert ds.source_rows is None and sub.source_rows is None
+
+
+def test_incomplete_dataset_source_rows_follow_subset_and_are_checked() -> None:
+    ds = _tiny_dataset()
+    traced = D.IncompleteDataset(ds.x, ds.mask, ds.labels, source_rows=torch.tensor([70, 10, 40]))
+    assert traced.subset([2, 0]).source_rows.tolist() == [40, 70]  # type: ignore[union-attr]
+    assert traced.to("cpu").source_rows.tolist() == [70, 10, 40]  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="source_rows must be an int64"):
+        D.IncompleteDataset(ds.x, ds.mask, ds.labels, source_rows=torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="source_rows must be an int64"):
+        D.IncompleteDataset(ds.x, ds.mask, ds.labels, source_rows=torch.tensor([1.0, 2.0, 3.0]))
+    with pytest.raises(TypeError, match=r"torch\.Tensor"):
+        D.IncompleteDataset(ds.x, ds.mask, ds.labels, source_rows=np.arange(3))  # type: ignore[arg-type]
 
 
 def test_load_incomplete_mnist_keeps_truth_and_gives_splits_distinct_masks(
@@ -158,6 +172,11 @@ def test_load_incomplete_mnist_keeps_truth_and_gives_splits_distinct_masks(
     rows = torch.from_numpy(np.random.Generator(np.random.PCG64(D.SUBSET_SEED)).permutation(10_000)[:100])
     assert torch.equal(small.mask, test.mask[rows])
     assert torch.equal(small.x, test.x[rows])
+    # ... and says which rows of the file it took, in its own order.
+    assert torch.equal(small.source_rows, rows)  # type: ignore[arg-type]
+    assert torch.equal(test.source_rows, torch.arange(10_000))  # type: ignore[arg-type]
+    np.testing.assert_array_equal(small.x.numpy(), x_ref[small.source_rows.numpy()])  # type: ignore[union-attr]
+    assert torch.equal(small.subset([3, 1]).source_rows, rows[[3, 1]])  # type: ignore[arg-type]
     assert len(small.labels.unique()) == 10
     larger = D.load_incomplete_mnist("test", 0.5, seed=0, num_rows=300, data_dir=root)
     assert torch.equal(larger.x[:100], small.x)

@@ -17,8 +17,9 @@ import pytest
 import torch
 
 from missiwae.config import ImputeConfig, ModelConfig, TrainConfig
-from missiwae.data import load_incomplete_mnist
+from missiwae.data import load_incomplete_mnist, load_static_binarized_mnist
 from missiwae.evaluation import imputation_accuracy
+from missiwae.mnist_files import DataError
 from missiwae.model import MissIWAE
 from missiwae.training import train
 from pipelines import impute
@@ -32,7 +33,8 @@ from pipelines.impute import (
     run_imputation,
 )
 from pipelines.impute_job import ImputeActor, batch_seed
-from pipelines.shards import batch_matrix, tensor_matrix
+from pipelines.publish import hash_files
+from pipelines.shards import batch_matrix, read_imputed_rows, tensor_matrix
 
 NUM_TRAIN, NUM_IMPUTE = 2000, 200
 FIRST_ROW = NUM_TRAIN  # row ids 2000..2199: not 0-based, and the random streams follow them
@@ -47,10 +49,18 @@ class Inputs:
     label: np.ndarray  # (N,)
     pixels: np.ndarray  # (N, 784) uint8, the truth
     mask: np.ndarray  # (N, 784) bool, True = observed
+    source_row: np.ndarray  # (N,) the rows of the binarized MNIST train file, not sorted
 
 
-def ingest_table(row_id: np.ndarray, label: np.ndarray, pixels: np.ndarray, mask: np.ndarray) -> pa.Table:
-    """The ingest stage's layout: Ray tensor columns for pixels (uint8 truth) and mask (bool)."""
+def ingest_table(
+    row_id: np.ndarray,
+    label: np.ndarray,
+    pixels: np.ndarray,
+    mask: np.ndarray,
+    source_row: np.ndarray | None = None,
+) -> pa.Table:
+    """The ingest stage's layout: Ray tensor columns for pixels (uint8 truth) and mask (bool);
+    source_row defaults to row_id."""
     from ray.data.extensions import ArrowTensorArray
 
     return pa.table(
@@ -58,6 +68,7 @@ def ingest_table(row_id: np.ndarray, label: np.ndarray, pixels: np.ndarray, mask
             "row_id": pa.array(row_id.astype(np.int64)),
             "split": pa.array(["train"] * len(row_id), type=pa.string()),
             "label": pa.array(label.astype(np.int64)),
+            "source_row": pa.array(np.asarray(row_id if source_row is None else source_row, np.int64)),
             "pixels": ArrowTensorArray.from_numpy(np.ascontiguousarray(pixels.astype(np.uint8))),
             "mask": ArrowTensorArray.from_numpy(np.ascontiguousarray(mask.astype(bool))),
         }
@@ -91,14 +102,17 @@ def make_inputs(root: Path, data_root: Path) -> Inputs:
     pixels = data.x[NUM_TRAIN:].numpy().astype(np.uint8)
     mask = data.mask[NUM_TRAIN:].numpy()
     label = data.labels[NUM_TRAIN:].numpy()
+    assert data.source_rows is not None
+    source_row = data.source_rows[NUM_TRAIN:].numpy()
     row_id = np.arange(FIRST_ROW, FIRST_ROW + NUM_IMPUTE, dtype=np.int64)
     files = []
     for part, rows in enumerate(np.array_split(np.arange(NUM_IMPUTE), 2)):
         path = root / "data" / "train" / f"part-{part:05d}-0.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(ingest_table(row_id[rows], label[rows], pixels[rows], mask[rows]), path)
+        table = ingest_table(row_id[rows], label[rows], pixels[rows], mask[rows], source_row[rows])
+        pq.write_table(table, path)
         files.append(path)
-    return Inputs({"train": files}, checkpoint, row_id, label, pixels, mask)
+    return Inputs({"train": files}, checkpoint, row_id, label, pixels, mask, source_row)
 
 
 def make_config(run_dir: Path, **changes: Any) -> PipelineConfig:
@@ -167,6 +181,43 @@ def test_every_dataset_is_complete_and_keeps_the_observed_pixels(first_run, inpu
     assert set(np.unique(forest[holes])) <= {0.0, 1.0}
 
 
+def test_every_dataset_carries_its_lineage_in_source_order(first_run, inputs: Inputs, data_root) -> None:
+    _, result = first_run
+    order = np.argsort(inputs.source_row)
+    assert not np.array_equal(order, np.arange(NUM_IMPUTE))  # source order is another order
+    file_x, file_labels = load_static_binarized_mnist("train", data_root)
+    for name, directory in result.datasets.items():
+        values, mask, labels, source_rows = read_imputed_rows(directory)
+        assert values.dtype == np.float32 and mask.dtype == np.bool_, name
+        np.testing.assert_array_equal(source_rows, inputs.source_row[order], err_msg=name)
+        np.testing.assert_array_equal(mask, inputs.mask[order], err_msg=name)
+        np.testing.assert_array_equal(labels, file_labels[source_rows], err_msg=name)
+        # Traced back to the binarized file: observed cells are that file's pixels.
+        np.testing.assert_array_equal(values[mask], file_x[source_rows][mask], err_msg=name)
+        _, _, by_row_id = read_dataset(directory)
+        np.testing.assert_array_equal(values, by_row_id[order], err_msg=name)
+    complete = read_imputed_rows(result.datasets["complete"])
+    np.testing.assert_array_equal(complete.values, file_x[complete.source_rows])
+
+
+def test_readers_name_outputs_of_the_older_layout(inputs: Inputs, tmp_path: Path) -> None:
+    old = tmp_path / "old_shard.parquet"
+    pq.write_table(
+        ingest_table(inputs.row_id, inputs.label, inputs.pixels, inputs.mask).drop_columns(["source_row"]),
+        old,
+    )
+    with pytest.raises(DataError, match="re-run the ingest stage"):
+        run_imputation(make_config(tmp_path / "run"), {"train": [old]}, inputs.checkpoint)
+    dataset = tmp_path / "old_dataset"
+    dataset.mkdir()
+    columns = {"row_id": pa.array(inputs.row_id), "label": pa.array(inputs.label)}
+    pq.write_table(pa.table(columns), dataset / "part-0.parquet")
+    with pytest.raises(DataError, match="re-run the imputation stage"):
+        read_imputed_rows(dataset)
+    with pytest.raises(FileNotFoundError):
+        read_imputed_rows(tmp_path / "run")
+
+
 def test_metrics_and_accuracy(first_run, inputs: Inputs) -> None:
     _, result = first_run
     metrics = result.metrics
@@ -189,13 +240,22 @@ def test_metrics_and_accuracy(first_run, inputs: Inputs) -> None:
     assert set(result.seconds) == {f"train/{k}" for k in ("impute_job", "missforest", "write", "total")}
 
 
-def test_manifest_is_written(first_run) -> None:
+def test_manifest_is_written(first_run, inputs: Inputs) -> None:
     config, result = first_run
     manifest = json.loads((config.run_path / "imputed" / "train" / MANIFEST).read_text())
     assert manifest["datasets"] == list(result.datasets)
     assert manifest["metrics"] == result.metrics
     assert manifest["num_rows"] == NUM_IMPUTE
     assert not list((config.run_path / "imputed" / ".staging").iterdir())
+    # Lineage: the checkpoint (outside run_dir here, so an absolute path) and the config.
+    checkpoint = manifest["checkpoint"]
+    assert checkpoint["path"] == str(inputs.checkpoint.resolve())
+    assert checkpoint["sha256"] == hash_files(
+        [inputs.checkpoint / "model.pt", inputs.checkpoint / "config.json"]
+    )
+    assert checkpoint["config"]["train"]["K"] == 5 and "model" in checkpoint["config"]
+    assert manifest["config"] == config.to_dict()
+    assert manifest["columns"] == ["row_id", "label", "source_row", "pixels", "mask"]
 
 
 def test_rerun_reuses_the_output(first_run, inputs: Inputs) -> None:
@@ -260,6 +320,7 @@ def test_actor_never_reads_the_truth_in_the_holes(inputs: Inputs) -> None:
     batch = {
         "row_id": inputs.row_id[rows],
         "label": inputs.label[rows],
+        "source_row": inputs.source_row[rows],
         "pixels": inputs.pixels[rows],
         "mask": inputs.mask[rows],
     }
@@ -272,10 +333,22 @@ def test_actor_never_reads_the_truth_in_the_holes(inputs: Inputs) -> None:
     np.testing.assert_array_equal(out["ess"], out_flipped["ess"])
     assert out["missiwae_multiple"].shape == (8, M, 784)
     assert (out["num_missing"] == holes.sum(axis=1)).all()
+    np.testing.assert_array_equal(out["source_row"], inputs.source_row[rows])  # lineage passed through
     # Same batch, same numbers; another first row id, other random streams.
     np.testing.assert_array_equal(actor(batch)["missiwae_single"], out["missiwae_single"])
     shifted = actor(dict(batch, row_id=batch["row_id"] + 1))
     assert not np.array_equal(shifted["missiwae_single"], out["missiwae_single"])
+
+
+def test_manifest_names_a_checkpoint_inside_run_dir_relative_to_it(inputs: Inputs, tmp_path: Path) -> None:
+    import shutil
+
+    shutil.copytree(inputs.checkpoint, tmp_path / "checkpoints" / "final")
+    entry = impute._checkpoint_entry(make_config(tmp_path), tmp_path / "checkpoints" / "final")
+    assert entry["path"] == str(Path("checkpoints") / "final")
+    assert (
+        entry["sha256"] == impute._checkpoint_entry(make_config(tmp_path / "x"), inputs.checkpoint)["sha256"]
+    )
 
 
 def test_batch_seed_separates_streams() -> None:
@@ -296,10 +369,11 @@ def test_pixel_columns_of_every_encoding(tmp_path: Path) -> None:
     np.testing.assert_array_equal(batch_matrix(per_row, np.uint8), values)
     np.testing.assert_array_equal(batch_matrix(values, np.float32), values.astype(np.float32))
     path = tmp_path / "shard.parquet"
-    table = ingest_table(np.arange(3), np.zeros(3), values, values.astype(bool))
+    table = ingest_table(np.arange(3), np.zeros(3), values, values.astype(bool), np.array([9, 4, 7]))
     pq.write_table(table, path)
-    row_id, label, pixels, mask = read_inputs([path])
+    row_id, label, source_row, pixels, mask = read_inputs([path])
     np.testing.assert_array_equal(row_id, np.arange(3))
+    np.testing.assert_array_equal(source_row, [9, 4, 7])
     np.testing.assert_array_equal(label, np.zeros(3))
     np.testing.assert_array_equal(pixels, values)
     assert mask.dtype == np.bool_ and (mask == values.astype(bool)).all()
@@ -316,12 +390,12 @@ def test_missforest_fanned_out_to_ray_actors_imputes_exactly_what_one_sequential
 ) -> None:
     import ray
 
-    from pipelines.impute import _missforest_task
+    from pipelines.missforest_job import missforest_task
 
     pixels, mask = inputs.pixels[:60, 300:340], inputs.mask[:60, 300:340]
     x_nan = np.where(mask, pixels.astype(np.float32), np.float32(np.nan))
     settings = {"n_estimators": 3, "max_iter": 1, "max_samples": None}
-    task = ray.remote(_missforest_task).options(num_cpus=0.5)
+    task = ray.remote(missforest_task).options(num_cpus=0.5)
 
     def pool_actors() -> set[str]:
         # from the GCS (the test cluster runs no dashboard, which ray.util.state would need)

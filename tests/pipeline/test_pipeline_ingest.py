@@ -12,9 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from missiwae.data import load_incomplete_mnist
+from pipelines import ingest
 from pipelines.config import PipelineConfig
-from pipelines.ingest import COLUMNS, MANIFEST, SPLITS, IngestResult, run_ingest
-from pipelines.shards import load_split_numpy, read_split
+from pipelines.ingest import COLUMNS, MANIFEST, SPLITS, IngestResult, ingest_fingerprint, run_ingest
+from pipelines.shards import load_split_numpy, read_shards, read_split
 
 ROWS = {"train": 300, "valid": 100, "test": 100}
 NUM_SHARDS = 3
@@ -56,6 +57,7 @@ def test_shards_hold_the_documented_schema(ray_cluster, ingested):
     assert str(schema.field("row_id").type) == "int64"
     assert str(schema.field("split").type) == "string"
     assert str(schema.field("label").type) == "int64"
+    assert str(schema.field("source_row").type) == "int64"
     # Ray's tensor extension: a list column whose shape lives in the extension metadata. Once
     # ray.data is imported, pyarrow reads the extension type itself, else the raw storage.
     for name, item in (("pixels", "uint8"), ("mask", "bool")):
@@ -103,6 +105,12 @@ def test_loaded_splits_equal_load_incomplete_mnist_exactly(ray_cluster, ingested
         np.testing.assert_array_equal(x, expected.x.numpy())
         np.testing.assert_array_equal(mask, expected.mask.numpy())
         np.testing.assert_array_equal(labels, expected.labels.numpy())
+        # Lineage: each row's index in the split's binarized file, in row_id order.
+        source_row = (
+            read_shards(result.shards[split], ["row_id", "source_row"]).column("source_row").to_numpy()
+        )
+        np.testing.assert_array_equal(source_row, expected.source_rows.numpy())  # type: ignore[union-attr]
+        assert len(np.unique(source_row)) == ROWS[split]
 
 
 def test_second_run_with_same_config_reuses_shards_untouched(ray_cluster, ingested):
@@ -130,6 +138,13 @@ def test_changed_missing_rate_rewrites_the_shards(ray_cluster, data_root, tmp_pa
     np.testing.assert_array_equal(mask, expected.mask.numpy())
     assert abs(1.0 - mask.mean() - 0.25) < 0.02
     assert run_ingest(changed).reused
+
+
+def test_shards_of_the_previous_layout_are_not_reused(data_root, tmp_path, monkeypatch):
+    config = make_config(tmp_path / "run", data_root)
+    current = ingest_fingerprint(config)
+    monkeypatch.setattr(ingest, "FORMAT_VERSION", ingest.FORMAT_VERSION - 1)  # before source_row
+    assert ingest_fingerprint(config) != current
 
 
 def test_crash_leftovers_are_not_trusted_and_get_cleaned(ray_cluster, data_root, tmp_path):
