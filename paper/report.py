@@ -263,6 +263,8 @@ def run_report(config: PipelineConfig, preset: str, out_dir: Path, command: str)
                 figures.close(figure)
             seconds["figures"] = time.perf_counter() - clock
 
+        # Table 1 and the imputation under the job's stable metric names (pipelines.tracking.headline).
+        tracker.log_headline(summary=classified.summary, impute=imputed.metrics, seconds=seconds)
         results["verdicts"] = [dataclasses.asdict(v) for v in verdicts_of(results)]
         results["seconds"] = seconds
         results["measured_seconds"] = measured_seconds(config)

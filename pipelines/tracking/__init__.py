@@ -28,23 +28,40 @@ Usage::
             stage.log_metrics({"loss": 1.0}, step=1)
     # FINISHED on success; FAILED (stage and parent) when an exception escapes.
 
+For comparison across runs (of the job, a sweep, the report) the experiment is created with
+the model-training kind (tag ``mlflow.experimentKind``), the parent run gets the headline numbers
+under stable names (``tracker.log_headline(...)``: ``table1/{dataset}/accuracy_mean``,
+``impute/{method}/accuracy``, ``train/test_log_likelihood``, ``seconds/{stage}``, ...) and the
+trained model is logged as an MLflow pyfunc model (``tracker.log_imputer(...)``) that
+``mlflow.pyfunc.load_model(uri).predict(frame)`` uses to fill a DataFrame's NaN cells.
+
 The package: ``store`` (where runs go), ``scrub`` (what is logged is cleaned), ``health``
-(degrade to a warning) and ``runs`` (``RunLogger`` / ``Tracker``, the only module that imports
-mlflow).
+(degrade to a warning), ``headline`` (the stable metric names), ``model`` (the checkpoint as a
+DataFrame imputer) and ``runs`` (``RunLogger`` / ``Tracker`` / the pyfunc wrapper, the only
+module that imports mlflow).
 """
 
+from pipelines.tracking.headline import headline_metrics
 from pipelines.tracking.health import TrackingWarning
-from pipelines.tracking.runs import RunLogger, Tracker
+from pipelines.tracking.model import Features, FrameImputer, pixel_columns
+from pipelines.tracking.runs import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, RunLogger, Tracker
 from pipelines.tracking.scrub import flatten_params, scrub
-from pipelines.tracking.store import resolve_artifact_location, resolve_tracking_uri, ui_command
+from pipelines.tracking.store import resolve_artifact_location, resolve_tracking_uri, ui_command, ui_url
 
 __all__ = [
+    "EXPERIMENT_KIND",
+    "EXPERIMENT_KIND_TAG",
+    "Features",
+    "FrameImputer",
     "RunLogger",
     "Tracker",
     "TrackingWarning",
     "flatten_params",
+    "headline_metrics",
+    "pixel_columns",
     "resolve_artifact_location",
     "resolve_tracking_uri",
     "scrub",
     "ui_command",
+    "ui_url",
 ]

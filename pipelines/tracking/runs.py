@@ -10,25 +10,38 @@ by the shared ``TrackingHealth`` (pipelines.tracking.health).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import tempfile
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from mlflow.entities import Metric, Param, RunTag
+import numpy as np
+import pandas as pd
+from mlflow.entities import LoggedModelOutput, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+from mlflow.pyfunc import PythonModel, save_model
 from mlflow.tracking import MlflowClient
 
 from pipelines.config import PipelineConfig
+from pipelines.tracking.headline import headline_metrics
 from pipelines.tracking.health import TrackingHealth
+from pipelines.tracking.model import FEATURES_FILE, Features, FrameImputer, pip_requirements
 from pipelines.tracking.scrub import MAX_TAG_VALUE, flatten_params, scrub, scrub_value
 from pipelines.tracking.store import resolve_artifact_location, resolve_tracking_uri
 
 PARENT_RUN_TAG = "mlflow.parentRunId"
 STAGE_TAG = "stage"
+# The UI (MLflow 3) chooses an experiment's view from this tag: the model-training view (runs
+# table, metrics, charts) rather than the GenAI overview (traces, token usage).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 # Batch limits of MLflow's built-in stores (mlflow.utils.validation).
 PARAMS_PER_BATCH = 100
 METRICS_PER_BATCH = 1000
@@ -171,6 +184,61 @@ class RunLogger:
 
         self._guard(f"artifact {artifact_file}", call)
 
+    def log_headline(self, **results: Any) -> dict[str, float]:
+        """The job's headline numbers under their stable names (``table1/{dataset}/...``,
+        ``impute/{method}/accuracy``, ``train/test_log_likelihood``, ``seconds/{stage}``; see
+        pipelines.tracking.headline, whose ``headline_metrics`` takes these keyword arguments).
+        Returns what was logged."""
+        metrics = headline_metrics(**results)
+        self.log_metrics(metrics)
+        return metrics
+
+    def log_imputer(
+        self, checkpoint_dir: str | os.PathLike[str], features: Features, name: str = "imputer"
+    ) -> str | None:
+        """The trained checkpoint as an MLflow model of this run (pyfunc flavour, a LoggedModel
+        linked as the run's output). Returns its URI ``models:/<id>``, None when not logged.
+
+        ``mlflow.pyfunc.load_model(uri).predict(frame)`` fills the NaN cells of a DataFrame with
+        ``features.columns`` by SNIS (pipelines.tracking.model.FrameImputer); loading needs this
+        project installed (the model class lives here) and never resolves packages: the pip
+        requirements are given, not inferred.
+        """
+        holder: dict[str, str] = {}
+
+        def call() -> None:
+            assert self.client is not None and self.run_id is not None and self.experiment_id is not None
+            with tempfile.TemporaryDirectory() as tmp, _quiet_save():
+                local = Path(tmp) / "model"
+                example = pd.DataFrame(np.zeros((1, len(features.columns))), columns=list(features.columns))
+                save_model(
+                    path=str(local),
+                    python_model=PyfuncImputer(),
+                    artifacts={
+                        "checkpoint": str(checkpoint_dir),
+                        "features": str(features.write(Path(tmp) / FEATURES_FILE)),
+                    },
+                    signature=infer_signature(example, example),
+                    pip_requirements=pip_requirements(),
+                )
+                model = self.client.create_logged_model(
+                    self.experiment_id, name=name, source_run_id=self.run_id
+                )
+                try:
+                    self.client.log_model_artifacts(model.model_id, str(local))
+                except BaseException:
+                    with contextlib.suppress(Exception):  # never PENDING forever in the UI
+                        self.client.finalize_logged_model(model.model_id, "FAILED")
+                    raise
+                self.client.finalize_logged_model(model.model_id, "READY")
+                self.client.log_outputs(self.run_id, [LoggedModelOutput(model.model_id, step=0)])
+                holder["uri"] = f"models:/{model.model_id}"
+
+        self._guard(f"model {name}", call)
+        if "uri" in holder:
+            self.set_tags({f"{name}_model_uri": holder["uri"]})
+        return holder.get("uri")
+
     def end(self, status: str = "FINISHED", error: BaseException | None = None) -> None:
         """Terminate the run once (later calls do nothing); ``error`` is kept as a tag."""
         if self._ended:
@@ -282,16 +350,26 @@ class Tracker(RunLogger):
         self.log_dict(values, "config.yaml")
 
     def _experiment(self, client: MlflowClient, name: str) -> str:
+        """The experiment's id, created (model-training kind) when missing, restored when deleted."""
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
             try:
-                return str(client.create_experiment(name, artifact_location=self.artifact_location))
+                return str(
+                    client.create_experiment(
+                        name,
+                        artifact_location=self.artifact_location,
+                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+                    )
+                )
             except MlflowException:  # created meanwhile by another process
                 experiment = client.get_experiment_by_name(name)
                 if experiment is None:
                     raise
         if experiment.lifecycle_stage == "deleted":
             client.restore_experiment(experiment.experiment_id)
+        # Made before the kind was set: tag it; a kind a user chose stays.
+        if EXPERIMENT_KIND_TAG not in experiment.tags:
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return str(experiment.experiment_id)
 
     def __enter__(self) -> Tracker:
@@ -308,6 +386,34 @@ class Tracker(RunLogger):
         else:
             self._fail(exc)
         self.health.report(self.config.run_path)
+
+
+class PyfuncImputer(PythonModel):
+    """The logged model: ``FrameImputer`` behind MLflow's pyfunc interface (artifacts
+    ``checkpoint``: a missiwae checkpoint directory, ``features``: the features file)."""
+
+    def load_context(self, context: Any) -> None:
+        self.imputer = FrameImputer.load(context.artifacts["checkpoint"], context.artifacts["features"])
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
+        # DataFrame hints: MLflow 3 reads predict's hints, and warns at class definition for
+        # anything else; the column schema is the signature logged with the model.
+        return self.imputer.impute(pd.DataFrame(model_input))
+
+
+@contextmanager
+def _quiet_save() -> Iterator[None]:
+    """Without MLflow's advice printed on the job's console at every save: the model is a
+    pickled PythonModel (trusted, our own class) and has a signature but no input example."""
+    logger = logging.getLogger("mlflow.pyfunc")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*input example", category=UserWarning)
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def _scrub_tags(tags: Mapping[str, str]) -> dict[str, str]:
@@ -333,4 +439,12 @@ def _context_tags(tags: Mapping[str, Any] | None) -> dict[str, str]:
         return extra
 
 
-__all__ = ["PARENT_RUN_TAG", "STAGE_TAG", "RunLogger", "Tracker"]
+__all__ = [
+    "EXPERIMENT_KIND",
+    "EXPERIMENT_KIND_TAG",
+    "PARENT_RUN_TAG",
+    "STAGE_TAG",
+    "PyfuncImputer",
+    "RunLogger",
+    "Tracker",
+]

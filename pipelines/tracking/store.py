@@ -59,4 +59,12 @@ def ui_command(config: PipelineConfig) -> str:
     return " ".join(shlex.quote(p) for p in parts)
 
 
-__all__ = ["TRACKING_URI_ENV", "resolve_artifact_location", "resolve_tracking_uri", "ui_command"]
+def ui_url(experiment_id: str | None, base: str = "http://127.0.0.1:5000") -> str:
+    """The experiment's runs in the UI's model-training view. MLflow 3.17's UI picks the view
+    from a global GenAI / Model training switch (default GenAI, remembered by the browser), not
+    from the experiment's kind tag alone; ``workflowType=machine_learning`` sets it."""
+    page = f"experiments/{experiment_id}/runs" if experiment_id is not None else "experiments"
+    return f"{base.rstrip('/')}/#/{page}?workflowType=machine_learning"
+
+
+__all__ = ["TRACKING_URI_ENV", "resolve_artifact_location", "resolve_tracking_uri", "ui_command", "ui_url"]

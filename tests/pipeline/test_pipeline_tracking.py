@@ -6,20 +6,29 @@ import ast
 import dataclasses
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 from matplotlib.figure import Figure
 from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipelines.config import PipelineConfig, TrackingConfig
+from pipelines.table1 import RunRow, summarize
 from pipelines.tracking import (
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    Features,
+    FrameImputer,
     Tracker,
     TrackingWarning,
     flatten_params,
+    headline_metrics,
     resolve_artifact_location,
     resolve_tracking_uri,
     ui_command,
+    ui_url,
 )
 from tests.conftest import REPO
 
@@ -225,3 +234,122 @@ def test_one_module_imports_mlflow() -> None:
                 if any(name == "mlflow" or name.startswith("mlflow.") for name in names):
                     importers.add(path.relative_to(REPO).as_posix())
     assert importers == {"pipelines/tracking/runs.py"}
+
+
+# ------------------------------------------------------------------ comparing runs in the UI
+
+
+def test_the_experiment_opens_in_the_model_training_view(config) -> None:
+    with Tracker(config, "first") as tracker:
+        pass
+    client = MlflowClient(tracker.tracking_uri)
+    experiment_id = ids(tracker)[1]
+    assert client.get_experiment(experiment_id).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    # MLflow 3.17's UI follows its global GenAI / Model training switch: the link sets it.
+    assert ui_url(experiment_id) == (
+        f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    )
+
+    # An experiment made before the kind was set gets it; a kind a user chose stays.
+    client.delete_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG)
+    Tracker(config, "second").end()
+    assert client.get_experiment(experiment_id).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, "genai_development")
+    Tracker(config, "third").end()
+    assert client.get_experiment(experiment_id).tags[EXPERIMENT_KIND_TAG] == "genai_development"
+
+
+def test_headline_metrics_have_stable_names() -> None:
+    summary = summarize(
+        [RunRow("zero", seed, 0.8 + seed / 100, 0.5, 1, 1, 1.0) for seed in range(2)]
+        + [RunRow("complete", 0, 0.9, 0.3, 1, 1, 1.0)]
+    )
+    impute = {
+        "train/accuracy/missiwae_single": 0.9,
+        "train/accuracy/missiwae_multiple": 0.85,
+        "train/accuracy/missiwae_multiple_00": 0.84,
+        "train/accuracy/zero": 0.8,
+        "train/ess_mean": 3.5,
+        "train/num_rows": 300.0,
+        "test/accuracy/zero": 0.1,
+    }
+    metrics = headline_metrics(
+        summary=summary, impute=impute, test_log_likelihood=-120.5, seconds={"train": 2.0, "total": 5.0}
+    )
+    assert metrics == {
+        "table1/zero/accuracy_mean": pytest.approx(0.805),
+        "table1/zero/accuracy_sd": pytest.approx(0.00707107),
+        "table1/zero/cross_entropy_mean": 0.5,
+        "table1/zero/cross_entropy_sd": 0.0,
+        "table1/complete/accuracy_mean": 0.9,  # one seed: no sd (NaN is left out)
+        "table1/complete/cross_entropy_mean": 0.3,
+        "impute/missiwae_single/accuracy": 0.9,
+        "impute/missiwae_multiple/accuracy": 0.85,
+        "impute/zero/accuracy": 0.8,
+        "impute/ess_mean": 3.5,
+        "train/test_log_likelihood": -120.5,
+        "seconds/train": 2.0,
+        "seconds/total": 5.0,
+    }
+
+
+def load_logged_model(tracking_uri: str, uri: str) -> Any:
+    """``mlflow.pyfunc.load_model(uri)``, the standard way, with ``models:/<id>`` looked up in
+    `tracking_uri` (the global tracking URI is put back afterwards)."""
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        return mlflow.pyfunc.load_model(uri)
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def test_the_logged_model_imputes_a_frame_in_the_tables_units(config, tmp_path) -> None:
+    """An untrained checkpoint of a 3-column Gaussian table with a standardisation: the logged
+    pyfunc model loads with mlflow.pyfunc.load_model and fills only the NaN cells."""
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from missiwae.config import ModelConfig
+    from missiwae.model import MissIWAE
+    from missiwae.training import save_checkpoint
+
+    torch.manual_seed(0)
+    model = MissIWAE.from_config(
+        ModelConfig(num_features=3, hidden=(8,), latent_dim=2, observation="gaussian")
+    )
+    save_checkpoint(tmp_path / "ckpt", model, None, None, [])
+    columns = ["height", "weight", "age"]
+    mean, scale = [170.0, 70.0, 40.0], [10.0, 15.0, 12.0]
+    features = Features.for_table(columns, num_samples=20, seed=3, mean=mean, scale=scale)
+    with Tracker(config, "model") as tracker:
+        uri = tracker.log_imputer(tmp_path / "ckpt", features)
+    assert uri is not None and uri.startswith("models:/")
+    run = MlflowClient(tracker.tracking_uri).get_run(ids(tracker)[0])
+    assert run.data.tags["imputer_model_uri"] == uri
+
+    loaded = load_logged_model(tracker.tracking_uri, uri)
+    values = np.array([[180.0, np.nan, 30.0], [np.nan, np.nan, np.nan], [165.5, 60.25, 51.0]])
+    frame = pd.DataFrame(values, columns=columns)
+    filled = loaded.predict(frame)
+    observed = ~np.isnan(values)
+    assert list(filled.columns) == columns and np.isfinite(filled.to_numpy()).all()
+    assert np.array_equal(filled.to_numpy()[observed], values[observed])  # bit for bit
+    # In the table's units: the standardised estimate is O(1), so the cell is near its mean.
+    assert abs(filled.loc[1, "height"] - 170.0) < 10.0 * 10
+    assert np.array_equal(loaded.predict(frame).to_numpy(), filled.to_numpy())  # seeded
+    # Direct use, no MLflow: the same numbers.
+    assert model.config is not None
+    direct = FrameImputer(MissIWAE.from_config(model.config), features)
+    direct.model.load_state_dict(model.state_dict())
+    assert np.array_equal(direct.impute(frame).to_numpy(), filled.to_numpy())
+    # A frame without the model's columns: the logged signature refuses it, and so does the
+    # imputer itself when used without MLflow.
+    wrong = frame[["height", "weight"]].assign(other=1.0)
+    with pytest.raises(MlflowException, match="missing inputs \\['age'\\]"):
+        loaded.predict(wrong)
+    with pytest.raises(ValueError, match="missing \\['age'\\], extra \\['other'\\]"):
+        direct.impute(wrong)

@@ -1,0 +1,153 @@
+"""The trained checkpoint as an imputer of pandas frames: what the logged MLflow model runs.
+
+``FrameImputer`` knows nothing of MLflow (``runs.py`` wraps it in an ``mlflow.pyfunc``
+``PythonModel`` and logs it): it loads a missiwae checkpoint plus a small features file (column
+names, the table's standardisation, L and the seed) and fills the NaN cells of a DataFrame with
+the SNIS single imputation E[x_m | x_o] (``missiwae.imputation.impute_single``), in the
+frame's own units. Observed cells are copied from the input, bit for bit.
+
+For MNIST the columns are ``pixel_000`` .. ``pixel_783`` (binarised pixels, no scaling) and an
+imputed cell is the posterior probability P(x_j = 1 | x_o), as in the pipeline's
+``missiwae_single`` dataset; for a user's table they are the table's columns, with the
+ingest's standardisation undone on the way out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from missiwae.columns import Standardization
+from missiwae.imputation import impute_single
+from missiwae.model import MissIWAE, make_generator
+from missiwae.training import load_model
+
+FEATURES_FILE = "features.json"
+# Rows per imputation batch: memory stays flat in the frame's length (L is chunked by the library).
+_BATCH_ROWS = 256
+
+
+def pixel_columns(num_features: int) -> list[str]:
+    """``pixel_000`` .. : the column names of an image model's frame."""
+    return [f"pixel_{j:03d}" for j in range(num_features)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Features:
+    """What a frame must hold and how the model sees it.
+
+    columns: the D feature names, in the model's order. mean, scale: (D,) the standardisation
+    the model was trained in (None: the frame's units are the model's). num_samples: L of the
+    SNIS estimate; seed: the generator's seed, so the same frame always gets the same output.
+    """
+
+    columns: tuple[str, ...]
+    num_samples: int
+    seed: int = 0
+    mean: tuple[float, ...] | None = None
+    scale: tuple[float, ...] | None = None
+
+    @classmethod
+    def for_table(
+        cls,
+        columns: Sequence[str],
+        num_samples: int,
+        seed: int = 0,
+        mean: Sequence[float] | None = None,
+        scale: Sequence[float] | None = None,
+    ) -> Features:
+        return cls(
+            tuple(str(c) for c in columns),
+            int(num_samples),
+            int(seed),
+            None if mean is None else tuple(float(v) for v in mean),
+            None if scale is None else tuple(float(v) for v in scale),
+        )
+
+    def write(self, path: Path) -> Path:
+        path.write_text(json.dumps(dataclasses.asdict(self)))
+        return path
+
+    @classmethod
+    def read(cls, path: str | Path) -> Features:
+        values: dict[str, Any] = json.loads(Path(path).read_text())
+        return cls.for_table(**values)
+
+    def standardization(self) -> Standardization:
+        if self.mean is None or self.scale is None:
+            return Standardization.identity(len(self.columns))
+        return Standardization(
+            np.asarray(self.mean, dtype=np.float64), np.asarray(self.scale, dtype=np.float64)
+        )
+
+
+class FrameImputer:
+    """A trained missIWAE that fills NaN cells of a DataFrame (N rows, ``features.columns``)."""
+
+    def __init__(self, model: MissIWAE, features: Features) -> None:
+        if model.num_features != len(features.columns):
+            raise ValueError(
+                f"the model has {model.num_features} features but the features file names "
+                f"{len(features.columns)} columns"
+            )
+        self.model = model.eval()
+        self.features = features
+
+    @classmethod
+    def load(cls, checkpoint_dir: str | Path, features_file: str | Path) -> FrameImputer:
+        return cls(load_model(checkpoint_dir), Features.read(features_file))
+
+    def impute(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """A copy of ``frame`` with its NaN cells replaced by the SNIS estimate E[x_m | x_o].
+
+        Columns are taken by name (extra columns are an error, so is a missing one); the result
+        has the model's columns in its order and the frame's index. Observed cells are copied
+        from the input unchanged.
+        """
+        columns = list(self.features.columns)
+        missing = [c for c in columns if c not in frame.columns]
+        extra = [c for c in frame.columns if c not in set(columns)]
+        if missing or extra:
+            raise ValueError(
+                f"the frame's columns do not match the model's: missing {missing[:5]}, extra {extra[:5]}"
+                + (" (and more)" if len(missing) > 5 or len(extra) > 5 else "")
+            )
+        values = frame[columns].to_numpy(dtype=np.float64, copy=True)  # (N, D), NaN = missing
+        observed = ~np.isnan(values)
+        scaling = self.features.standardization()
+        x = torch.as_tensor(scaling.transform(values, observed).astype(np.float32))  # the model's dtype
+        mask = torch.as_tensor(observed)
+        result = impute_single(
+            self.model,
+            x,
+            mask,
+            self.features.num_samples,
+            batch_size=_BATCH_ROWS,
+            generator=make_generator(self.features.seed),
+        )
+        filled = scaling.fill(values, result.imputed.detach().cpu().numpy(), observed)
+        return pd.DataFrame(filled, columns=columns, index=frame.index)
+
+
+def pip_requirements() -> list[str]:
+    """The packages the logged model needs, pinned to what is installed: given to MLflow, so
+    nothing is inferred (no subprocess, no network) when it is logged or loaded."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for package in ("mlflow", "torch", "numpy", "pandas", "scikit-learn"):
+        try:
+            out.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:
+            out.append(package)
+    return out
+
+
+__all__ = ["FEATURES_FILE", "Features", "FrameImputer", "pip_requirements", "pixel_columns"]
