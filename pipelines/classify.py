@@ -1,8 +1,9 @@
 """The paper's Table 1 as a Ray fan-out: one classifier training per (imputed dataset, seed).
 
 Input: imputed versions of the training set as Parquet (columns ``row_id`` int64, ``label``
-int64, ``pixels`` 784 float32 -- a Ray tensor column or a plain list column) and the complete
-test set. Every (dataset, seed) pair is one Ray task calling
+int64, ``pixels`` 784 float32 -- a Ray tensor column or a plain list column; other columns,
+such as the lineage columns ``source_row`` and ``mask``, are ignored) and the complete test set.
+Every (dataset, seed) pair is one Ray task calling
 :func:`missiwae.classifier.train_classifier`; the arrays go into the object store once and the
 tasks share them.
 
@@ -30,7 +31,7 @@ import re
 import statistics
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ import ray
 from missiwae.classifier import ClassifierConfig, ClassifierResult, pool_predictions, train_classifier
 from missiwae.mnist_files import NUM_PIXELS
 from pipelines.config import PipelineConfig
-from pipelines.shards import IMPUTED_COLUMNS, read_table, tensor_matrix
+from pipelines.shards import read_table, tensor_matrix
 from pipelines.table1 import (
     PAPER_ORDER,
     PAPER_TABLE1,
@@ -68,7 +69,9 @@ __all__ = [
 ]
 
 NUM_CLASSES = 10
-_COLUMNS = IMPUTED_COLUMNS
+# What training reads of an imputed dataset; its lineage columns (source_row, mask) are not
+# needed, so a user's table of just these three columns is accepted as well.
+_COLUMNS = ("row_id", "label", "pixels")
 
 
 class ClassifyError(RuntimeError):
@@ -194,10 +197,16 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _gather(refs: Mapping[Any, Any], describe: Mapping[Any, str], max_in_flight: int | None = None) -> dict:
+def _gather(
+    refs: Mapping[Any, Any],
+    describe: Mapping[Any, str],
+    max_in_flight: int | None = None,
+    on_done: Callable[[int, int], None] | None = None,
+) -> dict:
     """ray.get every task, in completion order; on the first failure cancel the rest and raise
     ClassifyError naming the failed task. ``refs``: key -> ObjectRef or a zero-argument callable
-    submitting the task (then at most ``max_in_flight`` run at once)."""
+    submitting the task (then at most ``max_in_flight`` run at once). ``on_done(done, total)``
+    after each task's result is in."""
     queue = list(refs.items())
     limit = len(queue) if max_in_flight is None else max(1, max_in_flight)
     in_flight: dict[Any, Any] = {}  # ObjectRef -> key
@@ -212,6 +221,8 @@ def _gather(refs: Mapping[Any, Any], describe: Mapping[Any, str], max_in_flight:
                 key = in_flight.pop(ref)
                 try:
                     results[key] = ray.get(ref)
+                    if on_done is not None:
+                        on_done(len(results), len(refs))
                 except ray.exceptions.RayError as exc:
                     raise ClassifyError(
                         f"classifier training failed for {describe[key]}: {_error_text(exc)}"
@@ -247,6 +258,7 @@ def run_classification(
     multiple_prefix: str = "missiwae_multiple_",
     seeds: Sequence[int] | None = None,
     max_in_flight: int | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> ClassifyResult:
     """Train the classifier on every imputed dataset for every seed, as Ray tasks.
 
@@ -262,6 +274,8 @@ def run_classification(
             cluster the number of cores of this machine (each task trains with one thread;
             Ray advertises more logical CPUs than cores on small machines, and 16 tasks at once
             on 2 cores ran 5x slower than 2 at a time), otherwise all at once.
+        on_progress: called on the driver as ``on_progress(done, total)`` each time a
+            classifier training finishes (a progress bar's hook).
 
     Returns:
         :class:`ClassifyResult`: one :class:`RunRow` per (dataset, seed), the summary in the
@@ -352,7 +366,7 @@ def run_classification(
     if max_in_flight is None:
         max_in_flight = _default_in_flight(settings_cfg.gpus_per_task)
     outcomes = _gather(
-        {job: submit(job) for job in jobs}, {job: job.describe() for job in jobs}, max_in_flight
+        {job: submit(job) for job in jobs}, {job: job.describe() for job in jobs}, max_in_flight, on_progress
     )
 
     runs: list[RunRow] = []

@@ -4,14 +4,18 @@
     ray job submit --working-dir . -- python pipelines/full.py --config paper
 
 `--config` takes a preset name (pipelines/configs/*.yaml) or a YAML/JSON path; `--set
-section.key=value` overrides any setting (unknown keys are errors). Ends by printing the
-Table 1 layout and where to look in MLflow.
+section.key=value` overrides any setting (unknown keys are errors). The console shows one line
+per stage as it starts and ends (seconds and its key figure) and progress bars for training
+epochs, imputation batches and classifier runs (pipelines.console); Ray's and MLflow's own log
+lines and the Ray workers' output go to {run_dir}/logs/ray.log instead, or also to the console
+with `--verbose`. Ends by printing the Table 1 layout and where to look in MLflow.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,54 +25,86 @@ from typing import Any
 # repository root importable so `pipelines` resolves to this checkout.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+if __name__ == "__main__":  # before torch is imported: a wrong python or no MNIST fails in a second
+    from pipelines.preflight import run_or_exit
+
+    run_or_exit(sys.argv[1:], "pipelines/full.py")
+
 from missiwae.config import ConfigError
 from missiwae.mnist_files import DataError
 from pipelines.config import PipelineConfig, add_override_argument, load_pipeline_config
-from pipelines.runtime import configure_ray_auth
+from pipelines.console import Console, reapply_routing, route_library_logs
+from pipelines.runtime import configure_ray_auth, set_log_to_driver
 
 MANIFEST_NAME = "_MANIFEST.json"
+STAGES = ("ingest", "train", "impute", "classify")
+TABLE_STAGES = ("ingest", "train", "impute")  # a user's table: no classifier
+LOG_FILE = Path("logs") / "ray.log"  # under run_dir: Ray's, MLflow's and the workers' log lines
 
 
-def run(config: PipelineConfig) -> dict[str, float]:
-    """Run every stage; returns the wall time per stage in seconds."""
+def run(config: PipelineConfig, console: Console | None = None) -> dict[str, float]:
+    """Run every stage, each announced on `console` (default: stdout); returns the wall time
+    per stage in seconds."""
     if config.data.path is not None:
-        return run_table(config)
+        return run_table(config, console or Console(TABLE_STAGES))
+    console = console or Console(STAGES)
     from pipelines.classify import format_table, run_classification, write_table
     from pipelines.impute import run_imputation
     from pipelines.runtime import ensure_ray
     from pipelines.shards import load_split_numpy
     from pipelines.storage import ensure_writable
-    from pipelines.tracking import Tracker, ui_command
+    from pipelines.tracking import Tracker, pixel_columns, ui_command, ui_url
 
     ensure_writable(config.run_path)  # a bad run_dir fails now, not after training
     ensure_ray()
+    reapply_routing()  # MLflow configured its loggers when imported above
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     with Tracker(config, run_name=f"full-{Path(config.run_dir).name}") as tracker:
-        ingest = _ingest_stage(tracker, config, seconds)
+        ingest = _ingest_stage(tracker, config, seconds, console)
 
-        trained = _train_stage(tracker, config, ingest, seconds)
+        trained = _train_stage(tracker, config, ingest, seconds, console)
 
-        with tracker.stage("impute") as stage:
+        with console.stage("impute", _impute_doing(config)) as shown, tracker.stage("impute") as stage:
             clock = time.perf_counter()
             imputed = run_imputation(config, ingest.shards, trained.checkpoint_dir)
             seconds["impute"] = time.perf_counter() - clock
+            shown.result = _accuracy_figure(imputed.metrics, imputed.reused)
             stage.log_metrics({**imputed.metrics, "stage_seconds": seconds["impute"]})
             stage.log_params({f"dataset.{name}": str(path) for name, path in imputed.datasets.items()})
             _log_figures(stage, ingest, trained.checkpoint_dir, imputed.datasets["missiwae_single"])
 
-        with tracker.stage("classify") as stage:
+        doing = f"{len(imputed.datasets)} datasets x {config.classify.num_seeds} seeds, Ray tasks"
+        with console.stage("classify", doing) as shown, tracker.stage("classify") as stage:
             clock = time.perf_counter()
             test_x, _, test_labels, _ = load_split_numpy(ingest, "test")
-            result = run_classification(config, dict(imputed.datasets), (test_x, test_labels))
+            bar = shown.progress(None, "classifier runs", unit="run")
+            result = run_classification(
+                config,
+                dict(imputed.datasets),
+                (test_x, test_labels),
+                on_progress=lambda done, total: _advance(bar, done, total),
+            )
             seconds["classify"] = time.perf_counter() - clock
+            shown.result = "test accuracy " + ", ".join(
+                f"{row.dataset} {row.accuracy_mean:.4f}" for row in result.summary
+            )
             tables = write_table(result, config.run_path / "results")
             for path in tables.values():
                 stage.log_artifact(path)
             stage.log_metrics({"stage_seconds": seconds["classify"]})
 
+        # The model, then the headline numbers under stable names (pipelines.tracking.headline).
+        tracker.log_imputer(
+            trained.checkpoint_dir, _features(config, pixel_columns(config.model.num_features))
+        )
         seconds["total"] = time.perf_counter() - started
-        tracker.log_metrics({f"seconds_{name}": value for name, value in seconds.items()})
+        tracker.log_headline(
+            summary=result.summary,
+            impute=imputed.metrics,
+            test_log_likelihood=trained.test_log_likelihood,
+            seconds=seconds,
+        )
         for path in tables.values():
             tracker.log_artifact(path)
 
@@ -80,37 +116,46 @@ def run(config: PipelineConfig) -> dict[str, float]:
     if tracker.run_id is not None and tracker.health.ok:
         print(f"MLflow: experiment '{config.tracking.experiment}', run {tracker.run_id}")
         print(f"  browse with: {ui_command(config)}")
+        print(f"  then open: {ui_url(tracker.experiment_id)}")
     else:  # the store failed: the TrackingWarning above says what was not logged
         print("MLflow: not (fully) logged, see the TrackingWarning above; the results are on disk")
     return seconds
 
 
-def run_table(config: PipelineConfig) -> dict[str, float]:
+def run_table(config: PipelineConfig, console: Console | None = None) -> dict[str, float]:
     """A user's table (data.path): ingest -> train -> impute; the MNIST-only parts (missForest
     on pixels, the classifier, digit figures, accuracy against a known truth) are skipped."""
+    console = console or Console(TABLE_STAGES)
     from pipelines.table_source import tabular_model_config
     from pipelines.tabular import run_tabular_imputation
-    from pipelines.tracking import Tracker, ui_command
+    from pipelines.tracking import Tracker, ui_command, ui_url
 
     # Ray starts inside the stages, after the table has been read and checked.
     seconds: dict[str, float] = {}
     started = time.perf_counter()
+    reapply_routing()  # MLflow configured its loggers when imported above
     with Tracker(config, run_name=f"table-{Path(config.run_dir).name}") as tracker:
-        ingest = _ingest_stage(tracker, config, seconds, log_table=True)
+        ingest = _ingest_stage(tracker, config, seconds, console, log_table=True)
 
         config = tabular_model_config(config, ingest)  # num_features, column_types from the table
-        trained = _train_stage(tracker, config, ingest, seconds)
+        trained = _train_stage(tracker, config, ingest, seconds, console)
 
-        with tracker.stage("impute") as stage:
+        with console.stage("impute", _impute_doing(config)) as shown, tracker.stage("impute") as stage:
             clock = time.perf_counter()
             imputed = run_tabular_imputation(config, ingest, trained.checkpoint_dir)
             seconds["impute"] = time.perf_counter() - clock
+            shown.result = f"{len(imputed.datasets)} completed tables written"
             stage.log_metrics({**imputed.metrics, "stage_seconds": seconds["impute"]})
             stage.log_params({f"dataset.{name}": str(path) for name, path in imputed.datasets.items()})
             stage.log_artifact(imputed.directory / MANIFEST_NAME)
 
+        assert ingest.table is not None
+        info = ingest.table
+        tracker.log_imputer(
+            trained.checkpoint_dir, _features(config, info["columns"], info["mean"], info["scale"])
+        )
         seconds["total"] = time.perf_counter() - started
-        tracker.log_metrics({f"seconds_{name}": value for name, value in seconds.items()})
+        tracker.log_headline(test_log_likelihood=trained.test_log_likelihood, seconds=seconds)
 
     table = ingest.table
     print()
@@ -126,20 +171,29 @@ def run_table(config: PipelineConfig) -> dict[str, float]:
     print("stage times: " + ", ".join(f"{name} {value:.0f} s" for name, value in seconds.items()))
     print(f"MLflow: experiment '{config.tracking.experiment}', run {tracker.run_id}")
     print(f"  browse with: {ui_command(config)}")
+    print(f"  then open: {ui_url(tracker.experiment_id)}")
     return seconds
 
 
 def _ingest_stage(
-    tracker: Any, config: PipelineConfig, seconds: dict[str, float], log_table: bool = False
+    tracker: Any,
+    config: PipelineConfig,
+    seconds: dict[str, float],
+    console: Console,
+    log_table: bool = False,
 ) -> Any:
     """The ingest stage as a nested run: rows per split, reuse, time; with `log_table`, the
     user's table too (size, source, and table.json: columns, types, standardisation)."""
     from pipelines.ingest import run_ingest
 
-    with tracker.stage("ingest") as stage:
+    source = f"the table {config.data.path}" if config.data.path else "MNIST"
+    doing = f"{source}, missing rate {config.data.missing_rate} -> {config.ingest.num_shards} Parquet shards"
+    with console.stage("ingest", doing) as shown, tracker.stage("ingest") as stage:
         clock = time.perf_counter()
         ingest = run_ingest(config)
         seconds["ingest"] = time.perf_counter() - clock
+        rows = ", ".join(f"{count} {split}" for split, count in ingest.num_rows.items())
+        shown.result = f"{rows} rows {'reused' if ingest.reused else 'written'}"
         stage.log_metrics({f"rows_{split}": rows for split, rows in ingest.num_rows.items()})
         stage.log_metrics({"reused": float(ingest.reused), "stage_seconds": seconds["ingest"]})
         stage.log_params({"data_dir": str(ingest.data_dir)})
@@ -154,26 +208,83 @@ def _ingest_stage(
     return ingest
 
 
-def _train_stage(tracker: Any, config: PipelineConfig, ingest: Any, seconds: dict[str, float]) -> Any:
-    """The Ray Train stage as a nested run: per-epoch metrics live, then the test log-likelihood."""
+def _train_stage(
+    tracker: Any, config: PipelineConfig, ingest: Any, seconds: dict[str, float], console: Console
+) -> Any:
+    """The Ray Train stage as a nested run: per-epoch metrics live (and an epoch bar), then
+    the test log-likelihood."""
     from pipelines.train import run_training
 
-    with tracker.stage("train") as stage:
+    train = config.train
+    doing = f"{train.epochs} epochs, K={train.K}, {config.scaling.num_workers} Ray Train workers"
+    with console.stage("train", doing) as shown, tracker.stage("train") as stage:
         clock = time.perf_counter()
-        trained = run_training(
-            config,
-            ingest,
-            on_epoch=lambda entry: stage.log_metrics(
+        bar = shown.progress(train.epochs, "train epochs", unit="epoch")
+
+        def on_epoch(entry: dict[str, Any]) -> None:
+            stage.log_metrics(
                 {k: float(v) for k, v in entry.items() if k != "epoch" and v is not None},
                 step=int(entry["epoch"]),
-            ),
-        )
+            )
+            bar.set_postfix_str(_bounds(entry), refresh=False)
+            bar.update(1)
+
+        trained = run_training(config, ingest, on_epoch=on_epoch)
         seconds["train"] = time.perf_counter() - clock
+        shown.result = (
+            f"final {_bounds(trained.history[-1])}, test log p(x_o) {trained.test_log_likelihood:.2f}"
+        )
         stage.log_metrics(
             {"test_log_likelihood": trained.test_log_likelihood, "stage_seconds": seconds["train"]}
         )
         stage.log_params({"checkpoint_dir": str(trained.checkpoint_dir)})
     return trained
+
+
+def _bounds(entry: dict[str, Any]) -> str:
+    """An epoch's bounds as the console shows them (the validation bound may be missing)."""
+    text = f"train bound {entry['train_bound']:.2f}"
+    return text if entry.get("valid_bound") is None else f"{text}, valid {entry['valid_bound']:.2f}"
+
+
+def _impute_doing(config: PipelineConfig) -> str:
+    impute, stage = config.impute, config.impute_stage
+    return (
+        f"L={impute.num_samples} importance samples, M={impute.num_imputations} imputations, "
+        f"{stage.num_actors} actors"
+    )
+
+
+def _accuracy_figure(metrics: dict[str, float], reused: dict[str, bool]) -> str:
+    """Imputation accuracy per method on the first imputed split, e.g. 'imputation accuracy
+    (train) missiwae_single 0.912, zero 0.867'."""
+    accuracies = {key: value for key, value in metrics.items() if "/accuracy/" in key}
+    if not accuracies:
+        return "reused" if all(reused.values()) else ""
+    split = next(iter(accuracies)).split("/")[0]
+    parts = [
+        f"{key.rsplit('/', 1)[1]} {value:.4f}"
+        for key, value in accuracies.items()
+        if key.startswith(f"{split}/")
+    ]
+    return (
+        f"imputation accuracy ({split}) " + ", ".join(parts) + (" (reused)" if all(reused.values()) else "")
+    )
+
+
+def _advance(bar: Any, done: int, total: int) -> None:
+    """Move a bar whose total is only known once the work is planned."""
+    if bar.total != total:
+        bar.total = total
+    bar.update(done - bar.n)
+
+
+def _features(config: PipelineConfig, columns: Any, mean: Any = None, scale: Any = None) -> Any:
+    """What the logged MLflow model needs besides the checkpoint: the frame's columns, the
+    table's standardisation, and L and the seed of its SNIS imputation."""
+    from pipelines.tracking import Features
+
+    return Features.for_table(columns, config.impute.num_samples, config.impute.seed, mean, scale)
 
 
 def _log_figures(stage: Any, ingest: Any, checkpoint_dir: Path, single_dir: Path) -> None:
@@ -213,6 +324,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="PATH",
         help="a CSV or Parquet table (NaN = missing) instead of MNIST; sets data.path",
     )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help=f"show Ray's and MLflow's own log lines and the Ray workers' output live "
+        f"(they always go to {{run_dir}}/{LOG_FILE})",
+    )
     add_override_argument(parser)
     args = parser.parse_args(argv)
     try:
@@ -223,8 +340,19 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as error:
         print(f"pipelines/full.py: error: {error}", file=sys.stderr)
         return 2
+    set_log_to_driver(args.verbose)  # the workers' stdout/stderr: Ray's log files, or live too
+    if not args.verbose:  # MLflow's own bars while it logs the model are not the job's progress
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
-        run(config)
+        from pipelines.storage import ensure_writable
+
+        ensure_writable(config.run_path)  # a bad run_dir fails before the log file is made in it
+        log_file = config.run_path / LOG_FILE
+        with route_library_logs(log_file, verbose=args.verbose):
+            try:
+                run(config, Console(TABLE_STAGES if config.data.path else STAGES))
+            finally:  # errors propagate in full; this line says where Ray's side of them is
+                print(f"Ray's own log lines: {log_file}", flush=True)
     # OutputError: a run_dir that cannot be written; ConfigError: e.g. a table with non-numeric
     # columns, found at ingest
     except (OSError, DataError, ConfigError) as error:

@@ -27,6 +27,11 @@ LOCAL_LOGICAL_CPUS = 8
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
 AUTH_TOKEN_ENV = "RAY_AUTH_TOKEN"
 AUTH_TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
+# Whether the Ray this process starts streams its workers' stdout/stderr (Ray Train's
+# controller and workers, Ray Data's actors) to this console: Ray's `log_to_driver`. The job
+# turns it off unless --verbose (set_log_to_driver); the workers' log files in Ray's session
+# directory keep everything either way.
+_START = {"log_to_driver": True}
 
 
 class RayAuthError(RuntimeError):
@@ -65,9 +70,17 @@ def configure_ray_auth(address: str | None = None) -> None:
     os.environ.update(missing)
 
 
+def set_log_to_driver(enabled: bool) -> None:
+    """Whether a Ray started later by :func:`ensure_ray` streams worker output to this
+    console (default True, Ray's own default). An entry point's choice; a Ray already
+    running keeps the setting it was started with."""
+    _START["log_to_driver"] = bool(enabled)
+
+
 def ensure_ray(address: str | None = None) -> None:
     """ray.init once: `address` or $RAY_ADDRESS (a cluster, e.g. under `ray job submit`),
-    otherwise a local, token-authenticated Ray with LOCAL_LOGICAL_CPUS logical CPUs."""
+    otherwise a local, token-authenticated Ray with LOCAL_LOGICAL_CPUS logical CPUs. Workers'
+    output reaches this console as :func:`set_log_to_driver` chose."""
     imported = sys.modules.get("ray")
     if imported is not None and imported.is_initialized():
         return
@@ -77,10 +90,15 @@ def ensure_ray(address: str | None = None) -> None:
     import ray
     import ray.data
 
-    # Progress bars redrawn by every worker bury the job's own output in the driver's log.
+    from pipelines.console import reapply_routing
+
+    reapply_routing()  # Ray's loggers exist now: route them before ray.init writes its first line
+    # Progress bars redrawn by every worker bury the job's own output in the driver's log
+    # (the job draws its own, pipelines.console).
     ray.data.DataContext.get_current().enable_progress_bars = False
+    log_to_driver = _START["log_to_driver"]
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=log_to_driver)
     else:
         # "local": a fresh embedded Ray, even when a `ray start` head runs on this machine. No
         # dashboard, so no Jobs API; its GCS port listens on every interface, which is why the
@@ -89,7 +107,8 @@ def ensure_ray(address: str | None = None) -> None:
             address="local",
             num_cpus=max(LOCAL_LOGICAL_CPUS, os.cpu_count() or 1),
             include_dashboard=False,
+            log_to_driver=log_to_driver,
         )
 
 
-__all__ = ["LOCAL_LOGICAL_CPUS", "RayAuthError", "configure_ray_auth", "ensure_ray"]
+__all__ = ["LOCAL_LOGICAL_CPUS", "RayAuthError", "configure_ray_auth", "ensure_ray", "set_log_to_driver"]

@@ -137,7 +137,10 @@ def test_smoke_job_submitted_to_a_ray_head_succeeds_and_is_tracked_in_mlflow(ray
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert {r.data.tags.get("stage") for r in children} >= STAGES
     assert all(r.info.status == "FINISHED" for r in children)
-    assert parent.data.params["train.K"] == "20"
+    from pipelines.config import load_pipeline_config
+
+    # The preset's own value (the smoke preset's sizes are tuned; the param must follow them).
+    assert parent.data.params["train.K"] == str(load_pipeline_config("smoke", []).train.K)
     train_run = next(r for r in children if r.data.tags.get("stage") == "train")
     assert "test_log_likelihood" in train_run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
