@@ -6,7 +6,7 @@
 `--config` takes a preset name (pipelines/configs/*.yaml) or a YAML/JSON path; `--set
 section.key=value` overrides any setting (unknown keys are errors). The console shows one line
 per stage as it starts and ends (seconds and its key figure) and progress bars for training
-epochs, imputation batches and classifier runs (pipelines.console); Ray's and MLflow's own log
+epochs and classifier runs (pipelines.console); Ray's and MLflow's own log
 lines and the Ray workers' output go to {run_dir}/logs/ray.log instead, or also to the console
 with `--verbose`. Ends by printing the Table 1 layout and where to look in MLflow.
 """
