@@ -34,7 +34,7 @@ from missiwae.config import ConfigError
 from missiwae.mnist_files import DataError
 from pipelines.config import PipelineConfig, add_override_argument, load_pipeline_config
 from pipelines.console import Console, reapply_routing, route_library_logs
-from pipelines.runtime import configure_ray_auth, set_log_to_driver
+from pipelines.runtime import configure_ray_auth, ray_is_up, set_log_to_driver, stop_ray
 
 MANIFEST_NAME = "_MANIFEST.json"
 STAGES = ("ingest", "train", "impute", "classify")
@@ -348,10 +348,13 @@ def main(argv: list[str] | None = None) -> int:
 
         ensure_writable(config.run_path)  # a bad run_dir fails before the log file is made in it
         log_file = config.run_path / LOG_FILE
+        ray_was_up = ray_is_up()  # a caller's cluster (a notebook, the tests) is theirs to stop
         with route_library_logs(log_file, verbose=args.verbose):
             try:
                 run(config, Console(TABLE_STAGES if config.data.path else STAGES))
             finally:  # errors propagate in full; this line says where Ray's side of them is
+                if not ray_was_up:
+                    stop_ray()  # its held-back "(raylet)" lines go to the file, not the console
                 print(f"Ray's own log lines: {log_file}", flush=True)
     # OutputError: a run_dir that cannot be written; ConfigError: e.g. a table with non-numeric
     # columns, found at ingest

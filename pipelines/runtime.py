@@ -111,4 +111,26 @@ def ensure_ray(address: str | None = None) -> None:
         )
 
 
-__all__ = ["LOCAL_LOGICAL_CPUS", "RayAuthError", "configure_ray_auth", "ensure_ray", "set_log_to_driver"]
+__all__ = [
+    "LOCAL_LOGICAL_CPUS",
+    "RayAuthError",
+    "configure_ray_auth",
+    "ensure_ray",
+    "ray_is_up",
+    "set_log_to_driver",
+    "stop_ray",
+]
+
+
+def ray_is_up() -> bool:
+    """Whether this process is connected to Ray (without importing Ray when it is not loaded)."""
+    ray = sys.modules.get("ray")
+    return ray is not None and bool(ray.is_initialized())
+
+
+def stop_ray() -> None:
+    """Disconnect from Ray (and stop the embedded local one) if connected. Ray prints the worker
+    messages it held back for de-duplication ("(raylet) ...") when it disconnects, so an entry
+    point that routes Ray's output calls this while the routing is still in place."""
+    if ray_is_up():
+        sys.modules["ray"].shutdown()
