@@ -47,8 +47,15 @@ FOLDER_MARKERS = {
     "report": ("ray", "slow"),
     "benchmarks": ("slow",),
 }
-# Library tests that train on real MNIST or run hundreds of generated cases: seconds each.
-SLOW_LIBRARY_MODULES = {"test_mnist_training", "test_bad_input", "test_missforest", "test_classifier"}
+# Library tests that train on real MNIST, run hundreds of generated cases or measure a fresh
+# subprocess (the allocator's page faults): seconds each.
+SLOW_LIBRARY_MODULES = {
+    "test_mnist_training",
+    "test_bad_input",
+    "test_missforest",
+    "test_classifier",
+    "test_allocator",
+}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

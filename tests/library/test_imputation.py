@@ -201,6 +201,7 @@ _PEAK_MEMORY_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # two subprocesses each, seconds: outside make test-fast, inside make test
 @pytest.mark.parametrize("kind", ["single", "multiple"])
 def test_imputation_memory_is_flat_in_L(kind):
     peaks = {}
