@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,21 @@ def ray_cluster(_ray_session):
 
     ensure_ray()
     return ray
+
+
+# Process-wide settings a test may change only for itself: a leaked value redirects every later
+# test (a leaked MLFLOW_TRACKING_URI once sent a Tune sweep's runs to ./mlflow.db).
+GUARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_environment() -> Iterator[None]:
+    before = {name: os.environ.get(name) for name in GUARDED_ENV}
+    yield
+    leaked = {name: os.environ.get(name) for name in GUARDED_ENV if os.environ.get(name) != before[name]}
+    for name in leaked:  # put back first, so one leak fails one test and not the rest
+        if before[name] is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = str(before[name])
+    assert not leaked, f"the test left process-wide settings changed: {leaked}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -295,10 +296,13 @@ def test_headline_metrics_have_stable_names() -> None:
 
 def load_logged_model(tracking_uri: str, uri: str) -> Any:
     """``mlflow.pyfunc.load_model(uri)``, the standard way, with ``models:/<id>`` looked up in
-    `tracking_uri` (the global tracking URI is put back afterwards)."""
+    `tracking_uri`; the global tracking URI is put back afterwards."""
     import mlflow
 
-    previous = mlflow.get_tracking_uri()
+    # set_tracking_uri also exports $MLFLOW_TRACKING_URI. Restoring get_tracking_uri()'s value
+    # would leave the variable pointing at ./mlflow.db for every later test; restoring the
+    # variable's own value (None unsets both) leaves the process as it was.
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(tracking_uri)
     try:
         return mlflow.pyfunc.load_model(uri)
