@@ -16,11 +16,15 @@ from missiwae.config import (
     RunConfig,
     TrainConfig,
 )
-from missiwae.evaluation import estimate_log_likelihood, imputation_accuracy
+from missiwae.evaluation import (
+    estimate_log_likelihood,
+    estimate_log_likelihood_defensive,
+    imputation_accuracy,
+)
 from missiwae.imputation import impute_multiple, impute_single, snis_expectation
 from missiwae.likelihoods import Bernoulli, Gaussian, Mixed, StudentT
 from missiwae.model import MissIWAE, make_generator
-from missiwae.training import load_model, save_checkpoint, train
+from missiwae.training import TrainingDiverged, load_model, save_checkpoint, train
 
 __version__ = "0.1.0"
 
@@ -32,6 +36,10 @@ def __getattr__(name: str) -> Any:
         from missiwae.estimator import MissIWAEImputer
 
         return MissIWAEImputer
+    if name in ("rubin", "pool_fits"):  # scipy.stats, only when pooling is asked for
+        from missiwae import pooling
+
+        return getattr(pooling, name)
     raise AttributeError(f"module 'missiwae' has no attribute {name!r}")
 
 
@@ -49,8 +57,10 @@ __all__ = [
     "RunConfig",
     "StudentT",
     "TrainConfig",
+    "TrainingDiverged",
     "effective_sample_size",
     "estimate_log_likelihood",
+    "estimate_log_likelihood_defensive",
     "imputation_accuracy",
     "impute_multiple",
     "impute_single",
@@ -58,7 +68,9 @@ __all__ = [
     "log_mean_exp",
     "make_generator",
     "miss_iwae_bound",
+    "pool_fits",
     "retain_freed_memory",
+    "rubin",
     "save_checkpoint",
     "snis_expectation",
     "train",

@@ -7,12 +7,21 @@ the pipeline stages sweep names with that prefix.
 
 The temporary file is created with a plain `open()`, so a new file gets the mode any other
 file of the process would get (0666 less the umask), not `mkstemp`'s owner-only 0600.
+
+The output-path rule (`check_output_path`, applied by every writer here before it writes, and
+by the command line before it starts work): a target that does not exist or is a regular file
+is written; anything else that exists at that name is refused with `UnsafeOutputError`, so a
+device node, a FIFO, a socket or a directory is never replaced by a file. A symbolic link is
+refused too, even one pointing at a regular file: renaming onto it would replace the link
+itself and leave its target stale, and following it would write wherever the link points;
+the user names the real file instead.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -22,16 +31,55 @@ from typing import Any, BinaryIO
 TEMP_PREFIX = ".tmp-"  # what a crash may leave behind; stages sweep names with this prefix
 
 
+class UnsafeOutputError(OSError):
+    """An output path names something that is not a regular file (device, FIFO, socket,
+    directory, symbolic link): writing would replace it, so nothing is written. An OSError,
+    so callers that report file errors as user errors report this one too."""
+
+
+def check_output_path(target: str | os.PathLike[str]) -> Path:
+    """`target` as a Path when a file may be written there: it does not exist, or it is a
+    regular file (not a link to one). Raises UnsafeOutputError naming the path otherwise."""
+    target = Path(target)
+    try:
+        mode = os.lstat(target).st_mode  # lstat: judge a symbolic link itself, not its target
+    except FileNotFoundError:
+        return target
+    except NotADirectoryError:  # a parent is a file: the write itself reports it
+        return target
+    if stat.S_ISREG(mode):
+        return target
+    raise UnsafeOutputError(
+        f"refusing to write {target}: it exists and is {_kind(mode)}, not a regular file "
+        "(remove it or choose another path)"
+    )
+
+
+def _kind(mode: int) -> str:
+    """What a non-regular file is, in words (for the error message)."""
+    kinds = (
+        (stat.S_ISLNK, "a symbolic link (links are not followed)"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
 @contextmanager
 def atomic_file(target: str | os.PathLike[str]) -> Iterator[Path]:
     """A temporary sibling path for the block to write (by any writer that takes a path:
     `torch.save`, `savefig`, `open`); synced and renamed onto `target` when the block
-    succeeds, removed when it fails. The target's directory must exist."""
-    target = Path(target)
+    succeeds, removed when it fails. The target's directory must exist, and the target must
+    pass `check_output_path` (checked before the block runs, and again before the rename)."""
+    target = check_output_path(target)
     temporary = target.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}-{target.name}")
     try:
         yield temporary
         _fsync_file(temporary)
+        check_output_path(target)  # again: the block may have run long (training, imputing)
         os.replace(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from missiwae import __version__, runs
 from missiwae.allocator import retain_freed_memory
+from missiwae.atomic import check_output_path
 from missiwae.cli_help import (
     DESCRIPTION,
     EVALUATE_EPILOG,
@@ -294,7 +295,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     model, config = runs.load_run(args.checkpoint, args.overrides, args.data_dir)
-    out = Path(args.out) if args.out else Path(args.checkpoint) / EVALUATION_FILE
+    # Checked before the work, not only when writing: a refused path costs no minutes.
+    out = check_output_path(Path(args.out) if args.out else Path(args.checkpoint) / EVALUATION_FILE)
     started = time.perf_counter()
     train_data = runs.load_split(config, "train", args.download)
     data = runs.load_split(config, args.split, args.download)
@@ -322,7 +324,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_impute(args: argparse.Namespace) -> int:
     model, config = runs.load_run(args.checkpoint, args.overrides, args.data_dir)
     checkpoint = Path(args.checkpoint)
-    out = Path(args.out) if args.out else checkpoint / IMPUTATIONS_FILE
+    # Both outputs are checked before the work, not only when writing: a refused path costs
+    # no minutes of imputation.
+    out = check_output_path(Path(args.out) if args.out else checkpoint / IMPUTATIONS_FILE)
+    check_output_path(checkpoint / IMPUTATION_FILE)
     started = time.perf_counter()
     train_data = runs.load_split(config, "train", args.download)
     data = runs.load_split(config, args.split, args.download)

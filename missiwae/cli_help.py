@@ -61,7 +61,9 @@ examples:
 """
     + _COMMON_EPILOG
     + """
-exit status: 0 success, 2 user error (bad setting, missing data or checkpoint), 130 interrupted.
+exit status: 0 success, 2 user error (bad setting, missing data or checkpoint, an --out that
+exists and is not a regular file: devices, FIFOs, directories and symbolic links are refused,
+never replaced or followed), 130 interrupted.
 Everything is deterministic given the seeds in the config (data.seed, train.seed,
 evaluate.seed, impute.seed) on one device and torch version.
 """

@@ -23,10 +23,30 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["OBSERVATIONS", "Standardization", "binary_columns", "infer_column_types"]
+__all__ = [
+    "MAX_MAGNITUDE",
+    "OBSERVATIONS",
+    "Standardization",
+    "binary_columns",
+    "check_column_range",
+    "check_standardised_range",
+    "infer_column_types",
+    "out_of_range_columns",
+]
 
 # The observation models a column may have (the names of missiwae.likelihoods' classes).
 OBSERVATIONS = ("bernoulli", "gaussian", "student_t")
+
+# The largest |observed value| a modelled column may hold. Standardising squares deviations from
+# the mean, which overflows float64 (max ~1.8e308) from ~1.3e154 on; 1e150 leaves room for the
+# sum over many rows, and keeps an imputation (a float32 model output, |z| < 3.4e38, times a
+# scale <= ~2e150, plus the mean) finite in float64.
+MAX_MAGNITUDE = 1e150
+# The largest |standardised value| the float32 model is given: a Gaussian / Student-t term
+# squares it, and 1e15 squared (1e30) stays well inside float32 (3.4e38), so the importance
+# weights, hence the imputations, stay finite. A row this far out (in training-set standard
+# deviations) is only reached by rows that the scaling was not fitted on.
+MAX_STANDARDISED = 1e15
 
 
 def binary_columns(
@@ -49,6 +69,73 @@ def infer_column_types(
     """One observation model per column: "bernoulli" for binary columns (see
     :func:`binary_columns`), `continuous` ("gaussian" or "student_t") for the others."""
     return ["bernoulli" if is_binary else continuous for is_binary in binary_columns(values, observed)]
+
+
+def out_of_range_columns(
+    values: NDArray[np.floating], observed: NDArray[np.bool_] | None = None
+) -> NDArray[np.intp]:
+    """(k,) indices of the columns of `values` (N, D) with an observed |value| > MAX_MAGNITUDE
+    (inf included); `observed` (N, D) True = observed (default: not NaN)."""
+    if observed is None:
+        observed = ~np.isnan(values)
+    magnitude = np.where(observed, np.abs(values), 0.0)
+    # not (<=): NaN in an observed cell (a caller's own mask) counts as out of range too.
+    return np.flatnonzero((~(magnitude <= MAX_MAGNITUDE)).any(axis=0))
+
+
+def check_column_range(
+    values: NDArray[np.floating],
+    observed: NDArray[np.bool_] | None = None,
+    *,
+    names: Sequence[str] | None = None,
+    where: str = "X",
+) -> None:
+    """Raise ValueError naming the columns of `values` (N, D) whose observed magnitude is beyond
+    what standardisation and imputation can represent (:data:`MAX_MAGNITUDE`).
+
+    The one range check of every caller that models a user's table (the estimator, the table
+    pipeline): without it such a column gets an infinite scale and ±inf imputations. `names`
+    (D,): the columns' names for the message (default: their indices); `where`: what the table
+    is called in it ("X", a file name).
+    """
+    wide = out_of_range_columns(values, observed)
+    if not wide.size:
+        return
+    if observed is None:
+        observed = ~np.isnan(values)
+    labels = [str(names[int(j)]) for j in wide] if names is not None else wide.tolist()
+    with np.errstate(invalid="ignore"):
+        peak = float(np.max(np.where(observed[:, wide], np.abs(values[:, wide]), 0.0)))
+    raise ValueError(
+        f"column(s) {labels} of {where} hold values of magnitude up to {peak:.3g}, beyond the "
+        f"{MAX_MAGNITUDE:.0e} that standardisation and imputation can represent in float64; "
+        "rescale them (e.g. divide by a power of ten)"
+    )
+
+
+def check_standardised_range(
+    standardised: NDArray[np.floating],
+    *,
+    names: Sequence[str] | None = None,
+    where: str = "X",
+) -> None:
+    """Raise ValueError naming the columns of `standardised` (N, D) (holes 0) holding a value
+    beyond :data:`MAX_STANDARDISED` in magnitude, NaN or inf.
+
+    The second half of the range check, for values standardised with a scaling fitted on other
+    rows (a held-out split, a later transform): within MAX_MAGNITUDE they can still land so far
+    from the fitted mean that the float32 model's likelihood overflows.
+    """
+    with np.errstate(invalid="ignore"):
+        far = np.flatnonzero((~(np.abs(standardised) <= MAX_STANDARDISED)).any(axis=0))
+    if not far.size:
+        return
+    labels = [str(names[int(j)]) for j in far] if names is not None else far.tolist()
+    raise ValueError(
+        f"column(s) {labels} of {where} hold values more than {MAX_STANDARDISED:.0e} standard "
+        "deviations (of the rows the scaling was fitted on) from their mean, too far for the "
+        "model's float32 arithmetic; rescale or clip them"
+    )
 
 
 @dataclass(frozen=True, eq=False)

@@ -89,6 +89,14 @@ class ModelConfig:
         )
         require(self.latent_dim >= 1, "model.latent_dim must be >= 1")
         require(all(w >= 1 for w in self.hidden), "model.hidden widths must be >= 1")
+        # An MLP without hidden layers would build (one linear map each way), but the model
+        # sizes its chunks by the widest hidden layer and was never tested that way: refused
+        # here, at load, rather than crashing in evaluate / impute after training.
+        require(
+            self.architecture != "mlp" or len(self.hidden) >= 1,
+            f"model.hidden must list at least one layer width for the mlp architecture "
+            f"(e.g. [128]), got {list(self.hidden)}",
+        )
         if self.architecture == "conv":
             require(
                 len(self.conv_channels) == 3 and all(c >= 1 for c in self.conv_channels),
@@ -112,12 +120,19 @@ class TrainConfig:
     learning_rate: float = 1e-3
     seed: int = 0
     device: str = "cpu"
+    # Stop once the validation bound has not improved for this many epochs (then `epochs` is
+    # the cap); None trains for `epochs` epochs whatever the validation bound does.
+    early_stopping_patience: int | None = None
 
     def __post_init__(self) -> None:
         require(self.K >= 1, f"train.K must be >= 1, got {self.K}")
         require(self.batch_size >= 1, "train.batch_size must be >= 1")
         require(self.epochs >= 0, "train.epochs must be >= 0")
         require(self.learning_rate > 0, "train.learning_rate must be > 0")
+        require(
+            self.early_stopping_patience is None or self.early_stopping_patience >= 1,
+            f"train.early_stopping_patience must be >= 1 or null, got {self.early_stopping_patience}",
+        )
         require(_is_device(self.device), f"train.device must be a torch device, got {self.device!r}")
 
 

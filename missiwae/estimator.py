@@ -4,11 +4,15 @@
     X_filled = imputer.fit_transform(X)          # (N, D), NaN -> E[x_m | x_o] (SNIS)
     copies = imputer.sample(X, n_imputations=5)  # (5, N, D), NaN -> draws (SIR)
 
-Missing entries are NaN in a float array (the scikit-learn convention, as in SimpleImputer);
-observed entries come back unchanged, bit for bit. Continuous columns are standardised with
-their observed means and standard deviations before training, because the decoder's Gaussian
-or Student-t scales start near 1 and a column in the thousands would otherwise dominate the
-bound; imputations are mapped back to the original units.
+Missing entries are NaN in a float array (the scikit-learn convention, as in SimpleImputer),
+or NaN / pd.NA in a DataFrame; observed entries come back unchanged, bit for bit. DataFrames
+follow scikit-learn's conventions: the column names seen in `fit` are `feature_names_in_` and
+must come back in the same order, and with `set_output(transform="pandas")` `transform` returns
+a DataFrame with the input's index, names and column dtypes (integers stay integers).
+
+Continuous columns are standardised with their observed means and standard deviations before
+training, because the decoder's Gaussian or Student-t scales start near 1 and a column in the
+thousands would otherwise dominate the bound; imputations are mapped back to the original units.
 """
 
 from __future__ import annotations
@@ -20,13 +24,22 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from numpy.typing import ArrayLike, NDArray
-from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._set_output import _get_output_config
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from missiwae.columns import OBSERVATIONS, Standardization, binary_columns, infer_column_types
+from missiwae.columns import (
+    OBSERVATIONS,
+    Standardization,
+    binary_columns,
+    check_column_range,
+    infer_column_types,
+)
 from missiwae.config import ModelConfig, TrainConfig
+from missiwae.ensemble import BootstrapImputer, fit_bootstrap_ensemble
+from missiwae.frames import check_float64_holds, is_frame, restore_frame, with_column
 from missiwae.imputation import impute_multiple, impute_single
 from missiwae.model import MissIWAE, make_generator
 from missiwae.training import EpochStats, train
@@ -37,7 +50,7 @@ _POSITIVE_INT = Interval(Integral, 1, None, closed="left")
 # constraints reads poorly (the rest: "one of [...]", "an integer >= 1").
 _WORDING = {
     "column_types": f"'auto', None or a list of {list(OBSERVATIONS)}",
-    "hidden": "a tuple of integers >= 1",
+    "hidden": "a non-empty tuple of integers >= 1",
     "learning_rate": "a positive number",
     "standardize": "a bool",
     "random_state": "None, an integer in [0, 2**32 - 1] or a numpy RandomState",
@@ -53,9 +66,15 @@ _IMPUTE_ROWS = 256
 # and seed + 2 (shuffling, bound samples, validation), so imputation draws stay independent.
 _TRANSFORM_SEED_OFFSET = 3
 _SAMPLE_SEED_OFFSET = 4
+# The bootstrap members of n_models > 1 get seeds seed + 5, seed + 6, ...
+_ENSEMBLE_SEED_OFFSET = 5
+
+# What to do about such an integer, for each method that would return it changed.
+_TRANSFORM_REMEDY = "pass X as a DataFrame and call set_output(transform='pandas') to get it back exactly"
+_SAMPLE_REMEDY = "sample returns float64 arrays: drop the column (an identifier?) or rescale it"
 
 
-class MissIWAEImputer(TransformerMixin, BaseEstimator):
+class MissIWAEImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     """Impute NaN entries with a missIWAE deep latent variable model (Mattei & Frellsen 2019).
 
     `fit` trains the model on the observed entries only (the missIWAE bound with K importance
@@ -76,7 +95,8 @@ class MissIWAEImputer(TransformerMixin, BaseEstimator):
     latent_dim : int
         Dimension d of the latent z.
     hidden : tuple of int
-        MLP hidden widths of the encoder (the decoder uses them reversed).
+        MLP hidden widths of the encoder (the decoder uses them reversed); at least one
+        (an empty tuple is refused by `fit`).
     activation : {"tanh", "relu", "elu"}
         MLP activation.
     imputation : {"zero", "learned"}
@@ -97,6 +117,12 @@ class MissIWAEImputer(TransformerMixin, BaseEstimator):
         Torch device for training and imputation, e.g. "cpu" or "cuda".
     verbose : bool
         Show per-epoch progress bars during training.
+    n_models : int
+        B. With B > 1, `fit` also trains B models on bootstrap resamples of the rows and
+        `sample` splits its draws among them (missiwae/ensemble.py), so the imputations carry
+        the uncertainty of the fitted parameters (proper multiple imputation; prefer
+        B = n_imputations). 1: every draw from the one model. `transform` always uses the
+        model fitted to all rows.
 
     Attributes
     ----------
@@ -104,6 +130,9 @@ class MissIWAEImputer(TransformerMixin, BaseEstimator):
         The trained model (on standardised data when `standardize`).
     n_features_in_ : int
         D, the number of columns seen in `fit`.
+    feature_names_in_ : ndarray of shape (D,)
+        The column names seen in `fit`, when X was a DataFrame with string column names;
+        `transform` and `sample` refuse a DataFrame whose names or their order differ.
     column_types_ : list of str
         The observation model of each column, as resolved from `column_types` in `fit`.
     mean_, scale_ : ndarray of shape (D,)
@@ -113,6 +142,19 @@ class MissIWAEImputer(TransformerMixin, BaseEstimator):
         Per-epoch training bound and time.
     seed_ : int
         The seed drawn from `random_state` in `fit`; imputation generators derive from it.
+    ensemble_ : BootstrapImputer or None
+        The B bootstrap-fitted imputers that `sample` draws from when n_models > 1, else None.
+
+    DataFrames and dtypes
+    ---------------------
+    By default `transform` returns a float64 array, as scikit-learn's imputers do. With
+    ``set_output(transform="pandas")`` and a DataFrame X it returns a DataFrame with X's index,
+    column names and dtypes: observed cells are X's own values (an int64 above 2**53 included),
+    imputed cells of an integer column are rounded to the nearest integer (clipped to the
+    dtype's range), of a bool column thresholded at 1/2, of a float32 column rounded to
+    float32; columns of other dtypes (object, category) come back as float64. A float64 array
+    cannot hold every int64 exactly: where an observed integer would change, the array outputs
+    (`transform` by default, `sample` always) raise ValueError naming the column.
     """
 
     # scikit-learn's declaration of the valid parameters (checked at the start of `fit`, see
@@ -133,6 +175,7 @@ class MissIWAEImputer(TransformerMixin, BaseEstimator):
         "random_state": ["random_state"],
         "device": [str, torch.device],
         "verbose": ["verbose"],
+        "n_models": [_POSITIVE_INT],
     }
 
     def __init__(
@@ -152,6 +195,7 @@ class MissIWAEImputer(TransformerMixin, BaseEstimator):
         random_state: int | np.random.RandomState | None = None,
         device: str = "cpu",
         verbose: bool = False,
+        n_models: int = 1,
     ) -> None:
         # scikit-learn convention: store the parameters untouched (clone and set_params rely on
         # it); all checking happens in `fit`.
@@ -170,6 +214,7 @@ class MissIWAEImputer(TransformerMixin, BaseEstimator):
         self.random_state = random_state
         self.device = device
         self.verbose = verbose
+        self.n_models = n_models
 
     # ------------------------------------------------------------------ fitting
 
@@ -185,11 +230,13 @@ class MissIWAEImputer(TransformerMixin, BaseEstimator):
         empty = np.flatnonzero(~mask.any(axis=0))
         if empty.size:
             raise ValueError(
-                f"column(s) {empty.tolist()} of X have no observed value (all NaN); "
+                f"column(s) {self._column_labels(empty)} of X have no observed value (all NaN); "
                 "drop them before fitting: nothing can be learned about them"
             )
         self.column_types_ = self._resolve_column_types(X, mask)
         self._check_binary(X, mask)
+        # The range check the table pipeline shares: no infinite scale, no ±inf imputations.
+        check_column_range(X, mask, names=getattr(self, "feature_names_in_", None))
         continuous = np.array([t != "bernoulli" for t in self.column_types_])
         scaling = (
             Standardization.fit(X, columns=continuous)
@@ -232,17 +279,29 @@ class MissIWAEImputer(TransformerMixin, BaseEstimator):
         x, mask_t = self._to_tensors(X, mask, torch.device("cpu"))
         self.history_: list[EpochStats] = train(model, x, mask_t, train_config, progress=bool(self.verbose))
         self.model_ = model.eval()  # n_features_in_ was set by validate_data
+        self.ensemble_: BootstrapImputer | None = (
+            fit_bootstrap_ensemble(self, X, int(self.n_models), self.seed_ + _ENSEMBLE_SEED_OFFSET)
+            if self.n_models > 1
+            else None
+        )
         return self
 
     # ------------------------------------------------------------------ imputing
 
-    def transform(self, X: ArrayLike) -> NDArray[np.float64]:
+    def transform(self, X: ArrayLike) -> Any:
         """Single imputation: a float64 copy of X (N, D) with each NaN replaced by the SNIS
         estimate of E[x_m | x_o] (L = `num_samples`); observed entries are copied unchanged.
 
-        Deterministic: the same fitted imputer gives the same output for the same X.
+        With ``set_output(transform="pandas")`` and a DataFrame X: a DataFrame with X's index,
+        names and column dtypes, imputed integers rounded (see "DataFrames and dtypes" in the
+        class docstring). Deterministic: the same fitted imputer gives the same output for the
+        same X.
         """
+        source = X
         X, mask = self._check_transform_input(X)
+        as_frame = is_frame(source) and _get_output_config("transform", self)["dense"] == "pandas"
+        if not as_frame:  # before the imputation's cost: a float64 array must hold X exactly
+            check_float64_holds(source, self._column_label, _TRANSFORM_REMEDY)
         x, mask_t = self._to_tensors(X, mask, self.model_.device)
         generator = make_generator(self.seed_ + _TRANSFORM_SEED_OFFSET, self.model_.device)
         result = impute_single(
@@ -254,7 +313,8 @@ class MissIWAEImputer(TransformerMixin, BaseEstimator):
             generator=generator,
         )
         # Observed entries come from X itself, untouched by the float32 round trip.
-        return self._scaling().fill(X, result.imputed.detach().cpu().numpy(), mask)
+        filled = self._scaling().fill(X, result.imputed.detach().cpu().numpy(), mask)
+        return restore_frame(source, filled, mask, self._column_label) if as_frame else filled
 
     def sample(self, X: ArrayLike, n_imputations: int = 5) -> NDArray[np.float64]:
         """Multiple imputation by SIR: (n_imputations, N, D) float64 copies of X (N, D).
@@ -262,9 +322,16 @@ class MissIWAEImputer(TransformerMixin, BaseEstimator):
         Each copy fills the NaN entries with a draw from the model's approximate
         p(x_m | x_o) (one resampled particle out of L = `num_samples`, then x_m ~ p_θ(x_m | z));
         observed entries are those of X in every copy. Deterministic given the fitted seed.
+        Always an array (the ensemble stacks them), whatever `set_output` says: an integer
+        column that float64 would change is refused (ValueError naming it).
         """
         check_params({"n_imputations": [_POSITIVE_INT]}, {"n_imputations": n_imputations}, "sample")
+        source = X
         X, mask = self._check_transform_input(X)
+        check_float64_holds(source, self._column_label, _SAMPLE_REMEDY)
+        ensemble = getattr(self, "ensemble_", None)  # absent from imputers pickled before n_models
+        if ensemble is not None:  # n_models > 1: the bootstrap members draw
+            return ensemble.sample(X, int(n_imputations))
         x, mask_t = self._to_tensors(X, mask, self.model_.device)
         generator = make_generator(self.seed_ + _SAMPLE_SEED_OFFSET, self.model_.device)
         result = impute_multiple(
@@ -302,9 +369,11 @@ class MissIWAEImputer(TransformerMixin, BaseEstimator):
         params = self.get_params(deep=False)
         check_params(self._parameter_constraints, params, type(self).__name__, _WORDING)
         # No scikit-learn constraint describes "a sequence of ints >= 1" or a torch device.
+        # Empty is refused as model.hidden=[] is in a config file (see ModelConfig): one rule.
         hidden = self.hidden
-        if not all(isinstance(w, Integral) and not isinstance(w, bool) and w >= 1 for w in hidden):
-            raise ValueError(f"hidden must be a tuple of integers >= 1, got {hidden!r}")
+        widths_ok = all(isinstance(w, Integral) and not isinstance(w, bool) and w >= 1 for w in hidden)
+        if not hidden or not widths_ok:
+            raise ValueError(f"hidden must be {_WORDING['hidden']}, got {hidden!r}")
         try:
             torch.device(self.device)
         except (RuntimeError, TypeError) as error:
@@ -333,7 +402,17 @@ class MissIWAEImputer(TransformerMixin, BaseEstimator):
                     self, X, reset=reset, dtype=np.float64, ensure_all_finite="allow-nan", copy=True
                 )
         except (ValueError, TypeError) as error:
-            raise reraised(error) from error
+            raise reraised(with_column(X, error)) from error
+
+    def _column_label(self, j: int) -> str:
+        """How messages name column j: its fitted name (quoted) when X had names, else j."""
+        names = getattr(self, "feature_names_in_", None)
+        return repr(str(names[j])) if names is not None else str(j)
+
+    def _column_labels(self, columns: NDArray[np.intp]) -> list[str] | list[int]:
+        """Column indices (k,) as messages list them: fitted names when X had names."""
+        names = getattr(self, "feature_names_in_", None)
+        return [str(names[j]) for j in columns] if names is not None else columns.tolist()
 
     def _resolve_column_types(self, X: NDArray[np.float64], mask: NDArray[np.bool_]) -> list[str]:
         """One observation model name per column, from `column_types` and `observation`."""
@@ -356,8 +435,9 @@ class MissIWAEImputer(TransformerMixin, BaseEstimator):
         wrong = np.flatnonzero(bernoulli & ~binary_columns(X, mask))
         if wrong.size:
             raise ValueError(
-                f"column {wrong[0]} is modelled as bernoulli (observation / column_types) and needs "
-                "observed values in {0, 1}; use 'gaussian' or 'student_t' for continuous data"
+                f"column {self._column_label(int(wrong[0]))} is modelled as bernoulli "
+                "(observation / column_types) and needs observed values in {0, 1}; "
+                "use 'gaussian' or 'student_t' for continuous data"
             )
 
     def _check_transform_input(self, X: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
@@ -377,9 +457,11 @@ class MissIWAEImputer(TransformerMixin, BaseEstimator):
         scaled = self._scaling().transform(X, mask)
         with np.errstate(over="ignore"):
             scaled32 = scaled.astype(np.float32)
-        if not np.isfinite(scaled32).all():  # the model computes in float32 (|x| < 3.4e38)
+        too_large = np.flatnonzero(~np.isfinite(scaled32).all(axis=0))
+        if too_large.size:  # the model computes in float32 (|x| < 3.4e38)
             raise ValueError(
-                "X holds values too large for the model's float32 arithmetic"
+                f"column(s) {self._column_labels(too_large)} of X hold values too large for the "
+                "model's float32 arithmetic"
                 + (" after standardisation" if self.standardize else "")
                 + "; rescale the columns"
             )

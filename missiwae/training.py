@@ -1,15 +1,17 @@
 """One-process training: Adam on −mean L_K over minibatches (tests, notebooks, each Ray worker).
 
 `train_epoch` is the unit a distributed worker calls on its own shard; `train` adds seeding,
-validation, checkpoints and resume around it.
+validation, checkpoints and resume around it, early stopping on the validation bound, and the
+divergence check: a non-finite bound stops training with `TrainingDiverged`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,12 @@ from missiwae.model import MissIWAE, make_generator
 
 WEIGHTS_FILE = "model.pt"
 CONFIG_FILE = "config.json"
+
+
+class TrainingDiverged(ValueError):
+    """The bound became NaN or infinite: the settings (most often the learning rate) made
+    training diverge. A ValueError, so the command line prints it as one line (exit status 2);
+    the checkpoint on disk is the last epoch whose bounds were finite."""
 
 
 @dataclasses.dataclass
@@ -86,6 +94,48 @@ def train_epoch(
     return total / max(count, 1)
 
 
+def epochs_since_best(valid_bounds: Sequence[float]) -> int:
+    """Epochs after the one with the highest validation bound (the first, on ties): 0 when the
+    last epoch is the best. Improving means strictly higher."""
+    best = max(range(len(valid_bounds)), key=lambda i: (valid_bounds[i], -i))
+    return len(valid_bounds) - 1 - best
+
+
+def _valid_bounds(history: Sequence[EpochStats]) -> list[float] | None:
+    """The validation bound of every epoch, or None when an epoch had none (nothing to stop on)."""
+    bounds = [entry.valid_bound for entry in history]
+    return None if not bounds or None in bounds else [float(b) for b in bounds if b is not None]
+
+
+def plateaued(history: Sequence[EpochStats], patience: int | None) -> bool:
+    """Early stopping: the validation bound has not improved for `patience` epochs."""
+    bounds = _valid_bounds(history)
+    return patience is not None and bounds is not None and epochs_since_best(bounds) >= patience
+
+
+def _is_best(history: Sequence[EpochStats]) -> bool:
+    """Whether the last epoch has the highest validation bound so far."""
+    bounds = _valid_bounds(history)
+    return bounds is not None and epochs_since_best(bounds) == 0
+
+
+def check_finite(stats: EpochStats, checkpoint_dir: str | Path | None) -> None:
+    """Raise `TrainingDiverged` naming the epoch when one of its bounds is NaN or infinite."""
+    bounds = {"training": stats.train_bound, "validation": stats.valid_bound}
+    for name, bound in bounds.items():
+        if bound is not None and not math.isfinite(bound):
+            kept = ""
+            if checkpoint_dir is not None:
+                last = stats.epoch - 1
+                kept = f"; {checkpoint_dir} keeps " + (
+                    f"the checkpoint of epoch {last}, the last finite one" if last else "no checkpoint"
+                )
+            raise TrainingDiverged(
+                f"training diverged at epoch {stats.epoch}: the {name} bound is {bound}{kept}; "
+                "lower train.learning_rate"
+            )
+
+
 def _counting(
     progress: Callable[[Iterator[torch.Tensor]], Iterator[torch.Tensor]] | None, counter: list[int]
 ) -> Callable[[Iterator[torch.Tensor]], Iterator[torch.Tensor]]:
@@ -116,6 +166,14 @@ def train(
 ) -> list[EpochStats]:
     """Train `model` in place for `config.epochs` epochs; returns the per-epoch history.
 
+    With `config.early_stopping_patience` (needs `valid`), training stops once the validation
+    bound has not improved for that many epochs, `config.epochs` being the cap, and `model`
+    ends with the weights of its best validation epoch; the checkpoint keeps those as well
+    (`best_model`, what `load_model` loads) beside the last epoch's, which resume continues.
+
+    An epoch whose training or validation bound is NaN or infinite raises `TrainingDiverged`
+    naming it, before its checkpoint is written: the one on disk stays the last finite one.
+
     With `checkpoint_dir`, a checkpoint is written atomically after every epoch and, when
     `resume` is set and one exists there, training continues after its last epoch with the
     same optimiser state and random streams (so a resumed run matches an uninterrupted one).
@@ -129,6 +187,9 @@ def train(
     model.check_batch(x, mask)
     if valid is not None:
         model.check_batch(*valid)
+    patience = config.early_stopping_patience
+    if patience is not None and valid is None:
+        raise ValueError("train.early_stopping_patience needs validation rows (valid=...)")
     device = torch.device(config.device)
     model.to(device)
     x, mask = x.to(device), mask.to(device)
@@ -139,15 +200,19 @@ def train(
     sample_generator = make_generator(config.seed + 1, device)
     valid_generator = make_generator(config.seed + 2, device)
     history: list[EpochStats] = []
+    best: dict[str, torch.Tensor] | None = None  # weights of the best validation epoch so far
     if checkpoint_dir is not None and resume and (Path(checkpoint_dir) / WEIGHTS_FILE).exists():
         state = load_training_state(checkpoint_dir, model, optimizer)
         shuffle_generator.set_state(state["shuffle_rng"])
         sample_generator.set_state(state["sample_rng"])
         valid_generator.set_state(state["valid_rng"])
         history = [EpochStats(**entry) for entry in state["history"]]
+        best = state.get("best_model")
     first_epoch = len(history) + 1
     for epoch in range(first_epoch, config.epochs + 1):
         if deadline is not None and epoch > first_epoch and time.time() >= deadline:
+            break
+        if plateaued(history, patience):
             break
         started = time.perf_counter()
         num_batches = -(-x.shape[0] // config.batch_size)
@@ -170,7 +235,10 @@ def train(
             model.eval()
             valid_bound = mean_bound(model, *valid, config.K, generator=valid_generator)
         stats = EpochStats(epoch, train_bound, valid_bound, time.perf_counter() - started, rows[0])
+        check_finite(stats, checkpoint_dir)
         history.append(stats)
+        if patience is not None and _is_best(history):
+            best = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
         if checkpoint_dir is not None:
             save_checkpoint(
                 checkpoint_dir,
@@ -183,9 +251,12 @@ def train(
                     "sample_rng": sample_generator.get_state(),
                     "valid_rng": valid_generator.get_state(),
                 },
+                best_model=best,
             )
         if on_epoch_end is not None:
             on_epoch_end(stats)
+    if best is not None:
+        model.load_state_dict(best)
     model.eval()
     return history
 
@@ -209,8 +280,13 @@ def save_checkpoint(
     train_config: TrainConfig | None,
     history: list[EpochStats],
     rng_states: dict[str, torch.Tensor] | None = None,
+    *,
+    best_model: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """Write model.pt (state dicts, history, RNG states) and config.json, each atomically."""
+    """Write model.pt (state dicts, history, RNG states) and config.json, each atomically.
+
+    `best_model`: the weights of the best validation epoch (early stopping), which `load_model`
+    prefers to the last epoch's `model` weights (those stay for resume)."""
     if model.config is None:
         raise ValueError("only models built with MissIWAE.from_config can be checkpointed")
     directory = Path(directory)
@@ -222,6 +298,8 @@ def save_checkpoint(
     }
     if optimizer is not None:
         state["optimizer"] = optimizer.state_dict()
+    if best_model is not None:
+        state["best_model"] = best_model
     config = {"model": to_dict(model.config)}
     if train_config is not None:
         config["train"] = to_dict(train_config)
@@ -259,7 +337,10 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> Mis
     except ConfigError as error:
         raise ConfigError(f"checkpoint config {config_path}: {error}") from error
     model = MissIWAE.from_config(model_config)
-    _load_weights(model, read_checkpoint_state(directory), directory)
+    state = read_checkpoint_state(directory)
+    if isinstance(state, dict) and "best_model" in state:  # early stopping: the best epoch's
+        state = {**state, "model": state["best_model"]}
+    _load_weights(model, state, directory)
     return model.to(device).eval()
 
 

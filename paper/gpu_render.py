@@ -97,7 +97,7 @@ def render(folder: Path, report: Path, command: str) -> str:
     ]
     curves = {name: [r["accuracy_vs_L"][str(s)] for s in samples] for name, r in accuracy_models.items() if r}
     forest_accuracy = float(forest["accuracy"]) if forest else math.nan
-    verdicts = figure1_left_verdicts(test_ll)
+    verdicts = figure1_left_verdicts(test_ll, stderr)
     if samples:
         verdicts += figure1_right_verdicts(
             samples, curves["missVAE (K=1)"], curves["missIWAE (K=50)"], forest_accuracy

@@ -170,14 +170,17 @@ class PipelineConfig:
 
 
 def add_override_argument(parser: argparse.ArgumentParser) -> None:
-    """The entry points' repeatable `--set section.key=value` (read by load_pipeline_config)."""
+    """The entry points' `--set section.key=value ...` (read by load_pipeline_config): as the
+    `missiwae` command line takes it, one --set may carry several settings and may be repeated
+    (`--set a=1 b=2 --set c=3`)."""
     parser.add_argument(
         "--set",
         dest="overrides",
-        action="append",
-        default=[],
         metavar="SECTION.KEY=VALUE",
-        help="override one setting (repeatable), e.g. --set train.epochs=5; unknown keys are errors",
+        nargs="+",
+        action="extend",
+        default=[],
+        help="override settings (repeatable), e.g. --set train.epochs=5 data.seed=1; unknown keys are errors",
     )
 
 

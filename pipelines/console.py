@@ -32,11 +32,12 @@ import contextlib
 import importlib.util
 import logging
 import re
+import signal
 import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -259,8 +260,9 @@ class Console:
 
     @contextlib.contextmanager
     def stage(self, name: str, doing: str) -> Iterator[Stage]:
-        """Start line now; end line (seconds and the stage's result) on leaving the block, or a
-        FAILED line when an exception escapes (the exception itself propagates unchanged)."""
+        """Start line now; end line (seconds and the stage's result) on leaving the block, an
+        'interrupted' line on Ctrl-C, or a FAILED line when another exception escapes (the
+        exception itself propagates unchanged)."""
         reapply_routing()
         self.line(f"{self._prefix(name)} started: {doing}")
         stage = Stage(self, name)
@@ -270,7 +272,10 @@ class Console:
         except BaseException as error:
             stage.close_bars()
             seconds = time.perf_counter() - started
-            self.line(f"{self._prefix(name)} FAILED after {seconds:.0f} s: {type(error).__name__}")
+            # Ctrl-C is not a failure: the entry point says so once, with how to resume.
+            ending = "interrupted" if isinstance(error, KeyboardInterrupt) else "FAILED"
+            reason = "" if isinstance(error, KeyboardInterrupt) else f": {type(error).__name__}"
+            self.line(f"{self._prefix(name)} {ending} after {seconds:.0f} s{reason}")
             raise
         stage.close_bars()
         seconds = time.perf_counter() - started
@@ -278,11 +283,50 @@ class Console:
         self.line(f"{self._prefix(name)} done in {seconds:.0f} s{result}")
 
 
+# ------------------------------------------------------------------------------ Ctrl-C
+
+INTERRUPTED = "interrupted; run the same command again to resume"
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a Ctrl-C
+_STARTING_HANDLERS: list[Callable[[int, Any], None]] = []  # installed by exit_quietly_on_interrupt
+
+
+def say_interrupted(prog: str) -> None:
+    """The one line an entry point prints on Ctrl-C (on stderr, like its errors)."""
+    print(f"{prog}: {INTERRUPTED}", file=sys.stderr, flush=True)
+
+
+def exit_quietly_on_interrupt(prog: str) -> None:
+    """Until :func:`raise_on_interrupt`, Ctrl-C prints :func:`say_interrupted`'s line and
+    exits with EXIT_INTERRUPTED: for a script's first seconds, spent importing torch, Ray and
+    MLflow, where a KeyboardInterrupt would print a traceback from inside some import."""
+
+    def handler(signum: int, frame: Any) -> None:
+        say_interrupted(prog)
+        raise SystemExit(EXIT_INTERRUPTED)
+
+    _STARTING_HANDLERS.append(handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def raise_on_interrupt() -> None:
+    """Ctrl-C raises KeyboardInterrupt again (Python's default), so a running job unwinds
+    (MLflow runs ended, the embedded Ray stopped) before its entry point reports it; only when
+    :func:`exit_quietly_on_interrupt` installed the handler, so a caller's own one (a test, a
+    notebook) stays."""
+    if signal.getsignal(signal.SIGINT) in _STARTING_HANDLERS:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 __all__ = [
+    "EXIT_INTERRUPTED",
+    "INTERRUPTED",
     "LIBRARY_LOGGERS",
     "Console",
     "LogRouting",
     "Stage",
+    "exit_quietly_on_interrupt",
+    "raise_on_interrupt",
     "reapply_routing",
     "route_library_logs",
+    "say_interrupted",
 ]

@@ -6,7 +6,7 @@
 `--config` takes a preset name (pipelines/configs/*.yaml) or a YAML/JSON path; `--set
 section.key=value` overrides any setting (unknown keys are errors). The console shows one line
 per stage as it starts and ends (seconds and its key figure) and progress bars for training
-epochs and classifier runs (pipelines.console); Ray's and MLflow's own log
+epochs, imputed rows and classifier runs (pipelines.console); Ray's and MLflow's own log
 lines and the Ray workers' output go to {run_dir}/logs/ray.log instead, or also to the console
 with `--verbose`. Ends by printing the Table 1 layout and where to look in MLflow.
 """
@@ -26,20 +26,41 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 if __name__ == "__main__":  # before torch is imported: a wrong python or no MNIST fails in a second
+    from pipelines.console import exit_quietly_on_interrupt
     from pipelines.preflight import run_or_exit
+
+    exit_quietly_on_interrupt("pipelines/full.py")  # Ctrl-C while importing: one line; until main()
 
     run_or_exit(sys.argv[1:], "pipelines/full.py")
 
 from missiwae.config import ConfigError
 from missiwae.mnist_files import DataError
+from missiwae.runs import RunError
+from missiwae.training import TrainingDiverged
 from pipelines.config import PipelineConfig, add_override_argument, load_pipeline_config
-from pipelines.console import Console, reapply_routing, route_library_logs
+from pipelines.console import (
+    EXIT_INTERRUPTED,
+    Console,
+    raise_on_interrupt,
+    reapply_routing,
+    route_library_logs,
+    say_interrupted,
+)
 from pipelines.runtime import configure_ray_auth, ray_is_up, set_log_to_driver, stop_ray
 
 MANIFEST_NAME = "_MANIFEST.json"
 STAGES = ("ingest", "train", "impute", "classify")
 TABLE_STAGES = ("ingest", "train", "impute")  # a user's table: no classifier
 LOG_FILE = Path("logs") / "ray.log"  # under run_dir: Ray's, MLflow's and the workers' log lines
+PROG = "pipelines/full.py"
+EXIT_USER_ERROR = 2
+# pipelines.tracking.runs.TRACKING_NOTE_PREFIX, not imported: that would import MLflow for a
+# config error (tests/pipeline/test_interrupt.py checks they agree).
+TRACKING_NOTE = "TrackingWarning: "
+# What a user can fix (settings, data files, paths; OSError covers missing files, an unwritable
+# run_dir and a refused output path; a learning rate that made training diverge): one line and
+# status 2. Anything else is a bug.
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DataError, RunError, TrainingDiverged, OSError)
 
 
 def run(config: PipelineConfig, console: Console | None = None) -> dict[str, float]:
@@ -67,7 +88,13 @@ def run(config: PipelineConfig, console: Console | None = None) -> dict[str, flo
 
         with console.stage("impute", _impute_doing(config)) as shown, tracker.stage("impute") as stage:
             clock = time.perf_counter()
-            imputed = run_imputation(config, ingest.shards, trained.checkpoint_dir)
+            rows_bar = shown.progress(None, "impute rows", unit="row")
+            imputed = run_imputation(
+                config,
+                ingest.shards,
+                trained.checkpoint_dir,
+                on_progress=lambda done, total: _advance(rows_bar, done, total),
+            )
             seconds["impute"] = time.perf_counter() - clock
             shown.result = _accuracy_figure(imputed.metrics, imputed.reused)
             stage.log_metrics({**imputed.metrics, "stage_seconds": seconds["impute"]})
@@ -305,11 +332,55 @@ def _log_figures(stage: Any, ingest: Any, checkpoint_dir: Path, single_dir: Path
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the job; returns the exit status: 0 done, 2 a user error (one line on stderr), 130
+    interrupted (one line; finished stages and epochs are kept, so running again resumes). Any
+    other exception is a bug and propagates with its traceback."""
+    raise_on_interrupt()
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        say_interrupted(PROG)
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: list[str] | None) -> int:
     # Token auth for the embedded Ray is set in the environment, which Ray reads only when it is
     # first imported: so here, before any stage imports it.
     configure_ray_auth()
+    args = _parser().parse_args(argv)
+    try:
+        preset = args.config or ("table" if args.data else "smoke")
+        # JSON quoting: the override value is parsed as YAML, which would turn e.g. "1.csv" odd.
+        data = [f"data.path={json.dumps(str(Path(args.data).resolve()))}"] if args.data else []
+        config = load_pipeline_config(preset, [*data, *args.overrides])
+    except USER_ERRORS as error:
+        return _user_error(error)
+    set_log_to_driver(args.verbose)  # the workers' stdout/stderr: Ray's log files, or live too
+    if not args.verbose:  # MLflow's own bars while it logs the model are not the job's progress
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    try:
+        from pipelines.storage import ensure_writable
+
+        ensure_writable(config.run_path)  # a bad run_dir fails before the log file is made in it
+        log_file = config.run_path / LOG_FILE
+        ray_was_up = ray_is_up()  # a caller's cluster (a notebook, the tests) is theirs to stop
+        with route_library_logs(log_file, verbose=args.verbose):
+            try:
+                run(config, Console(TABLE_STAGES if config.data.path else STAGES))
+            finally:  # errors propagate in full; this line says where Ray's side of them is
+                if not ray_was_up:
+                    stop_ray()  # its held-back "(raylet)" lines go to the file, not the console
+                print(f"Ray's own log lines: {log_file}", flush=True)
+    except Exception as error:
+        if _user_cause(error) is None:
+            raise  # a bug: the traceback is what a report needs
+        return _user_error(error)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="pipelines/full.py",
+        prog=PROG,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -331,37 +402,47 @@ def main(argv: list[str] | None = None) -> int:
         f"(they always go to {{run_dir}}/{LOG_FILE})",
     )
     add_override_argument(parser)
-    args = parser.parse_args(argv)
-    try:
-        preset = args.config or ("table" if args.data else "smoke")
-        # JSON quoting: the override value is parsed as YAML, which would turn e.g. "1.csv" odd.
-        data = [f"data.path={json.dumps(str(Path(args.data).resolve()))}"] if args.data else []
-        config = load_pipeline_config(preset, [*data, *args.overrides])
-    except (ConfigError, DataError) as error:
-        print(f"pipelines/full.py: error: {error}", file=sys.stderr)
-        return 2
-    set_log_to_driver(args.verbose)  # the workers' stdout/stderr: Ray's log files, or live too
-    if not args.verbose:  # MLflow's own bars while it logs the model are not the job's progress
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    try:
-        from pipelines.storage import ensure_writable
+    return parser
 
-        ensure_writable(config.run_path)  # a bad run_dir fails before the log file is made in it
-        log_file = config.run_path / LOG_FILE
-        ray_was_up = ray_is_up()  # a caller's cluster (a notebook, the tests) is theirs to stop
-        with route_library_logs(log_file, verbose=args.verbose):
-            try:
-                run(config, Console(TABLE_STAGES if config.data.path else STAGES))
-            finally:  # errors propagate in full; this line says where Ray's side of them is
-                if not ray_was_up:
-                    stop_ray()  # its held-back "(raylet)" lines go to the file, not the console
-                print(f"Ray's own log lines: {log_file}", flush=True)
-    # OutputError: a run_dir that cannot be written; ConfigError: e.g. a table with non-numeric
-    # columns, found at ingest
-    except (OSError, DataError, ConfigError) as error:
-        print(f"pipelines/full.py: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+
+def _user_cause(error: BaseException) -> BaseException | None:
+    """The user error behind `error` (itself, or what a Ray task, a Ray Train worker or its
+    controller raised, which Ray hands back wrapped, the remote traceback in its text), or None
+    for a bug."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        inner = _wrapped(current)
+        if inner is None:
+            return current if isinstance(current, USER_ERRORS) else None
+        current = inner
+    return None
+
+
+def _wrapped(error: BaseException) -> BaseException | None:
+    """The exception Ray wrapped in `error`, None when it wraps none."""
+    # ray.exceptions.RayTaskError (.cause); ray.train's ControllerError (.controller_failure)
+    # and WorkerGroupError (.worker_failures, by rank: the first rank's says it).
+    failures = getattr(error, "worker_failures", None)
+    candidates = [
+        getattr(error, "cause", None),
+        getattr(error, "controller_failure", None),
+        failures[min(failures)] if isinstance(failures, dict) and failures else None,
+    ]
+    return next((c for c in candidates if isinstance(c, BaseException) and c is not error), None)
+
+
+def _user_error(error: BaseException) -> int:
+    """Report a user error as one line on stderr, then what tracking lost if it failed too
+    (a note the job's Tracker put on the exception, so it comes after the error); status 2."""
+    cause = _user_cause(error) or error
+    text = " ".join(str(cause).split()) or type(cause).__name__
+    print(f"{PROG}: error: {text}", file=sys.stderr, flush=True)
+    for note in getattr(error, "__notes__", []):
+        if note.startswith(TRACKING_NOTE):
+            print(f"{PROG}: warning: {note[len(TRACKING_NOTE) :]}", file=sys.stderr, flush=True)
+    return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":

@@ -36,6 +36,10 @@ whole resolved pipeline config) and ``inputs`` (the ingest shards and their ``in
 Input contract, randomness and what is guaranteed (bit-equal numbers across actor counts):
 see pipelines/impute_job.py.
 
+Progress: ``run_imputation(..., on_progress=f)`` calls ``f(done_rows, total_rows)`` while the
+jobs run (every ~0.5 s when the count grew; the rows of all splits together, a reused split
+counted at once), through impute_job's ``row_progress`` counter; it changes no number.
+
 Atomicity and reuse (the mechanism: pipelines/publish.py). A split is written into
 ``imputed/.staging/{split}-<uuid>/`` (datasets first, the manifest last) and appears at
 ``imputed/{split}`` by a rename, so a crash never leaves a visible half-written dataset; a
@@ -58,7 +62,7 @@ import numpy as np
 from missiwae.config import to_dict
 from missiwae.mnist_files import NUM_PIXELS
 from pipelines.config import PipelineConfig
-from pipelines.impute_job import INPUT_COLUMNS, SINGLE, imputation_dataset
+from pipelines.impute_job import INPUT_COLUMNS, SINGLE, ProgressCallback, imputation_dataset, row_progress
 from pipelines.missforest_job import missforest_task, missing_accuracy
 from pipelines.publish import MANIFEST, Publisher, fingerprint, hash_files
 from pipelines.shards import (
@@ -127,6 +131,7 @@ def run_imputation(
     shards: Mapping[str, Sequence[Path]],
     checkpoint_dir: Path,
     *,
+    on_progress: ProgressCallback | None = None,
     _fault_injection: str | None = None,
 ) -> ImputeResult:
     """Impute every split of ``config.impute_stage.splits``; see the module docstring.
@@ -137,6 +142,8 @@ def run_imputation(
         shards: split -> Parquet files of the ingest layout (row_id, label, source_row, pixels,
             mask).
         checkpoint_dir: a missiwae checkpoint (``missiwae.training.load_model``).
+        on_progress: called as ``on_progress(done_rows, total_rows)`` with the rows imputed so
+            far over all splits (non-decreasing, ending at total_rows); from a driver thread.
         _fault_injection: TEST ONLY, a marker-file path: the first actor to start its second
             batch creates the marker and kills its process (see ``ImputeActor``).
     """
@@ -155,6 +162,8 @@ def run_imputation(
     metrics: dict[str, float] = {}
     seconds: dict[str, float] = {}
     reused: dict[str, bool] = {}
+    split_rows = {split: _num_rows(shards[split]) for split in config.impute_stage.splits}
+    total_rows, rows_before = sum(split_rows.values()), 0  # rows_before: splits already done
     with out.locked():  # a second run on the same run_dir waits, then reuses
         for split in config.impute_stage.splits:
             files = sorted(Path(p) for p in shards[split])
@@ -165,14 +174,35 @@ def run_imputation(
             reused[split] = manifest is not None
             if manifest is None:
                 lineage = {"checkpoint": checkpoint, "inputs_sha256": inputs_hash}
+                progress = _offset_progress(on_progress, rows_before, total_rows)
                 manifest = _impute_split(
-                    config, split, files, checkpoint_dir, digest, out, lineage, _fault_injection
+                    config, split, files, checkpoint_dir, digest, out, lineage, _fault_injection, progress
                 )
+            elif on_progress is not None:
+                on_progress(rows_before + split_rows[split], total_rows)  # reused: all at once
+            rows_before += split_rows[split]
             result_splits[split] = {name: split_dir / name for name in manifest["datasets"]}
             metrics.update({k: float(v) for k, v in manifest["metrics"].items()})
             seconds.update({k: float(v) for k, v in manifest["seconds"].items()})
     primary = "train" if "train" in result_splits else config.impute_stage.splits[0]
     return ImputeResult(dict(result_splits[primary]), metrics, seconds, result_splits, reused)
+
+
+def _num_rows(files: Sequence[Path]) -> int:
+    """Rows in the Parquet `files`, from their footers (no data read)."""
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(path).metadata.num_rows for path in files)
+
+
+def _offset_progress(
+    on_progress: ProgressCallback | None, rows_before: int, total_rows: int
+) -> ProgressCallback | None:
+    """A split's progress callback reporting to `on_progress` over all splits: the split's
+    done rows plus `rows_before`, against `total_rows`."""
+    if on_progress is None:
+        return None
+    return lambda done, _split_total: on_progress(rows_before + done, total_rows)
 
 
 def publisher(config: PipelineConfig) -> Publisher:
@@ -189,9 +219,11 @@ def _impute_split(
     out: Publisher,
     lineage: dict[str, Any],
     fault_marker: str | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
     """Compute one split into a staging directory and publish it; returns the manifest
-    (`lineage`: its checkpoint and inputs_sha256 entries, see the module docstring)."""
+    (`lineage`: its checkpoint and inputs_sha256 entries, see the module docstring;
+    `on_progress(done_rows, split_rows)` while the job runs)."""
     import ray.data
 
     from pipelines.runtime import ensure_ray
@@ -210,9 +242,10 @@ def _impute_split(
                 missforest_ref = task.remote(x_nan, to_dict(config.missforest), config.impute.seed)
 
             clock = time.perf_counter()
-            imputed = imputation_dataset(
-                config, files, checkpoint_dir, fault_marker=fault_marker
-            ).materialize()
+            with row_progress(on_progress, _num_rows(files)) as counter:
+                imputed = imputation_dataset(
+                    config, files, checkpoint_dir, fault_marker=fault_marker, progress=counter
+                ).materialize()
             job_seconds = time.perf_counter() - clock
             stats = _summarise(imputed, config.impute.num_imputations)
 

@@ -25,13 +25,22 @@ scheduling; the tests check bit-equality across actor counts. They do change wit
 A table's shards (pipelines/tabular.py) give standardised float ``pixels``, and their
 ``source_row`` seeds the batches instead of ``row_id`` (images keep ``row_id``: their numbers
 predate the lineage column and stay as they were).
+
+Progress (:func:`row_progress`). The job runs inside one ``materialize()`` / ``iter_batches()``
+call, so the driver cannot count batches itself: a :class:`RowCounter` actor (no CPU) is passed
+to every ImputeActor, which adds its batch's rows after computing it (fire-and-forget
+``.remote()``, never waited on: the batches and their numbers are untouched), and a driver
+thread polls it every ``POLL_S`` seconds for a callback ``on_progress(done_rows, total_rows)``.
+A batch retried after its actor died may be counted twice; the count is clamped to the total.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +61,12 @@ WAIT_FOR_ACTORS_S = 600  # the actor pool must be up within this time (model loa
 # row per input row because a batch's output only counts once its task returns). Bounded, so a
 # batch that kills every actor it touches fails the job instead of looping.
 ACTOR_MAX_RESTARTS = 3
+POLL_S = 0.5  # how often the driver asks the RowCounter (a bar's refresh rate)
+# At the end of a job, how long the driver waits for the actors' last increments (sent just
+# before their batches returned) to reach the counter.
+_FINAL_COUNT_WAIT_S = 10.0
+_READ_TIMEOUT_S = 5.0
+ProgressCallback = Callable[[int, int], None]  # (done_rows, total_rows)
 
 
 def imputation_dataset(
@@ -61,9 +76,11 @@ def imputation_dataset(
     *,
     table: bool = False,
     fault_marker: str | None = None,
+    progress: Any = None,
 ) -> ray.data.Dataset:
     """The lazy Ray Data job over the shards `files`: ordered read, fixed-size blocks, the pool
-    of :class:`ImputeActor` (``table``: a user's table, see the actor; it runs on CPUs)."""
+    of :class:`ImputeActor` (``table``: a user's table, see the actor; it runs on CPUs).
+    ``progress``: a RowCounter actor handle the actors count their rows on (:func:`row_progress`)."""
     import ray.data
 
     from pipelines.runtime import ensure_ray
@@ -89,6 +106,7 @@ def imputation_dataset(
                 "device": "cuda" if gpus else "cpu",
                 "fault_marker": fault_marker,
                 "table": table,
+                "progress": progress,
             },
             batch_size=impute.batch_size,
             batch_format="numpy",
@@ -116,6 +134,9 @@ class ImputeActor:
     source_row (B,), pixels (B, D) standardised, mask (B, D). Out: source_row, single (B, D)
     and multiple (B, M, D) float32 in standardised units, ess and log_likelihood (B,).
 
+    ``progress``: a RowCounter actor handle, or None; the actor adds each batch's row count
+    to it after computing the batch (module docstring).
+
     ``fault_marker`` is for tests only: the first actor (of all) to begin its second batch
     creates that file and kills its own process (os._exit), so Ray restarts it and retries the
     batch; the marker makes sure it happens once.
@@ -131,6 +152,7 @@ class ImputeActor:
         device: str = "cpu",
         fault_marker: str | None = None,
         table: bool = False,
+        progress: Any = None,
     ) -> None:
         import ray
 
@@ -144,6 +166,7 @@ class ImputeActor:
         self.chunk_size, self.seed = chunk_size, seed
         self.actor_id = ray.get_runtime_context().get_actor_id() or f"pid-{os.getpid()}"
         self.fault_marker, self.calls = fault_marker, 0
+        self.progress = progress
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
@@ -160,6 +183,8 @@ class ImputeActor:
         oracle = self.model.uses_oracle and not self.table
         x = x_true if oracle else x_true.masked_fill(~observed, float("nan"))
         single, multiple = self._impute(x, observed, int(first[0]))
+        if self.progress is not None:
+            self.progress.add.remote(len(first))  # fire-and-forget: never waits on the counter
         if self.table:
             return {
                 "source_row": first,
@@ -229,6 +254,83 @@ class ImputeActor:
         }
 
 
+class RowCounter:
+    """The rows imputed so far, counted by the ImputeActors (a Ray actor: ``ray.remote``)."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+
+    def add(self, num_rows: int) -> None:
+        self.rows += num_rows
+
+    def get(self) -> int:
+        return self.rows
+
+
+@contextlib.contextmanager
+def row_progress(on_progress: ProgressCallback | None, total_rows: int) -> Iterator[Any]:
+    """Within the block, report the rows imputed so far: yields a RowCounter actor handle for
+    :func:`imputation_dataset` (None, and nothing started, without `on_progress`). A thread
+    polls it every POLL_S seconds and calls ``on_progress(done, total_rows)`` each time the
+    count grows (so strictly increasing, at most total_rows); after a successful block it
+    waits for the actors' last increments and reports the final count if it grew."""
+    if on_progress is None:
+        yield None
+        return
+    import ray
+
+    counter: Any = ray.remote(num_cpus=0)(RowCounter).remote()
+    reporter = _Reporter(counter, on_progress, total_rows)
+    thread = threading.Thread(target=reporter.poll_until_stopped, name="impute-progress", daemon=True)
+    thread.start()
+    try:
+        yield counter
+        reporter.stop.set()
+        thread.join()
+        reporter.finish()
+    finally:
+        reporter.stop.set()
+        thread.join()
+        with contextlib.suppress(Exception):  # never mask the job's own error (Ray may be down)
+            ray.kill(counter)
+
+
+class _Reporter:
+    """The driver side of :func:`row_progress`: reads the counter, reports growth only."""
+
+    def __init__(self, counter: Any, on_progress: ProgressCallback, total_rows: int) -> None:
+        self.counter, self.on_progress, self.total_rows = counter, on_progress, total_rows
+        self.reported = 0
+        self.stop = threading.Event()
+
+    def read(self) -> int:
+        """The counter's rows (clamped), or the last reported count when the counter does not
+        answer: progress is cosmetic, the job's own errors surface from the job itself."""
+        import ray
+
+        try:
+            return min(int(ray.get(self.counter.get.remote(), timeout=_READ_TIMEOUT_S)), self.total_rows)
+        except Exception:
+            return self.reported
+
+    def report(self, done: int) -> None:
+        if done > self.reported:
+            self.reported = done
+            self.on_progress(done, self.total_rows)
+
+    def poll_until_stopped(self) -> None:
+        while not self.stop.wait(POLL_S):
+            self.report(self.read())
+
+    def finish(self) -> None:
+        deadline = time.monotonic() + _FINAL_COUNT_WAIT_S
+        done = self.read()
+        while done < self.total_rows and time.monotonic() < deadline:
+            time.sleep(0.05)
+            done = self.read()
+        self.report(done)
+
+
 def _die_once(marker: str) -> None:
     """Kill this actor's process unless `marker` exists; create it atomically first (O_EXCL),
     so of several actors racing here exactly one dies."""
@@ -269,4 +371,13 @@ def _job_context() -> Iterator[None]:
         context.execution_options.preserve_order, context.wait_for_min_actors_s = previous
 
 
-__all__ = ["ACTOR_MAX_RESTARTS", "SINGLE", "ImputeActor", "batch_seed", "imputation_dataset"]
+__all__ = [
+    "ACTOR_MAX_RESTARTS",
+    "SINGLE",
+    "ImputeActor",
+    "ProgressCallback",
+    "RowCounter",
+    "batch_seed",
+    "imputation_dataset",
+    "row_progress",
+]

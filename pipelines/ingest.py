@@ -48,6 +48,7 @@ from pipelines.publish import MANIFEST, Publisher, fingerprint
 from pipelines.shards import (
     SHARD_COLUMNS,
     SPLITS,
+    TABLE_SHARD_COLUMNS,
     IngestResult,
     shard_table,
     write_shards,
@@ -122,7 +123,10 @@ def run_ingest(config: PipelineConfig) -> IngestResult:
         ensure_ray()
         for split in SPLITS:
             table = tables[split] if table_info is not None else _mnist_table(config, split)
-            names, num_rows = write_split_table(data_dir, split, table, config.ingest.num_shards)
+            num_shards = config.ingest.num_shards
+            if table_info is not None:  # a small table (3 rows is enough) has fewer rows than shards
+                num_shards = min(num_shards, table.num_rows)
+            names, num_rows = write_split_table(data_dir, split, table, num_shards)
             splits[split] = {
                 "num_rows": num_rows,
                 "shards": names,
@@ -132,7 +136,7 @@ def run_ingest(config: PipelineConfig) -> IngestResult:
             "format_version": FORMAT_VERSION,
             "fingerprint": digest,
             "config": {"data": to_dict(config.data), "ingest": to_dict(config.ingest)},
-            "columns": list(COLUMNS),
+            "columns": list(COLUMNS if table_info is None else TABLE_SHARD_COLUMNS),
             "splits": splits,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }

@@ -8,10 +8,26 @@ Ray reads them once, when it is first imported, so an entry point calls
     from pipelines.runtime import configure_ray_auth
     configure_ray_auth()          # first thing in main(); then import / start Ray
 
-In a notebook, call it before ``import ray`` (or export the two variables before starting
+The same call keeps the embedded Ray on loopback: ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``
+(Ray's switch for multi-node clusters, documented for Windows and macOS, where it is off by
+default) makes Ray take 127.0.0.1 as the node's address, and every server Ray 2.60 starts
+then binds to loopback only: the GCS, the raylet's node and object managers, the workers' and
+the driver's gRPC servers, the dashboard agent (its gRPC, HTTP and Prometheus metrics ports)
+and the runtime-env agent. (Left alone on Linux, Ray takes the machine's outward address and
+the GCS, raylet, workers and metrics endpoints listen on every interface.) No other node can
+join such a Ray, which an embedded, single-machine Ray never needs; a user who set the
+variable keeps their value. ``GLOO_SOCKET_IFNAME`` (torch.distributed's documented setting)
+puts Ray Train's Gloo connections on the loopback interface too. One listener is left that no
+documented Ray or torch setting can place: the TCPStore (rendezvous key-value store) that
+torch.distributed opens in Ray Train's rank-0 worker binds to every interface while training
+runs (MASTER_ADDR is only where the other ranks connect). Checked by
+tests/pipeline/test_security.py, which lists the listening sockets of every Ray process during
+a run.
+
+In a notebook, call it before ``import ray`` (or export the three variables before starting
 Python). When Ray was imported first and the variables are not set, :func:`ensure_ray` refuses
 to start an embedded Ray (:class:`RayAuthError`) rather than start one that anybody on the
-network could run code on. (Variables set by hand *after* ``import ray`` are not seen by Ray;
+network could reach. (Variables set by hand *after* ``import ray`` are not seen by Ray;
 that case cannot be told apart from outside Ray, so set them first.)
 """
 
@@ -19,6 +35,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import sys
 
 # A 2-core machine deadlocks when stages ask for whole CPUs; a local Ray advertises more
@@ -27,6 +44,12 @@ LOCAL_LOGICAL_CPUS = 8
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
 AUTH_TOKEN_ENV = "RAY_AUTH_TOKEN"
 AUTH_TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
+# "0": Ray runs single-node and takes 127.0.0.1 as the node address, so its servers bind to
+# loopback (read by ray._private.ray_constants when Ray is imported).
+CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+# torch.distributed's Gloo backend (Ray Train's DDP on CPUs) listens on this interface for its
+# peers; by default on the address the host name resolves to, which may face the network.
+GLOO_INTERFACE_ENV = "GLOO_SOCKET_IFNAME"
 # Whether the Ray this process starts streams its workers' stdout/stderr (Ray Train's
 # controller and workers, Ray Data's actors) to this console: Ray's `log_to_driver`. The job
 # turns it off unless --verbose (set_log_to_driver); the workers' log files in Ray's session
@@ -39,13 +62,16 @@ class RayAuthError(RuntimeError):
 
 
 def configure_ray_auth(address: str | None = None) -> None:
-    """Token authentication for a Ray this process will start, through the environment.
+    """Token authentication and loopback-only servers for a Ray this process will start,
+    through the environment.
 
     Sets ``RAY_AUTH_MODE=token`` unless the user chose a mode, and, unless a token is configured
     (``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH``), a random ``RAY_AUTH_TOKEN`` in this
     process's environment only: Ray's workers and any subprocess inherit it, nothing is written
-    to disk. Does nothing when connecting to a cluster (``address`` or ``$RAY_ADDRESS``): that
-    cluster's token comes from the user's environment or token file, as Ray documents.
+    to disk. Sets ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` unless the user set it, so the embedded
+    Ray listens on 127.0.0.1 only (module docstring). Does nothing when connecting to a cluster
+    (``address`` or ``$RAY_ADDRESS``): that cluster's token comes from the user's environment or
+    token file, as Ray documents, and its addresses are the cluster's.
 
     Raises RayAuthError when something must be set but Ray is already imported (Ray would not
     see it). Idempotent: a second call finds everything set and changes nothing.
@@ -58,16 +84,32 @@ def configure_ray_auth(address: str | None = None) -> None:
         missing[AUTH_MODE_ENV] = mode
     if mode == "token" and not (os.environ.get(AUTH_TOKEN_ENV) or os.environ.get(AUTH_TOKEN_PATH_ENV)):
         missing[AUTH_TOKEN_ENV] = secrets.token_hex(32)
+    if not os.environ.get(CLUSTER_ENV):
+        missing[CLUSTER_ENV] = "0"
+    loopback = _loopback_interface()
+    if loopback and not os.environ.get(GLOO_INTERFACE_ENV):
+        os.environ[GLOO_INTERFACE_ENV] = loopback  # read by torch when training starts, not at import
     if not missing:
         return
     if "ray" in sys.modules:
         raise RayAuthError(
-            f"Ray was imported before token authentication was configured, so it would not see "
+            f"Ray was imported before token authentication and loopback binding were configured, "
+            f"so it would not see "
             f"{' and '.join(sorted(missing))}. Call pipelines.runtime.configure_ray_auth() before "
             f"anything imports Ray (the pipeline's entry points do), or export "
-            f"{AUTH_MODE_ENV}=token and {AUTH_TOKEN_ENV}=<a random secret> before starting Python."
+            f"{AUTH_MODE_ENV}=token, {AUTH_TOKEN_ENV}=<a random secret> and {CLUSTER_ENV}=0 before "
+            f"starting Python."
         )
     os.environ.update(missing)
+
+
+def _loopback_interface() -> str | None:
+    """The loopback interface's name ("lo" on Linux, "lo0" on macOS), None when not found."""
+    try:
+        names = {name for _, name in socket.if_nameindex()}
+    except OSError:  # no interface list on this platform
+        return None
+    return next((name for name in ("lo", "lo0") if name in names), None)
 
 
 def set_log_to_driver(enabled: bool) -> None:
@@ -101,8 +143,8 @@ def ensure_ray(address: str | None = None) -> None:
         ray.init(address=address, log_to_driver=log_to_driver)
     else:
         # "local": a fresh embedded Ray, even when a `ray start` head runs on this machine. No
-        # dashboard, so no Jobs API; its GCS port listens on every interface, which is why the
-        # token is required (checked in tests/pipeline/test_security.py).
+        # dashboard, so no Jobs API; every server on loopback (CLUSTER_ENV) and the token
+        # required besides, for other users of this machine (tests/pipeline/test_security.py).
         ray.init(
             address="local",
             num_cpus=max(LOCAL_LOGICAL_CPUS, os.cpu_count() or 1),
@@ -112,6 +154,7 @@ def ensure_ray(address: str | None = None) -> None:
 
 
 __all__ = [
+    "CLUSTER_ENV",
     "LOCAL_LOGICAL_CPUS",
     "RayAuthError",
     "configure_ray_auth",

@@ -12,6 +12,9 @@ Ingest shards (one row per image or table row; ``{run_dir}/data/{split}/part-NNN
                          is True); a table float32 standardised values, 0 in the holes
     mask        bool     (D,) True = observed
     values      float64  a table only: (D,) the file's values, NaN in the holes
+    source      struct   a table only: the file's own cells in their own types (fields
+                         ``label`` when there is a label column, then ``c0`` ... ``c{D-1}``;
+                         null or NaN in the holes): what every output copies observed cells from
 
 Imputed datasets (``{run_dir}/imputed/{split}/{name}/*.parquet``), lineage included::
 
@@ -52,7 +55,7 @@ if TYPE_CHECKING:
 
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 SHARD_COLUMNS: tuple[str, ...] = ("row_id", "split", "label", "source_row", "pixels", "mask")
-TABLE_SHARD_COLUMNS: tuple[str, ...] = (*SHARD_COLUMNS, "values")
+TABLE_SHARD_COLUMNS: tuple[str, ...] = (*SHARD_COLUMNS, "values", "source")
 IMPUTED_COLUMNS: tuple[str, ...] = ("row_id", "label", "source_row", "pixels", "mask")
 
 
@@ -89,11 +92,13 @@ def shard_table(
     *,
     source_row: np.ndarray,
     values: np.ndarray | None = None,
+    source: pa.StructArray | None = None,
 ) -> pa.Table:
     """One split's rows in the shard layout (module docstring), row_id = 0..n-1.
 
     label (n,) kept in its dtype; pixels (n, D) kept in its dtype; mask (n, D) as bool;
-    source_row (n,) each row's index in the source file; values (n, D) for a table only.
+    source_row (n,) each row's index in the source file; values (n, D) and source (n,) (the
+    file's cells, a struct of its columns) for a table only.
     """
     import pyarrow as pa
 
@@ -113,6 +118,10 @@ def shard_table(
     columns["mask"] = tensor_array(mask.astype(bool))
     if values is not None:
         columns["values"] = tensor_array(values)
+    if source is not None:
+        if len(source) != n:
+            raise ValueError(f"expected source (n,) = ({n},), got ({len(source)},)")
+        columns["source"] = source
     return pa.table(columns)
 
 

@@ -14,19 +14,25 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from missiwae.columns import Standardization, infer_column_types
+from missiwae.columns import (
+    Standardization,
+    check_column_range,
+    check_standardised_range,
+    infer_column_types,
+)
 from missiwae.config import ConfigError
 from pipelines import publish
 from pipelines.config import PipelineConfig
 from pipelines.shards import SPLITS, IngestResult, shard_table
 
 if TYPE_CHECKING:
-    import pandas as pd
     import pyarrow as pa
 
 # Bump when the tabular shard layout or standardisation changes (part of the ingest fingerprint).
-TABULAR_FORMAT_VERSION = 1
+# 2: the `source` column (the file's cells in their own types), bookkeeping-safe output names.
+TABULAR_FORMAT_VERSION = 2
 SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+_KIND_NAMES = {"csv": "CSV", "parquet": "Parquet"}
 
 
 def file_sha256(path: str | Path) -> str:
@@ -45,51 +51,167 @@ def _existing(path: str | Path) -> Path:
     return resolved
 
 
+@dataclasses.dataclass(frozen=True)
+class SourceTable:
+    """A user's table as read and checked (:func:`load_table`).
+
+    values: float64 (N, D), NaN = missing (the model's view: integers and booleans as floats);
+    columns: the D modelled columns' names, in the file's order; labels: float64 (N,) of
+    ``data.label_column``, or None; source: the file's own cells, untouched, as one Arrow struct
+    array (N,) with fields ``label`` (when there is a label column) and ``c0`` ... ``c{D-1}``, each
+    in the file's type (int64, bool, float32 ...), null or NaN in the holes. Observed cells of
+    every output are copied from `source`, never through float64.
+    """
+
+    name: str
+    values: np.ndarray
+    columns: list[str]
+    labels: np.ndarray | None
+    source: pa.StructArray
+
+
 def read_table(
     path: str | Path, label_column: str | None = None
 ) -> tuple[np.ndarray, list[str], np.ndarray | None]:
     """(values float64 (N, D) with NaN = missing, column names, labels (N,) or None).
 
-    Raises ConfigError naming the problem: unreadable or unknown format, non-numeric columns,
-    inf, a column with no observed value, an unknown or incomplete label column.
+    Raises ConfigError naming the file and the problem (see :func:`load_table`).
     """
-    import pandas as pd
+    table = load_table(path, label_column)
+    return table.values, table.columns, table.labels
 
+
+def load_table(path: str | Path, label_column: str | None = None) -> SourceTable:
+    """Read and check the user's CSV / Parquet file (:class:`SourceTable`).
+
+    Raises ConfigError (one line, naming the file, and the column where there is one): an empty
+    or unreadable file, duplicate column names, fewer than 3 rows or no column, non-numeric
+    columns, inf, a column with no observed value, a column too wide for standardisation
+    (missiwae.columns.check_column_range), an unknown or incomplete label column.
+    """
     resolved = _existing(path)
-    is_csv = SUFFIXES[resolved.suffix.lower()] == "csv"
-    frame: pd.DataFrame = pd.read_csv(resolved) if is_csv else pd.read_parquet(resolved)
-    frame.columns = [str(c) for c in frame.columns]
+    name = resolved.name
+    arrow = _read_arrow(resolved)
+    _check_unique(arrow.column_names, name)
     labels = None
+    label_array = None
     if label_column is not None:
-        if label_column not in frame.columns:
-            raise ConfigError(f"data.label_column {label_column!r} is not a column of {resolved.name}")
-        label_series = frame.pop(label_column)
-        if not pd.api.types.is_numeric_dtype(label_series) or label_series.isna().any():
+        if label_column not in arrow.column_names:
+            raise ConfigError(f"data.label_column {label_column!r} is not a column of {name}")
+        label_array = arrow.column(label_column)
+        arrow = arrow.drop_columns([label_column])
+        labels = _as_float(label_array) if _is_numeric(label_array.type) else None
+        if labels is None or np.isnan(labels).any():
             raise ConfigError(f"data.label_column {label_column!r} must be numeric with no missing value")
-        labels = label_series.to_numpy(dtype=np.float64)
-    if frame.shape[0] < 3 or frame.shape[1] < 1:
-        raise ConfigError(
-            f"{resolved.name} has {frame.shape[0]} rows and {frame.shape[1]} columns; need >= 3 x 1"
-        )
-    non_numeric = [
-        c
-        for c in frame.columns
-        if not (pd.api.types.is_numeric_dtype(frame[c]) or pd.api.types.is_bool_dtype(frame[c]))
-    ]
+    if arrow.num_rows < 3 or arrow.num_columns < 1:
+        raise ConfigError(f"{name} has {arrow.num_rows} rows and {arrow.num_columns} columns; need >= 3 x 1")
+    columns = list(arrow.column_names)
+    non_numeric = [c for c, field in zip(columns, arrow.schema, strict=True) if not _is_numeric(field.type)]
     if non_numeric:
         raise ConfigError(
-            f"column(s) {non_numeric} of {resolved.name} are not numeric: encode them as numbers "
+            f"column(s) {non_numeric} of {name} are not numeric: encode them as numbers "
             "(e.g. one-hot 0/1 columns, which are modelled as Bernoulli) or drop them"
         )
-    values = frame.astype(np.float64).to_numpy()
-    if np.isinf(values).any():
-        raise ConfigError(f"{resolved.name} holds inf; only NaN (an empty cell) may mark a missing entry")
-    empty = [
-        c for c, observed in zip(frame.columns, (~np.isnan(values)).any(axis=0), strict=True) if not observed
-    ]
+    values = np.column_stack([_as_float(column) for column in arrow.columns])
+    _check_values(values, columns, name)
+    fields = ([label_array] if label_array is not None else []) + list(arrow.columns)
+    field_names = (["label"] if label_array is not None else []) + [f"c{j}" for j in range(len(columns))]
+    source = _struct(fields, field_names)
+    return SourceTable(name=name, values=values, columns=columns, labels=labels, source=source)
+
+
+def _read_arrow(path: Path) -> pa.Table:
+    """The file as an Arrow table in its own column types; ConfigError naming it if unreadable."""
+    import pyarrow as pa
+
+    kind = SUFFIXES[path.suffix.lower()]
+    try:
+        return _read_csv(path) if kind == "csv" else _read_parquet(path)
+    except ConfigError:
+        raise
+    except (pa.ArrowException, OSError, ValueError) as error:
+        message = " ".join(str(error).split())[:300]
+        raise ConfigError(f"{path.name} is not a readable {_KIND_NAMES[kind]} file ({message})") from error
+
+
+def _read_csv(path: Path) -> pa.Table:
+    """A CSV through pyarrow: integers stay exact int64 even with holes (pandas would make them
+    float64), floats are parsed correctly rounded, a duplicated header is kept (not renamed)."""
+    import pyarrow.csv as pa_csv
+
+    size = path.stat().st_size
+    if size == 0:
+        raise ConfigError(f"{path.name} is empty (0 bytes): a CSV needs a header line of column names")
+    # One block for the whole file: pyarrow infers a column's type from the first block only, so
+    # a column of integers that turns float further down would otherwise fail to parse.
+    block_size = min(max(size + 1, 1 << 20), 2**31 - 1)
+    return pa_csv.read_csv(path, read_options=pa_csv.ReadOptions(block_size=block_size))
+
+
+def _read_parquet(path: Path) -> pa.Table:
+    """A Parquet file; duplicate names are refused from the footer (Arrow cannot select them),
+    and pandas' stored index columns are dropped, as pandas.read_parquet would."""
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(path)
+    _check_unique(schema.names, path.name)
+    table = pq.read_table(path)
+    metadata = schema.pandas_metadata or {}
+    index = [c for c in metadata.get("index_columns", []) if isinstance(c, str) and c in table.column_names]
+    return table.drop_columns(index) if index else table
+
+
+def _check_unique(names: list[str], file_name: str) -> None:
+    """ConfigError naming the column names that occur more than once."""
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ConfigError(
+            f"column name(s) {repeated} occur more than once in {file_name}: give every column its own name"
+        )
+
+
+def _is_numeric(kind: pa.DataType) -> bool:
+    """Integers, floats and booleans are modelled; an all-empty CSV column reads as type null
+    (numeric with no observed value, refused as such)."""
+    import pyarrow as pa
+
+    return bool(
+        pa.types.is_integer(kind)
+        or pa.types.is_floating(kind)
+        or pa.types.is_boolean(kind)
+        or pa.types.is_null(kind)
+    )
+
+
+def _as_float(column: pa.ChunkedArray) -> np.ndarray:
+    """(N,) float64, NaN for null (unsafe cast: int64 beyond 2**53 rounds; the model's view only)."""
+    import pyarrow as pa
+
+    return np.asarray(column.cast(pa.float64(), safe=False).fill_null(np.nan).to_numpy(), dtype=np.float64)
+
+
+def _check_values(values: np.ndarray, columns: list[str], name: str) -> None:
+    """ConfigError naming the columns holding inf, no observed value, or values too wide to model."""
+    infinite = [c for c, bad in zip(columns, np.isinf(values).any(axis=0), strict=True) if bad]
+    if infinite:
+        raise ConfigError(
+            f"column(s) {infinite} of {name} hold inf; only NaN (an empty cell) may mark a missing entry"
+        )
+    observed = ~np.isnan(values)
+    empty = [c for c, seen in zip(columns, observed.any(axis=0), strict=True) if not seen]
     if empty:
-        raise ConfigError(f"column(s) {empty} of {resolved.name} have no observed value: drop them")
-    return values, list(frame.columns), labels
+        raise ConfigError(f"column(s) {empty} of {name} have no observed value: drop them")
+    try:
+        check_column_range(values, observed, names=columns, where=name)
+    except ValueError as error:  # the library's check, the pipeline's error type (rc 2, one line)
+        raise ConfigError(str(error)) from error
+
+
+def _struct(fields: list[pa.ChunkedArray], names: list[str]) -> pa.StructArray:
+    """The file's columns as one struct array (N,), each field in its own type."""
+    import pyarrow as pa
+
+    return pa.StructArray.from_arrays([field.combine_chunks() for field in fields], names=names)
 
 
 def column_types(values: np.ndarray, observation: str) -> list[str]:
@@ -116,21 +238,49 @@ def split_rows(
     return {split: np.sort(part) for split, part in zip(SPLITS, parts, strict=True)}
 
 
+def fit_scaling(values: np.ndarray, train_rows: np.ndarray, continuous: list[bool]) -> Standardization:
+    """Mean and scale (D,) of the `continuous` columns of `values` (N, D), from the observed
+    entries of the TRAIN rows (`train_rows`, indices): nothing about the held-out rows leaks in.
+
+    Except where the train rows cannot tell: a column with fewer than two distinct observed
+    train values (a small table's one or two train rows) would get scale 1 in whatever units
+    it has, and its held-out values could land 1e15 "standard deviations" out; such a column
+    takes its mean and scale from all its observed rows. check_finite stays on (load_table's
+    range check keeps the variance finite): no infinite scale ever reaches the manifest.
+    """
+    train = Standardization.fit(values[train_rows], columns=continuous)
+    observed_train = values[train_rows]
+    degenerate = np.array(
+        [np.unique(col[~np.isnan(col)]).size < 2 for col in observed_train.T], dtype=bool
+    ) & np.asarray(continuous, dtype=bool)
+    if not degenerate.any():
+        return train
+    whole = Standardization.fit(values, columns=continuous)
+    return Standardization(
+        np.where(degenerate, whole.mean, train.mean), np.where(degenerate, whole.scale, train.scale)
+    )
+
+
 def tabular_split_tables(config: PipelineConfig) -> tuple[dict[str, pa.Table], dict[str, Any]]:
     """The three splits' Arrow tables (module docstring layout) and the manifest's `table` entry."""
     data = config.data
     assert data.path is not None
-    values, columns, labels = read_table(data.path, data.label_column)
+    table = load_table(data.path, data.label_column)
+    values, labels = table.values, table.labels
     types = column_types(values, config.model.observation)
     rows = split_rows(values.shape[0], data.seed, data.valid_fraction, data.test_fraction)
     observed = ~np.isnan(values)
 
-    # Standardise with the observed TRAIN entries only: nothing about the held-out rows leaks in
-    # (a column unobserved in train keeps (0, 1)). check_finite=False: an overflowing variance
-    # keeps its infinite scale, as this stage always has.
     continuous = [t != "bernoulli" for t in types]
-    scaling = Standardization.fit(values[rows["train"]], columns=continuous, check_finite=False)
+    try:
+        scaling = fit_scaling(values, rows["train"], continuous)
+    except ValueError as error:
+        raise ConfigError(f"{table.name}: {error}") from error
     standardised = scaling.transform(values, observed)
+    try:  # held-out rows far from the train rows' scaling would overflow the float32 model
+        check_standardised_range(standardised, names=table.columns, where=table.name)
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
 
     tables = {}
     for split in SPLITS:
@@ -143,11 +293,12 @@ def tabular_split_tables(config: PipelineConfig) -> tuple[dict[str, pa.Table], d
             observed[index],
             source_row=index,
             values=values[index],
+            source=table.source.take(index),
         )
     info = {
         "source": str(Path(data.path).expanduser().resolve()),
         "source_sha256": file_sha256(data.path),
-        "columns": columns,
+        "columns": table.columns,
         "column_types": types,
         "mean": scaling.mean.tolist(),
         "scale": scaling.scale.tolist(),
@@ -159,7 +310,9 @@ def tabular_split_tables(config: PipelineConfig) -> tuple[dict[str, pa.Table], d
 
 
 def tabular_model_config(config: PipelineConfig, ingest: IngestResult) -> PipelineConfig:
-    """`config` with model.num_features and model.column_types set from the ingested table."""
+    """`config` with model.num_features and model.column_types set from the ingested table, and
+    scaling.num_workers clamped to the training rows (a small table's 1 or 2: Ray Train's equal
+    split would leave a worker with no row)."""
     if ingest.table is None:
         raise ValueError("the ingest result holds no table (data.path was not set)")
     if config.model.architecture != "mlp":
@@ -172,14 +325,19 @@ def tabular_model_config(config: PipelineConfig, ingest: IngestResult) -> Pipeli
         observation=config.model.observation if mixed else types[0],
         column_types=tuple(types) if mixed else (),
     )
-    return dataclasses.replace(config, model=model)
+    workers = max(1, min(config.scaling.num_workers, ingest.num_rows["train"]))
+    scaling = dataclasses.replace(config.scaling, num_workers=workers)
+    return dataclasses.replace(config, model=model, scaling=scaling)
 
 
 __all__ = [
     "SUFFIXES",
     "TABULAR_FORMAT_VERSION",
+    "SourceTable",
     "column_types",
     "file_sha256",
+    "fit_scaling",
+    "load_table",
     "read_table",
     "split_rows",
     "tabular_model_config",

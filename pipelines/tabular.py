@@ -4,12 +4,14 @@
     python pipelines/full.py --config table --set data.path=my.parquet --set train.epochs=50
 
 Ingest (``table_source.tabular_split_tables``, called by ``ingest.run_ingest`` when ``data.path``
-is set). The file is read with pandas (``.csv`` / ``.parquet``); NaN (an empty CSV cell) marks a
-missing entry. Every column must be numeric (booleans count as 0/1); ``data.label_column``, when
-given, is set aside as the label (not modelled, not imputed). Rows are split into
-train / valid / test by a permutation seeded with ``data.seed`` (``data.valid_fraction``,
-``data.test_fraction``; each split keeps the file's row order). The shards have the MNIST
-layout plus two columns::
+is set). The file is read with pyarrow (``.csv`` / ``.parquet``), each column in its own type;
+an empty cell, NaN or null marks a missing entry. Every column must be integer, float or boolean;
+``data.label_column``, when given, is set aside as the label (not modelled, not imputed). What
+is refused (rc 2, one line naming the file and column) is listed in docs/tables.md. Rows are
+split into train / valid / test by a permutation seeded with ``data.seed``
+(``data.valid_fraction``, ``data.test_fraction``; each split keeps the file's row order); the
+shard count is clamped to a split's rows (3 rows is enough). The shards have the MNIST layout
+plus two columns::
 
     row_id      int64    index of the row within its split
     split       string
@@ -17,14 +19,17 @@ layout plus two columns::
     source_row  int64    the row's index in the user's file
     pixels      float32  (D,) model input: standardised values, 0 in the holes
     mask        bool     (D,) True = observed
-    values      float64  (D,) the file's values, NaN in the holes (observed cells are copied
-                         from here into every output, bit for bit)
+    values      float64  (D,) the file's values as floats, NaN in the holes (the model's view)
+    source      struct   the file's cells in their own types: fields ``label`` (with a label
+                         column) and ``c0`` ... ``c{D-1}``; every output copies observed cells
+                         from here, bit for bit (pipelines/shards.py)
 
 Columns whose observed values are all 0 or 1 are modelled as Bernoulli and left as they are;
 the others get ``model.observation`` (gaussian or student_t) and are standardised with the
 mean and standard deviation of their observed TRAIN-split entries (the decoder's scales start
-near 1). The manifest's ``table`` entry records columns, types, mean and scale;
-``table_source.tabular_model_config`` turns it into the model's ``num_features`` / ``column_types``.
+near 1; ``table_source.fit_scaling``). The manifest's ``table`` entry records columns, types,
+mean and scale; ``table_source.tabular_model_config`` turns it into the model's
+``num_features`` / ``column_types`` (and clamps the Train workers to the training rows).
 
 Impute (:func:`run_tabular_imputation`). One Ray Data job over the shards of
 ``impute_stage.splits`` (the ``table`` preset: all three, so the whole file is completed): the
@@ -37,8 +42,18 @@ The driver maps them back to the file's units and writes, under ``{run_dir}/impu
     missiwae_multiple_00.parquet ...      holes = one SIR draw each
     _MANIFEST.json                        fingerprint, metrics, seconds
 
-with columns ``source_row``, ``split``, (the label column,) then the file's columns. Bernoulli
-columns hold P(x_j = 1 | x_o) in the single imputation and 0/1 draws in the multiple ones.
+with columns ``source_row``, ``split``, ``mask``, (the label column,) then the file's columns,
+each in the file's own type (:func:`table_maker`): observed cells copied from the shards' ``source``,
+imputed ones cast to the column's type (integers rounded, booleans P >= 0.5, :func:`cast_imputed`).
+``mask`` is the row's lineage: a string with one character per file column, in the file's
+column order, ``o`` where the cell is the file's own and ``i`` where it was imputed
+(:func:`mask_strings`; :func:`read_table_mask` turns it back into a (N, D) bool array, True =
+observed, as in the MNIST datasets). Letters, not 0/1: a CSV reader would take ``0110`` for the
+integer 110. A user column called ``source_row``, ``split`` or ``mask`` keeps its name; the
+bookkeeping column then becomes ``_source_row`` / ``_split`` / ``_mask`` (:func:`row_columns`;
+the manifest's ``row_columns``).
+Bernoulli float columns hold P(x_j = 1 | x_o) in the single imputation and 0/1 draws in the
+multiple ones.
 There is no truth for a user's holes, so the metrics are what can be measured: the imputed
 cell counts, the SNIS estimate of log p(x_o) (standardised units) and the effective sample size.
 """
@@ -47,6 +62,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -64,6 +80,14 @@ if TYPE_CHECKING:
 SINGLE = "missiwae_single"
 MULTIPLE_PREFIX = "missiwae_multiple_"
 _OUTPUT_DIR = "table"
+# What the output is built from, besides the imputations: lineage, split, mask, the file's cells.
+OUTPUT_SOURCE_COLUMNS = ("source_row", "split", "mask", "source")
+# The output's bookkeeping columns, in order; each steps aside for a user column of its name.
+ROW_COLUMNS = ("source_row", "split", "mask")
+# The output mask's letters (module docstring). Part of the fingerprint: an output written
+# before the mask column existed (or with other letters) is never reused.
+OBSERVED, IMPUTED = "o", "i"
+_OUTPUT_VERSION = 2
 _LOCK = ".tabular.lock"
 
 
@@ -96,6 +120,7 @@ def run_tabular_imputation(
     digest = fingerprint(
         {
             "format_version": TABULAR_FORMAT_VERSION,
+            "output_version": _OUTPUT_VERSION,
             "impute": to_dict(config.impute),
             "splits": splits,
             "checkpoint": checkpoint_hash,
@@ -132,14 +157,12 @@ def _impute_into(
     config: PipelineConfig, ingest: IngestResult, files: list[Path], checkpoint_dir: Path, staging: Path
 ) -> dict[str, Any]:
     """Run the Ray Data job, map back to the file's units, write the tables into `staging`."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from pipelines.impute_job import imputation_dataset
 
     assert ingest.table is not None
     info = ingest.table
-    mean, scale = np.asarray(info["mean"]), np.asarray(info["scale"])
     clock = time.perf_counter()
     parts: dict[str, list[np.ndarray]] = {
         key: [] for key in ("source_row", "single", "multiple", "ess", "ll")
@@ -157,25 +180,15 @@ def _impute_into(
     order = np.argsort(imputed["source_row"], kind="stable")
     imputed = {key: value[order] for key, value in imputed.items()}
 
-    # The original values, split names and labels, straight from the shards (plain pyarrow).
-    shards = read_shards(files, ["source_row", "split", "label", "values", "mask"], order_by="source_row")
+    # The file's own cells, split names and row lineage, straight from the shards (plain pyarrow).
+    shards = read_shards(files, OUTPUT_SOURCE_COLUMNS, order_by="source_row")
     source_row = shards.column("source_row").to_numpy()
     if not np.array_equal(source_row, imputed["source_row"]):
         raise RuntimeError("the imputation job lost or duplicated rows")
-    values = tensor_matrix(shards.column("values"), np.float64, what="the table's shards", name="values")
     mask = tensor_matrix(shards.column("mask"), np.bool_, what="the table's shards", name="mask")
     split_names = np.asarray(shards.column("split").to_pylist(), dtype=object)
-    labels = shards.column("label").to_numpy()
-
-    def table(standardised: np.ndarray) -> pa.Table:
-        # Observed cells come from the file's values, never through the float32 round trip.
-        completed = np.where(mask, values, standardised * scale + mean)
-        columns: dict[str, Any] = {"source_row": source_row, "split": split_names.tolist()}
-        if info["label_column"] is not None:
-            columns[info["label_column"]] = labels
-        for j, name in enumerate(info["columns"]):
-            columns[name] = completed[:, j]
-        return pa.table(columns)
+    row_names = row_columns(info)
+    table = table_maker(shards, info)
 
     names = [f"{SINGLE}.parquet", f"{SINGLE}.csv"]
     single = table(imputed["single"])
@@ -200,9 +213,122 @@ def _impute_into(
         "metrics": metrics,
         "seconds": {"impute_job": job_seconds},
         "config": {"impute": to_dict(config.impute), "splits": list(config.impute_stage.splits)},
+        "row_columns": row_names,
         "checkpoint_dir": str(checkpoint_dir),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
 
-__all__ = ["TabularImputeResult", "run_tabular_imputation"]
+def table_maker(shards: pa.Table, info: dict[str, Any]) -> Callable[[np.ndarray], pa.Table]:
+    """A function from imputations (N, D) in standardised units to the output table (module
+    docstring): `shards` holds OUTPUT_SOURCE_COLUMNS of the N rows sorted by source_row, `info`
+    the ingest manifest's ``table`` entry. Observed cells come from the shards' ``source`` (the
+    file's cells in their own types), never through the float32 model or float64."""
+    import pyarrow as pa
+
+    mean, scale = np.asarray(info["mean"], np.float64), np.asarray(info["scale"], np.float64)
+    mask = tensor_matrix(shards.column("mask"), np.bool_, what="the table's shards", name="mask")
+    struct = shards.column("source").combine_chunks()
+    source = dict(zip(struct.type.names, struct.flatten(), strict=True))
+    row_names = row_columns(info)
+    bookkeeping = {
+        row_names["source_row"]: shards.column("source_row").cast(pa.int64()),
+        row_names["split"]: shards.column("split").cast(pa.string()),
+        row_names["mask"]: pa.array(mask_strings(mask), pa.string()),
+    }
+
+    def table(standardised: np.ndarray) -> pa.Table:
+        imputed_values = np.asarray(standardised, np.float64) * scale + mean  # the file's units
+        columns: dict[str, Any] = dict(bookkeeping)
+        if info["label_column"] is not None:
+            columns[info["label_column"]] = source["label"]
+        for j, name in enumerate(info["columns"]):
+            columns[name] = completed_column(source[f"c{j}"], mask[:, j], imputed_values[:, j])
+        return pa.table(columns)
+
+    return table
+
+
+def mask_strings(mask: np.ndarray) -> list[str]:
+    """The output's ``mask`` column from a (N, D) bool mask (True = observed): N strings of D
+    letters, ``o`` (OBSERVED) for a cell copied from the file, ``i`` (IMPUTED) for a hole."""
+    letters = np.where(np.asarray(mask, np.bool_), ord(OBSERVED), ord(IMPUTED)).astype(np.uint8)
+    return [row.tobytes().decode("ascii") for row in letters]
+
+
+def read_table_mask(column: Any) -> np.ndarray:
+    """The (N, D) bool mask (True = observed) back from an output's ``mask`` column: a pyarrow
+    array, a pandas Series or a list of N strings of D letters (:func:`mask_strings`)."""
+    strings = column.to_pylist() if hasattr(column, "to_pylist") else list(column)
+    if not strings:
+        return np.zeros((0, 0), np.bool_)
+    if len({len(row) for row in strings}) != 1:
+        raise ValueError("the rows of a table mask differ in length")
+    letters = np.frombuffer("".join(strings).encode("ascii", "replace"), np.uint8)
+    if not np.isin(letters, (ord(OBSERVED), ord(IMPUTED))).all():
+        raise ValueError(f"a table mask holds only the letters {OBSERVED!r} and {IMPUTED!r}")
+    letters = letters.reshape(len(strings), -1)
+    return letters == ord(OBSERVED)
+
+
+def row_columns(info: dict[str, Any]) -> dict[str, str]:
+    """The output's names for the bookkeeping columns ``source_row``, ``split`` and ``mask``
+    (ROW_COLUMNS): those names,
+    or, when the user's table already has a column so called, the name with ``_`` prepended until
+    it is free. The user's columns always keep their own names (nothing of theirs is dropped or
+    overwritten); the output manifest's ``row_columns`` records the names used."""
+    taken = set(info["columns"]) | ({info["label_column"]} if info["label_column"] is not None else set())
+    names: dict[str, str] = {}
+    for key in ROW_COLUMNS:
+        name = key
+        while name in taken:
+            name = "_" + name
+        taken.add(name)
+        names[key] = name
+    return names
+
+
+def completed_column(original: pa.Array, observed: np.ndarray, imputed: np.ndarray) -> pa.Array:
+    """One output column (N,) of `original`'s type: the observed cells (`observed` (N,) True)
+    copied from `original` itself, the holes from `imputed` (N,) float64 cast to that type
+    (:func:`cast_imputed`)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    fill = pa.array(cast_imputed(imputed, original.type.to_pandas_dtype()), type=original.type)
+    return pc.if_else(pa.array(observed, pa.bool_()), original, fill)
+
+
+def cast_imputed(imputed: np.ndarray, dtype: Any) -> np.ndarray:
+    """Imputed values (N,) float64 in a column's own numpy `dtype`: booleans are the more likely
+    value (>= 0.5), integers rounded to the nearest and clipped to the type's range, narrower
+    floats clipped to their finite range (never inf)."""
+    dtype = np.dtype(dtype)
+    if dtype == np.bool_:
+        return np.asarray(imputed >= 0.5)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        rounded = np.rint(imputed)
+        # float(info.max) rounds up for 64-bit types, so compare and set the ends exactly.
+        low, high = rounded <= float(info.min), rounded >= float(info.max)
+        out = np.where(low | high, 0.0, rounded).astype(dtype)
+        out[low], out[high] = info.min, info.max
+        return out
+    limit = float(np.finfo(dtype).max)
+    return np.clip(imputed, -limit, limit).astype(dtype)
+
+
+__all__ = [
+    "IMPUTED",
+    "OBSERVED",
+    "OUTPUT_SOURCE_COLUMNS",
+    "ROW_COLUMNS",
+    "TabularImputeResult",
+    "cast_imputed",
+    "completed_column",
+    "mask_strings",
+    "read_table_mask",
+    "row_columns",
+    "run_tabular_imputation",
+    "table_maker",
+]

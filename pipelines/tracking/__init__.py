@@ -19,7 +19,8 @@ but the MLflow copy is lost. (For an http store, ``MLFLOW_HTTP_REQUEST_MAX_RETRI
 
 What is logged is scrubbed (:func:`scrub`): the user's home directory becomes ``~`` and the
 value of any environment variable whose name looks like a secret (TOKEN, SECRET, PASSWORD,
-KEY, CREDENTIAL) becomes ``***``, in params, tags and dict/text artifacts.
+KEY, CREDENTIAL) becomes ``***``, in params, tags, dict/text artifacts and text files logged
+as artifacts (a stage's ``_MANIFEST.json``, result tables).
 
 Usage::
 

@@ -10,13 +10,18 @@ For MNIST the columns are ``pixel_000`` .. ``pixel_783`` (binarised pixels, no s
 imputed cell is the posterior probability P(x_j = 1 | x_o), as in the pipeline's
 ``missiwae_single`` dataset; for a user's table they are the table's columns, with the
 ingest's standardisation undone on the way out.
+
+The logged model carries its own code (:func:`stage_model_code`, MLflow's ``code_paths``): the
+``.py`` files of ``missiwae`` and of the few ``pipelines`` modules its class imports, so it
+loads where only mlflow and torch are installed, without this project.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+import shutil
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +37,14 @@ from missiwae.training import load_model
 FEATURES_FILE = "features.json"
 # Rows per imputation batch: memory stays flat in the frame's length (L is chunked by the library).
 _BATCH_ROWS = 256
+# What the logged model imports from this project, as globs of .py files per package: its class
+# (pipelines.tracking.runs.PyfuncImputer, pickled by reference), everything the package
+# pipelines.tracking imports on the way (pipelines.config), and the library. The tracking tests
+# load the model in a Python without the project on its path, so a new import shows up there.
+MODEL_CODE: Mapping[str, tuple[str, ...]] = {
+    "missiwae": ("**/*.py",),
+    "pipelines": ("__init__.py", "config.py", "tracking/*.py"),
+}
 
 
 def pixel_columns(num_features: int) -> list[str]:
@@ -136,6 +149,26 @@ class FrameImputer:
         return pd.DataFrame(filled, columns=columns, index=frame.index)
 
 
+def stage_model_code(folder: Path, packages: Mapping[str, Sequence[str]] = MODEL_CODE) -> list[str]:
+    """Copy the ``.py`` files the logged model imports (`packages`: name -> globs relative to
+    the installed package) into ``folder/<name>/...``; returns the package folders, MLflow's
+    ``code_paths`` (each lands under the model's ``code/``, which loading puts on sys.path).
+    Only source files: no caches, no configs, nothing of a run."""
+    import importlib
+
+    staged = []
+    for name, patterns in packages.items():
+        source = Path(importlib.import_module(name).__file__ or "").parent
+        target = folder / name
+        for pattern in patterns:
+            for path in sorted(source.glob(pattern)):
+                destination = target / path.relative_to(source)
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, destination)
+        staged.append(str(target))
+    return staged
+
+
 def pip_requirements() -> list[str]:
     """The packages the logged model needs, pinned to what is installed: given to MLflow, so
     nothing is inferred (no subprocess, no network) when it is logged or loaded."""
@@ -150,4 +183,12 @@ def pip_requirements() -> list[str]:
     return out
 
 
-__all__ = ["FEATURES_FILE", "Features", "FrameImputer", "pip_requirements", "pixel_columns"]
+__all__ = [
+    "FEATURES_FILE",
+    "MODEL_CODE",
+    "Features",
+    "FrameImputer",
+    "pip_requirements",
+    "pixel_columns",
+    "stage_model_code",
+]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import tempfile
 import time
 import warnings
@@ -32,11 +33,13 @@ from mlflow.tracking import MlflowClient
 from pipelines.config import PipelineConfig
 from pipelines.tracking.headline import headline_metrics
 from pipelines.tracking.health import TrackingHealth
-from pipelines.tracking.model import FEATURES_FILE, Features, FrameImputer, pip_requirements
+from pipelines.tracking.model import FEATURES_FILE, Features, FrameImputer, pip_requirements, stage_model_code
 from pipelines.tracking.scrub import MAX_TAG_VALUE, flatten_params, scrub, scrub_value
 from pipelines.tracking.store import resolve_artifact_location, resolve_tracking_uri
 
 PARENT_RUN_TAG = "mlflow.parentRunId"
+# Starts the note a failed job's exception carries when tracking failed too (Tracker.__exit__).
+TRACKING_NOTE_PREFIX = "TrackingWarning: "
 STAGE_TAG = "stage"
 # The UI (MLflow 3) chooses an experiment's view from this tag: the model-training view (runs
 # table, metrics, charts) rather than the GenAI overview (traces, token usage).
@@ -146,15 +149,19 @@ class RunLogger:
         self._guard("tags", call)
 
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
-        """A file, or a directory's contents, under ``artifact_path`` of the run."""
+        """A file, or a directory's contents, under ``artifact_path`` of the run. Text files
+        (JSON, YAML, CSV, Markdown, plain text) are scrubbed like params (``scrub``: e.g. a
+        manifest's ``checkpoint_dir`` under the home directory is logged as ``~/...``); the
+        files on disk are not changed, a scrubbed copy is logged instead."""
         local = Path(path)
 
         def call() -> None:
             assert self.client is not None and self.run_id is not None
-            if local.is_dir():
-                self.client.log_artifacts(self.run_id, str(local), artifact_path)
-            else:
-                self.client.log_artifact(self.run_id, str(local), artifact_path)
+            with _scrubbed(local) as clean:
+                if clean.is_dir():
+                    self.client.log_artifacts(self.run_id, str(clean), artifact_path)
+                else:
+                    self.client.log_artifact(self.run_id, str(clean), artifact_path)
 
         self._guard(f"artifact {local.name}", call)
 
@@ -200,9 +207,10 @@ class RunLogger:
         linked as the run's output). Returns its URI ``models:/<id>``, None when not logged.
 
         ``mlflow.pyfunc.load_model(uri).predict(frame)`` fills the NaN cells of a DataFrame with
-        ``features.columns`` by SNIS (pipelines.tracking.model.FrameImputer); loading needs this
-        project installed (the model class lives here) and never resolves packages: the pip
-        requirements are given, not inferred.
+        ``features.columns`` by SNIS (pipelines.tracking.model.FrameImputer). The model carries
+        the project code it imports (``code_paths``: model.stage_model_code), so loading needs
+        mlflow and torch, not this project; it never resolves packages: the pip requirements
+        are given, not inferred.
         """
         holder: dict[str, str] = {}
 
@@ -220,6 +228,7 @@ class RunLogger:
                     },
                     signature=infer_signature(example, example),
                     pip_requirements=pip_requirements(),
+                    code_paths=stage_model_code(Path(tmp) / "code"),
                 )
                 model = self.client.create_logged_model(
                     self.experiment_id, name=name, source_run_id=self.run_id
@@ -299,6 +308,7 @@ class RunLogger:
             self._fail(error)
             raise
         child.end()
+        self.health.flush_notice()
 
 
 class Tracker(RunLogger):
@@ -322,7 +332,9 @@ class Tracker(RunLogger):
         self.config = config
         self.tracking_uri = resolve_tracking_uri(config)
         self.artifact_location = resolve_artifact_location(config, self.tracking_uri)
-        health = TrackingHealth(self.tracking_uri)
+        # The job's tracker: a store failing is said once a stage ends well, never before the
+        # error of a job that fails anyway (e.g. a full disk fails both).
+        health = TrackingHealth(self.tracking_uri, defer_notice=True)
         client: MlflowClient | None = None
         run_id = experiment_id = None
         try:
@@ -383,9 +395,14 @@ class Tracker(RunLogger):
     ) -> None:
         if exc is None:
             self.end()
-        else:
-            self._fail(exc)
-        self.health.report(self.config.run_path)
+            self.health.report(self.config.run_path)
+            return
+        self._fail(exc)
+        # After the job's own error, not before it: a note on the exception (shown under its
+        # traceback; pipelines/full.py prints it after the error line).
+        summary = self.health.summary(self.config.run_path)
+        if summary is not None:
+            exc.add_note(f"{TRACKING_NOTE_PREFIX}{summary}")
 
 
 class PyfuncImputer(PythonModel):
@@ -416,6 +433,44 @@ def _quiet_save() -> Iterator[None]:
         logger.setLevel(level)
 
 
+# Artifacts read as text and scrubbed before logging; anything else (images, Parquet, models)
+# is logged byte for byte.
+TEXT_SUFFIXES = frozenset({".json", ".yaml", ".yml", ".txt", ".csv", ".md", ".log"})
+
+
+@contextmanager
+def _scrubbed(local: Path) -> Iterator[Path]:
+    """`local` itself when scrubbing changes none of its text files, else a temporary copy
+    (same name; for a directory, the whole tree) whose text files are scrubbed."""
+    files = sorted(p for p in local.rglob("*") if p.is_file()) if local.is_dir() else [local]
+    changed = {f: text for f in files if (text := _scrubbed_text(f)) is not None}
+    if not changed:
+        yield local
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / local.name
+        if local.is_dir():
+            shutil.copytree(local, copy)
+        else:
+            shutil.copy2(local, copy)
+        for original, text in changed.items():
+            target = copy / original.relative_to(local) if local.is_dir() else copy
+            target.write_text(text, encoding="utf-8")
+        yield copy
+
+
+def _scrubbed_text(path: Path) -> str | None:
+    """The scrubbed text of a text artifact, None when it is not one or needs no change."""
+    if path.suffix.lower() not in TEXT_SUFFIXES:
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):  # unreadable: logging it reports the error
+        return None
+    clean = scrub(text)
+    return clean if clean != text else None
+
+
 def _scrub_tags(tags: Mapping[str, str]) -> dict[str, str]:
     return {k: scrub(v) for k, v in tags.items()}
 
@@ -444,6 +499,7 @@ __all__ = [
     "EXPERIMENT_KIND_TAG",
     "PARENT_RUN_TAG",
     "STAGE_TAG",
+    "TRACKING_NOTE_PREFIX",
     "PyfuncImputer",
     "RunLogger",
     "Tracker",

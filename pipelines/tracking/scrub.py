@@ -2,7 +2,8 @@
 
 The value of any environment variable whose name looks like a secret (TOKEN, SECRET, PASSWORD,
 KEY, CREDENTIAL) becomes ``***``, ``user:password@`` in URLs ``***@``, the user's home
-directory ``~``; in params, tags and dict/text artifacts alike.
+directory ``~``; in params, tags, dict/text artifacts and text files logged as artifacts
+(manifests, tables) alike.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,9 @@ import pytest
 from missiwae import atomic
 from missiwae.atomic import (
     TEMP_PREFIX,
+    UnsafeOutputError,
     atomic_file,
+    check_output_path,
     write_atomic,
     write_bytes_atomic,
     write_json_atomic,
@@ -114,3 +117,72 @@ def test_a_stream_writer_keeps_the_name_it_was_given(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["arrays.bin"]
     with np.load(target) as saved:
         np.testing.assert_array_equal(saved["a"], np.arange(3))
+
+
+def _make_node(kind: str, path: Path) -> None:
+    """Something that is not a regular file at `path` (a real device node only as root)."""
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "socket":
+        with socket.socket(socket.AF_UNIX) as server:
+            server.bind(str(path))  # the socket file stays after the socket is closed
+    elif kind == "symlink":
+        (path.parent / "link-target.txt").write_text("target")
+        path.symlink_to(path.parent / "link-target.txt")
+    elif kind == "dangling symlink":
+        path.symlink_to(path.parent / "nowhere")
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "character device":
+        if os.geteuid() != 0:
+            pytest.skip("making a device node needs root")
+        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 3))  # what /dev/null is
+    else:
+        raise AssertionError(kind)
+
+
+NODES = ("fifo", "socket", "symlink", "dangling symlink", "directory", "character device")
+
+
+def _identity(path: Path) -> tuple[int, int, int]:
+    """What must not change about a refused node: inode, type and mode, device numbers."""
+    info = os.lstat(path)
+    return info.st_ino, info.st_mode, info.st_rdev
+
+
+@pytest.mark.parametrize("kind", NODES)
+def test_every_writer_refuses_a_path_that_is_not_a_regular_file_and_leaves_it_untouched(
+    tmp_path: Path, kind: str
+) -> None:
+    target = tmp_path / "out"
+    _make_node(kind, target)
+    before = _identity(target)
+    writers = {
+        "bytes": lambda: write_bytes_atomic(target, b"x"),
+        "json": lambda: write_json_atomic(target, {"k": 1}),
+        "stream": lambda: write_atomic(target, lambda stream: stream.write(b"x")),
+        "path": lambda: atomic_file(target).__enter__(),
+    }
+    for name, write in writers.items():
+        with pytest.raises(UnsafeOutputError, match=f"refusing to write {target}: it exists and is") as error:
+            write()
+        assert isinstance(error.value, OSError), name  # reported as a file error by every caller
+        assert _identity(target) == before, name
+    if kind == "symlink":
+        assert (tmp_path / "link-target.txt").read_text() == "target"  # not followed either
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(TEMP_PREFIX)]
+
+
+def test_a_node_that_appears_while_the_block_writes_is_not_replaced(tmp_path: Path) -> None:
+    target = tmp_path / "model.pt"
+    with pytest.raises(UnsafeOutputError, match="a FIFO"), atomic_file(target) as temporary:
+        temporary.write_bytes(b"weights")
+        os.mkfifo(target)  # e.g. made by someone else during a long training epoch
+    assert stat.S_ISFIFO(os.lstat(target).st_mode)
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # the temporary is gone
+
+
+def test_check_output_path_accepts_a_new_name_and_a_regular_file(tmp_path: Path) -> None:
+    assert check_output_path(tmp_path / "new.json") == tmp_path / "new.json"
+    (tmp_path / "old.json").write_text("{}")
+    assert check_output_path(str(tmp_path / "old.json")) == tmp_path / "old.json"

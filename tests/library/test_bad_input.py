@@ -232,6 +232,65 @@ def test_estimator_fit_transform_gives_finite_imputations_or_a_clear_error(
     assert np.isfinite(draws).all()
 
 
+# Column dtypes of a generated DataFrame: (name, numpy / pandas dtype, values it draws from).
+_BIG = 2**53
+_FRAME_COLUMNS = {
+    "float64": st.one_of(st.floats(-1e6, 1e6), st.just(np.nan)),
+    "float32": st.one_of(st.floats(-1e3, 1e3, width=32), st.just(np.nan)),
+    "int64": st.one_of(
+        # The big ones first: hypothesis favours a one_of's first branch.
+        st.integers(_BIG - 3, _BIG + 3),
+        st.integers(2**62, 2**63 - 1),
+        st.integers(-100, 100),
+    ),
+    "Int64": st.one_of(st.integers(-(2**63), 2**63 - 1), st.integers(0, 20), st.none()),
+    "uint8": st.integers(0, 255),
+    "bool": st.booleans(),
+    "boolean": st.one_of(st.booleans(), st.none()),
+}
+
+
+@st.composite
+def frames(draw: st.DrawFn) -> Any:
+    """A small DataFrame: 3-8 rows, 1-4 columns of the dtypes above (holes: NaN / pd.NA), an
+    index that is not 0..N-1."""
+    import pandas as pd
+
+    num_rows = draw(st.integers(3, 8))
+    dtypes = draw(st.lists(st.sampled_from(sorted(_FRAME_COLUMNS)), min_size=1, max_size=4))
+    columns = {
+        f"c{j}_{dtype}": pd.array(
+            draw(st.lists(_FRAME_COLUMNS[dtype], min_size=num_rows, max_size=num_rows)), dtype
+        )
+        for j, dtype in enumerate(dtypes)
+    }
+    return pd.DataFrame(columns, index=np.arange(num_rows) * 7 + 3)
+
+
+@settings(max_examples=60, deadline=None)
+@given(frame=frames())
+def test_estimator_keeps_dataframe_dtypes_and_observed_cells_or_names_the_column(frame: Any) -> None:
+    """pandas output: X's dtypes, index and every observed cell exactly (as Python objects), no
+    hole left; array output: float64 equal to X where observed, or an error naming a column."""
+    count_example("estimator: DataFrames of int64 near 2**53 / Int64 / bool / float32 columns")
+    imputer = MissIWAEImputer(**TINY_IMPUTER, random_state=0).set_output(transform="pandas")
+    out = outcome(lambda: imputer.fit(frame).transform(frame), (ValueError, TypeError))
+    if out is None:
+        return
+    assert list(out.dtypes) == list(frame.dtypes) and out.index.equals(frame.index)
+    assert not out.isna().any().any()
+    for j in range(frame.shape[1]):
+        observed = frame.iloc[:, j].notna().to_numpy()
+        assert out.iloc[:, j][observed].tolist() == frame.iloc[:, j][observed].tolist()
+    floats = outcome(lambda: imputer.set_output(transform="default").transform(frame), (ValueError,))
+    if floats is None:  # only an integer float64 cannot hold, with the column named
+        return
+    assert floats.dtype == np.float64 and np.isfinite(floats).all()
+    original = frame.astype("float64").to_numpy(na_value=np.nan)
+    observed = ~np.isnan(original)
+    np.testing.assert_array_equal(floats[observed], original[observed])
+
+
 # ------------------------------------------------------------------------------- config loader
 
 _VALID_YAML = "train:\n  K: 5\n  epochs: 1\nmodel:\n  hidden: [8, 8]\n  latent_dim: 2\n"

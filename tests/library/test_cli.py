@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -155,6 +156,37 @@ def test_impute(trained: Path, capsys: pytest.CaptureFixture[str], tmp_path: Pat
         np.testing.assert_array_equal(copy[mask], truth[mask])
     assert set(np.unique(imputed)) <= {0, 1} and set(np.unique(imputations)) <= {0, 1}
     assert ((conditional_mean >= 0) & (conditional_mean <= 1)).all()
+
+
+def _not_a_regular_file(kind: str, path: Path) -> None:
+    """A FIFO, a symbolic link to a file, or (as root) a character device like /dev/null."""
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "symlink":
+        (path.parent / "target.npz").write_bytes(b"keep")
+        path.symlink_to(path.parent / "target.npz")
+    elif os.geteuid() == 0:
+        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 3))  # a /dev/null twin, in tmp_path
+    else:
+        pytest.skip("making a device node needs root")
+
+
+@pytest.mark.parametrize("command", ["impute", "evaluate"])
+@pytest.mark.parametrize("kind", ["fifo", "symlink", "character device"])
+def test_an_out_path_that_is_not_a_regular_file_is_refused_with_rc_2_and_left_untouched(
+    trained: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path, kind: str, command: str
+) -> None:
+    target = tmp_path / "out.npz"
+    _not_a_regular_file(kind, target)
+    before = os.lstat(target)
+    code, out, err = run([command, "--checkpoint", str(trained), "--out", str(target)], capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith(f"missiwae {command}: error: refusing to write {target}")
+    assert out == ""  # refused before the work started
+    after = os.lstat(target)
+    assert (after.st_ino, after.st_mode, after.st_rdev) == (before.st_ino, before.st_mode, before.st_rdev)
+    if kind == "symlink":
+        assert (tmp_path / "target.npz").read_bytes() == b"keep"
 
 
 def test_help_mentions_the_commands(capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,7 +9,17 @@ import warnings
 import numpy as np
 import pytest
 
-from missiwae.columns import OBSERVATIONS, Standardization, binary_columns, infer_column_types
+from missiwae.columns import (
+    MAX_MAGNITUDE,
+    MAX_STANDARDISED,
+    OBSERVATIONS,
+    Standardization,
+    binary_columns,
+    check_column_range,
+    check_standardised_range,
+    infer_column_types,
+    out_of_range_columns,
+)
 
 nan = np.nan
 
@@ -135,3 +145,34 @@ def test_importing_columns_pulls_in_neither_pandas_nor_sklearn() -> None:
     code = "import sys, missiwae.columns; print(sorted({'pandas', 'sklearn', 'pyarrow'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_range_check_names_every_column_beyond_the_largest_magnitude() -> None:
+    # 1e152 would still standardise (its variance 1e304 is finite) but leaves no headroom.
+    values = np.array([[1e152, 1.0, -1e300, MAX_MAGNITUDE], [nan, 2.0, 0.0, 0.0], [3.0, nan, 5e-324, 1.0]])
+    assert out_of_range_columns(values).tolist() == [0, 2]
+    with pytest.raises(
+        ValueError, match=r"column\(s\) \['big', 'huge'\] of t.csv hold values of magnitude up to 1e\+300"
+    ):
+        check_column_range(values, names=["big", "ok", "huge", "edge"], where="t.csv")
+    with pytest.raises(ValueError, match=r"column\(s\) \[0, 2\] of X"):
+        check_column_range(values)
+    # Holes do not count: hiding the wide cells makes the table acceptable.
+    observed = ~np.isnan(values)
+    observed[0, [0, 2]] = False
+    check_column_range(values, observed)
+
+
+def test_standardised_range_check_names_columns_far_from_the_fitted_rows() -> None:
+    scaled = np.array([[0.0, 2e15, 1.0], [MAX_STANDARDISED, -3.0, nan]])
+    with pytest.raises(ValueError, match=r"column\(s\) \['b', 'c'\] of t.csv hold values more than 1e\+15"):
+        check_standardised_range(scaled, names=["a", "b", "c"], where="t.csv")
+    check_standardised_range(scaled[:, :1])
+
+
+def test_estimator_refuses_a_too_wide_column_with_the_shared_range_check() -> None:
+    from missiwae.estimator import MissIWAEImputer
+
+    X = np.array([[1e152, 1.0], [2.0, nan], [nan, 3.0], [4.0, 4.0]])  # standardisable, yet refused
+    with pytest.raises(ValueError, match=r"column\(s\) \[0\] of X hold values of magnitude up to 1e\+152"):
+        MissIWAEImputer(epochs=1, random_state=0).fit(X)

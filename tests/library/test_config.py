@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from missiwae.cli import main
 from missiwae.config import (
     ConfigError,
     ModelConfig,
@@ -31,6 +34,7 @@ def test_round_trip_through_dict():
         ({"model": {"architecture": "conv", "num_features": 100}}, "image_shape"),
         ({"data": {"missing_rate": 1.5}}, "missing_rate"),
         ({"train": []}, "train must be a mapping"),
+        ({"model": {"hidden": []}}, r"model.hidden must list at least one layer width .* got \[\]"),
     ],
 )
 def test_bad_settings_are_rejected_with_the_key_named(values, message):
@@ -65,3 +69,24 @@ def test_model_config_defaults_are_the_burda_mlp():
     config = ModelConfig()
     assert (config.num_features, config.hidden, config.latent_dim) == (784, (200, 200), 50)
     assert config.imputation == "zero" and config.observation == "bernoulli"
+
+
+def test_an_empty_hidden_list_is_refused_for_the_mlp_only():
+    # The convolutional networks have no MLP widths: hidden is unused there.
+    config = RunConfig.from_dict({"model": {"architecture": "conv", "hidden": []}})
+    assert config.model.hidden == ()
+    with pytest.raises(ConfigError, match=r"model\.hidden must list at least one layer width"):
+        ModelConfig(hidden=())
+
+
+def test_train_with_an_empty_hidden_list_exits_2_with_one_line_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It used to train, then crash in evaluate / impute with a traceback (issue 18).
+    out = tmp_path / "run"
+    tiny = ["data.num_train=50", "data.num_valid=10", "data.num_test=10", "train.epochs=1", "train.K=2"]
+    code = main(["train", "--out", str(out), "--no-progress", "--set", *tiny, "model.hidden=[]"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.strip().splitlines() == [err.strip()] and "model.hidden" in err
+    assert "Traceback" not in err and not out.exists()

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from sklearn.base import clone
@@ -14,7 +15,13 @@ from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import Ridge
 from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import Pipeline
-from sklearn.utils.estimator_checks import estimator_checks_generator
+from sklearn.utils.estimator_checks import (
+    check_dataframe_column_names_consistency,
+    check_global_output_transform_pandas,
+    check_set_output_transform,
+    check_set_output_transform_pandas,
+    estimator_checks_generator,
+)
 from sklearn.utils.validation import check_is_fitted
 
 from missiwae.estimator import MissIWAEImputer
@@ -201,8 +208,10 @@ def test_works_in_pipeline_with_downstream_regressor(
         (np.array([[1.0, 2.0], [2.0, 3.0]]), {"K": 0}, "K must be an integer >= 1"),
         (np.array([[1.0, 2.0], [2.0, 3.0]]), {"num_samples": 0}, "num_samples must be an integer >= 1"),
         (np.array([[0.0, 0.5], [1.0, np.nan]]), {"observation": "bernoulli"}, r"values in \{0, 1\}"),
+        # Trained, then crashed in transform (issue 18): refused as a config file refuses it.
+        (np.array([[1.0, 2.0], [2.0, 3.0]]), {"hidden": ()}, r"hidden must be a non-empty tuple .* got \(\)"),
     ],
-    ids=["1d", "empty-column", "inf", "oracle", "unknown-observation", "K0", "L0", "non-binary"],
+    ids=["1d", "empty-column", "inf", "oracle", "unknown-observation", "K0", "L0", "non-binary", "no-hidden"],
 )
 def test_fit_rejects_bad_input_with_a_clear_message(
     X: np.ndarray, params: dict[str, Any], message: str
@@ -327,3 +336,143 @@ def test_round_trip_clone_and_pipeline_on_a_small_mixed_table() -> None:
     assert np.isfinite(fitted.predict(X_missing)).all()
     refit = clone(pipeline).fit(X_missing, y)  # a clone refits to the very same numbers
     np.testing.assert_array_equal(refit.predict(X_missing), fitted.predict(X_missing))
+
+
+# ------------------------------------------------------------------ DataFrames (issue 18)
+
+
+@pytest.mark.parametrize(
+    "check",
+    [
+        check_set_output_transform,
+        check_set_output_transform_pandas,
+        check_global_output_transform_pandas,
+        check_dataframe_column_names_consistency,
+    ],
+    ids=_check_name,
+)
+# The pandas checks transform arrays with an imputer fitted on DataFrames and back, on purpose:
+# scikit-learn warns there for its own SimpleImputer too.
+@pytest.mark.filterwarnings("ignore:X (does not have valid|has) feature names:UserWarning")
+def test_follows_sklearn_set_output_and_feature_name_checks(check: Any) -> None:
+    # scikit-learn's own checks for set_output and feature names, which
+    # estimator_checks_generator does not yield (scikit-learn 1.9).
+    check(MissIWAEImputer.__name__, MissIWAEImputer(**TINY, random_state=0))
+
+
+def labelled_frame(num_rows: int = 60) -> pd.DataFrame:
+    """A DataFrame with NaN holes, columns a..d and an index that is not 0..N-1."""
+    _, X_missing, _ = correlated_table(num_rows=num_rows, num_features=4)
+    return pd.DataFrame(X_missing, columns=list("abcd"), index=np.arange(1000, 1000 + num_rows))
+
+
+def test_dataframe_column_names_are_recorded_and_must_come_back_in_order() -> None:
+    frame = labelled_frame()
+    imputer = MissIWAEImputer(**TINY, random_state=0).fit(frame)
+    assert list(imputer.feature_names_in_) == list("abcd") and imputer.n_features_in_ == 4
+    assert list(imputer.get_feature_names_out()) == list("abcd")
+    reordered = frame[list("dcba")]  # same columns, other order: imputations would be wrong
+    for method in (imputer.transform, imputer.sample):
+        with pytest.raises(ValueError, match="Feature names must be in the same order as they were in fit"):
+            method(reordered)
+    with pytest.raises(ValueError, match="Feature names unseen at fit time"):
+        imputer.transform(frame.rename(columns={"d": "e"}))
+
+
+def test_pandas_output_keeps_index_names_dtypes_and_rounds_imputed_integers() -> None:
+    rng = np.random.default_rng(0)
+    frame = labelled_frame()
+    holes = rng.random(len(frame)) < 0.3
+    counts = rng.integers(0, 40, len(frame))
+    frame["count"] = pd.array(
+        [None if hole else int(v) for hole, v in zip(holes, counts, strict=True)], "Int64"
+    )
+    frame["small"] = frame["a"].astype("float32")
+    frame["flag"] = pd.array(
+        [None if hole else bool(v % 2) for hole, v in zip(holes[::-1], counts, strict=True)], "boolean"
+    )
+    frame["year"] = np.arange(len(frame), dtype=np.int64) + 1990  # no holes: int64 can hold no NaN
+    frame["seen"] = counts > 20
+    imputer = MissIWAEImputer(**TINY, random_state=0).set_output(transform="pandas").fit(frame)
+    out = imputer.transform(frame)
+    assert isinstance(out, pd.DataFrame)
+    pd.testing.assert_index_equal(out.index, frame.index)
+    assert list(out.columns) == list(frame.columns)
+    pd.testing.assert_series_equal(out.dtypes, frame.dtypes)
+    assert not out.isna().any().any()
+    for name in frame.columns:  # observed cells: the very values, as Python objects
+        observed = frame[name].notna().to_numpy()
+        assert out[name][observed].tolist() == frame[name][observed].tolist(), name
+    assert type(out["year"].iloc[0]) is type(frame["year"].iloc[0])  # 1990 stays an integer
+    # The same model's float output, rounded, is what an integer column gets.
+    floats = imputer.set_output(transform="default").transform(frame)
+    count_holes = frame["count"].isna().to_numpy()
+    column = list(frame.columns).index("count")
+    assert out["count"][count_holes].tolist() == np.rint(floats[count_holes, column]).astype(int).tolist()
+    flag_holes = frame["flag"].isna().to_numpy()
+    flag = list(frame.columns).index("flag")
+    assert out["flag"][flag_holes].tolist() == (floats[flag_holes, flag] >= 0.5).tolist()
+
+
+def test_integers_beyond_2_to_the_53_come_back_exact_or_are_refused_by_name() -> None:
+    frame = labelled_frame()
+    ids = np.arange(len(frame), dtype=np.int64) + 2**53 + 1  # odd: float64 rounds each of them
+    frame["id"] = ids
+    imputer = MissIWAEImputer(**TINY, random_state=0).fit(frame)
+    with pytest.raises(
+        ValueError, match="column 'id' of X holds the integer 9007199254740993, which a float64"
+    ):
+        imputer.transform(frame)
+    with pytest.raises(ValueError, match="column 'id' of X holds the integer 9007199254740993"):
+        imputer.sample(frame, 2)
+    out = imputer.set_output(transform="pandas").transform(frame)
+    assert out["id"].dtype == np.int64 and out["id"].tolist() == ids.tolist()
+    # An integer array cannot keep its dtype: the float64 result is refused rather than changed.
+    table = np.column_stack([ids, np.where(np.isnan(frame["a"]), 0, 1)])
+    array_imputer = MissIWAEImputer(**TINY, random_state=0).fit(table)
+    with pytest.raises(ValueError, match="column 0 of X holds the integer 9007199254740993"):
+        array_imputer.transform(table)
+
+
+@pytest.mark.parametrize(
+    ("column", "error", "message"),
+    [
+        (["x", "y", None] * 20, ValueError, "column '{name}' of X: could not convert string to float: 'x'"),
+        ([1.0, np.inf, np.nan] * 20, ValueError, "column '{name}' of X: Input X contains infinity"),
+        (pd.to_datetime(["2020-01-01"] * 60), TypeError, r"column '{name}' of X holds dates or durations"),
+    ],
+    ids=["strings", "inf", "dates"],
+)
+def test_a_column_numpy_cannot_read_is_named_in_the_error(
+    column: Any, error: type[Exception], message: str
+) -> None:
+    frame = labelled_frame()
+    frame.insert(1, "bad", column)
+    with pytest.raises(error, match=message.format(name="bad")):
+        MissIWAEImputer(**TINY).fit(frame)
+    fitted = MissIWAEImputer(**TINY, random_state=0).fit(frame.drop(columns="bad"))
+    with pytest.raises(error, match=message.format(name="b")):  # at transform as well
+        fitted.transform(frame.drop(columns="b").rename(columns={"bad": "b"})[list("abcd")])
+
+
+def test_column_checks_name_dataframe_columns() -> None:
+    frame = labelled_frame()
+    frame["b"] = np.nan
+    with pytest.raises(ValueError, match=r"column\(s\) \['b'\] of X have no observed value"):
+        MissIWAEImputer(**TINY).fit(frame)
+    with pytest.raises(ValueError, match="column 'a' is modelled as bernoulli"):
+        MissIWAEImputer(**TINY, observation="bernoulli", column_types=None).fit(labelled_frame())
+    huge = labelled_frame()
+    huge["c"] *= 1e60  # in range for standardisation, not for float32 unstandardised
+    with pytest.raises(
+        ValueError, match=r"column\(s\) \['c'\] of X hold values too large for the model's float32"
+    ):
+        MissIWAEImputer(**TINY, standardize=False).fit(huge)
+
+
+def test_pandas_output_gives_numbers_held_as_text_back_as_float64() -> None:
+    frame = labelled_frame()
+    frame["text"] = pd.Series(["1.5", None, "2"] * 20, index=frame.index, dtype=object)
+    out = MissIWAEImputer(**TINY, random_state=0).set_output(transform="pandas").fit_transform(frame)
+    assert out["text"].dtype == np.float64 and out["text"].notna().all()
+    assert out["text"].iloc[[0, 2]].tolist() == [1.5, 2.0]

@@ -7,7 +7,7 @@ import torch
 
 from missiwae.config import ModelConfig, TrainConfig
 from missiwae.model import MissIWAE
-from missiwae.training import WEIGHTS_FILE, load_model, train
+from missiwae.training import WEIGHTS_FILE, EpochStats, TrainingDiverged, load_model, train
 
 
 def _data(rows: int = 120, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,3 +87,35 @@ def test_training_rejects_bad_data_before_it_starts():
         train(_fresh_model(), x, mask.float(), _config(1), progress=False)
     with pytest.raises(ValueError, match="observed"):
         train(_fresh_model(), torch.where(mask, torch.nan, x), mask, _config(1), progress=False)
+
+
+def test_a_huge_learning_rate_stops_training_with_an_error_naming_the_epoch(tmp_path):
+    x, mask = _data()
+    config = TrainConfig(K=3, batch_size=32, epochs=3, learning_rate=1e30, seed=7)
+    with pytest.raises(TrainingDiverged, match=r"diverged at epoch 1: the training bound is (nan|-?inf)"):
+        train(
+            _fresh_model(), x, mask, config, valid=_data(40, seed=1), checkpoint_dir=tmp_path, progress=False
+        )
+    assert not (tmp_path / WEIGHTS_FILE).exists()  # no non-finite checkpoint was written
+
+
+def test_divergence_keeps_the_last_finite_checkpoint(tmp_path):
+    """Weights turned NaN after epoch 2 (as a diverging step would) stop training at epoch 3;
+    the checkpoint on disk stays epoch 2's, and the error is a one-line user error."""
+    x, mask = _data()
+    model = _fresh_model()
+
+    def poison(stats: EpochStats) -> None:
+        if stats.epoch == 2:
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+            saved.append(load_model(tmp_path))
+
+    saved: list[MissIWAE] = []
+    with pytest.raises(TrainingDiverged, match="epoch 3") as raised:
+        train(model, x, mask, _config(4), checkpoint_dir=tmp_path, progress=False, on_epoch_end=poison)
+    assert isinstance(raised.value, ValueError)  # what the command line prints as one line, exit 2
+    assert "the checkpoint of epoch 2, the last finite one" in str(raised.value)
+    state = torch.load(tmp_path / WEIGHTS_FILE, weights_only=True)
+    assert [entry["epoch"] for entry in state["history"]] == [1, 2]
+    assert _states_equal(load_model(tmp_path), saved[0])

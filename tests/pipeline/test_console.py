@@ -169,7 +169,8 @@ def test_the_job_console_shows_stage_lines_bars_and_the_table_and_no_ray_log_lin
         prefix = f"[{number}/4] {name:<9}"
         assert sum(line.startswith(f"{prefix} started: ") for line in lines) == 1, (name, done.stdout)
         assert sum(line.startswith(f"{prefix} done in ") for line in lines) == 1, (name, done.stdout)
-    assert "train epochs" in done.stderr and "classifier runs" in done.stderr  # the bars
+    for bar in ("train epochs", "impute rows", "classifier runs"):
+        assert bar in done.stderr, (bar, done.stderr[-3000:])
     assert "| missiwae_single |" in done.stdout  # the table
     log_file = tmp_path / "run" / "logs" / "ray.log"
     assert f"Ray's own log lines: {log_file}" in lines

@@ -22,7 +22,7 @@ from missiwae.evaluation import imputation_accuracy
 from missiwae.mnist_files import DataError
 from missiwae.model import MissIWAE
 from missiwae.training import train
-from pipelines import impute
+from pipelines import impute, impute_job
 from pipelines.config import ImputeStageConfig, MissForestConfig, PipelineConfig
 from pipelines.impute import (
     MANIFEST,
@@ -309,6 +309,36 @@ def test_numbers_do_not_depend_on_the_actor_count(first_run, inputs: Inputs, tmp
         np.testing.assert_array_equal(
             read_dataset(alone.datasets[name])[2], read_dataset(result.datasets[name])[2], err_msg=name
         )
+
+
+def test_progress_counts_the_rows_imputed_up_to_the_split_without_changing_the_numbers(
+    first_run, inputs: Inputs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One actor, so the batches finish one after another: every report is a whole number of
+    batches, the counts only grow, the last is the split's row count, and the datasets are the
+    2-actor run's bit for bit."""
+    monkeypatch.setattr(impute_job, "POLL_S", 0.02)  # the job is short: poll often
+    _, result = first_run
+    config = make_config(tmp_path / "progress", missforest=MissForestConfig(enabled=False))
+    config = dataclasses.replace(config, impute_stage=ImputeStageConfig(num_actors=1, cpus_per_actor=0.5))
+    seen: list[tuple[int, int]] = []
+    counted = run_imputation(
+        config, inputs.shards, inputs.checkpoint, on_progress=lambda done, total: seen.append((done, total))
+    )
+    done = [d for d, _ in seen]
+    assert {total for _, total in seen} == {NUM_IMPUTE}
+    assert done == sorted(set(done)) and done[-1] == NUM_IMPUTE, seen
+    assert all(d % BATCH == 0 for d in done), seen
+    for name in dataset_names(M, missforest=False):
+        np.testing.assert_array_equal(
+            read_dataset(counted.datasets[name])[2], read_dataset(result.datasets[name])[2], err_msg=name
+        )
+    # A reused split is counted at once, without a job.
+    seen.clear()
+    assert run_imputation(
+        config, inputs.shards, inputs.checkpoint, on_progress=lambda *a: seen.append(a)
+    ).reused == {"train": True}
+    assert seen == [(NUM_IMPUTE, NUM_IMPUTE)]
 
 
 # --------------------------------------------------------------------------- units (no Ray job)

@@ -3,12 +3,16 @@ wait for SUCCEEDED, then read the MLflow store with the MLflow client."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,12 +23,24 @@ from tests.conftest import REPO
 
 RAY = str(Path(sys.executable).with_name("ray"))
 STAGES = {"ingest", "train", "impute", "classify"}
+_SERVICE_PORTS = (
+    "dashboard-agent-listen-port",
+    "dashboard-agent-grpc-port",
+    "metrics-export-port",
+    "runtime-env-agent-port",
+    "ray-client-server-port",
+    "node-manager-port",
+    "object-manager-port",
+)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def _free_ports(count: int) -> list[int]:
+    """`count` distinct free ports (held open together, so none is handed out twice)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
 
 
 @pytest.fixture
@@ -32,8 +48,8 @@ def ray_head(data_root: Path) -> Iterator[tuple[str, dict[str, str]]]:
     """A real Ray head on loopback, token-authenticated; stopped (with its workers) afterwards."""
     import ray
 
-    ray.shutdown()  # the in-process test cluster; `ray stop` below would kill it anyway
-    dashboard_port = _free_port()
+    ray.shutdown()  # the in-process test cluster: one Ray at a time on 2 cores
+    dashboard_port, gcs_port, *service_ports = _free_ports(2 + len(_SERVICE_PORTS))
     env = {
         **os.environ,
         # The job's `python` is this environment's, as for a user with the venv activated.
@@ -42,18 +58,48 @@ def ray_head(data_root: Path) -> Iterator[tuple[str, dict[str, str]]]:
         "RAY_AUTH_TOKEN": secrets.token_hex(32),  # random per run: nothing written to disk
         "MISSIWAE_DATA_DIR": str(data_root),
     }
-    subprocess.run(
+    # Its own temp dir and process group: teardown stops this head and nothing else (a plain
+    # `ray stop` would kill every Ray on the machine, e.g. another test session's or a user's).
+    temp_dir = tempfile.mkdtemp(prefix="rayhead-", dir="/tmp")  # short: Ray's socket paths
+    start = subprocess.Popen(
         [
-            RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={_free_port()}",
+            RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
             "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
-            "--num-cpus=8", "--disable-usage-stats",
+            "--num-cpus=8", "--disable-usage-stats", f"--temp-dir={temp_dir}",
+            # Ray's fixed default ports (52365 agent, 10001 client...) would collide with any
+            # other Ray on the machine; the job agent then never comes up ("No available agent").
+            *(f"--{name}={port}" for name, port in zip(_SERVICE_PORTS, service_ports, strict=True)),
         ],
-        env=env, check=True, capture_output=True, text=True, timeout=180,
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
     try:
+        output, _ = start.communicate(timeout=180)
+        assert start.returncode == 0, output[-3000:]
         yield f"http://127.0.0.1:{dashboard_port}", env
     finally:
-        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        _stop_head(start.pid, temp_dir)
+
+
+def _stop_head(group: int, temp_dir: str) -> None:
+    """SIGTERM the head's process group (the daemons `ray start` left behind and the workers
+    their raylet forked), SIGKILL what outlives a grace period, then remove its temp dir."""
+    for sig, grace in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(group, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and _group_alive(group):
+            time.sleep(0.5)
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _job_status(address: str, job_id: str, env: dict[str, str]) -> str:

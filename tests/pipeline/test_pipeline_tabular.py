@@ -7,12 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
 from missiwae.config import ConfigError
 from pipelines import full
-from pipelines.table_source import column_types, read_table, split_rows
+from pipelines.table_source import column_types, load_table, read_table, split_rows
+from pipelines.tabular import completed_column, mask_strings, read_table_mask, row_columns
 
 COLUMNS = ["a", "b", "flag", "c", "d", "e"]
 
@@ -106,7 +109,8 @@ def test_csv_with_nan_goes_through_ingest_train_impute_with_mlflow(
     observed = ~np.isnan(values)
     out = run_dir / "imputed" / "table"
     single = pd.read_parquet(out / "missiwae_single.parquet")
-    assert list(single.columns) == ["source_row", "split", "target", *COLUMNS]
+    assert list(single.columns) == ["source_row", "split", "mask", "target", *COLUMNS]
+    assert np.array_equal(read_table_mask(single["mask"]), observed)  # which cells were imputed
     assert np.array_equal(single["source_row"], np.arange(200))  # the file's rows, in its order
     completed = single[COLUMNS].to_numpy()
     assert not np.isnan(completed).any()
@@ -118,6 +122,7 @@ def test_csv_with_nan_goes_through_ingest_train_impute_with_mlflow(
     assert abs(np.mean(completed[~observed[:, 3], 3]) - 50.0) < 60.0
     from_csv = pd.read_csv(out / "missiwae_single.csv")
     np.testing.assert_allclose(from_csv[COLUMNS].to_numpy(), completed)
+    assert np.array_equal(read_table_mask(from_csv["mask"]), observed)
     for m in range(2):
         copy = pd.read_parquet(out / f"missiwae_multiple_{m:02d}.parquet")[COLUMNS].to_numpy()
         assert np.array_equal(copy[observed], values[observed])
@@ -149,3 +154,176 @@ def test_csv_with_nan_goes_through_ingest_train_impute_with_mlflow(
     assert imputed_cells == (~observed).sum()
     assert np.isfinite(stages["train"].data.metrics["test_log_likelihood"])
     assert np.isfinite(metrics["train/log_likelihood_mean"])
+
+
+# ------------------------------------------------------------------ careless and hostile tables
+
+
+def test_column_too_wide_to_standardise_is_refused_naming_file_and_column(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    path = tmp_path / "wide.csv"
+    path.write_text("small,big\n1.0,1e300\n2.0,\n3.0,-2e300\n4.0,5.0\n")
+    with pytest.raises(ConfigError, match=r"column\(s\) \['big'\] of wide.csv hold values of magnitude"):
+        read_table(path)
+    assert full.main(["--data", str(path), "--set", f"run_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "['big'] of wide.csv" in err[0]
+    assert not (tmp_path / "run" / "data" / "_MANIFEST.json").exists()  # no infinite scale anywhere
+
+
+def test_unreadable_tables_are_refused_in_one_line_naming_the_file(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "empty.csv").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"^empty.csv is empty \(0 bytes\)"):
+        read_table(tmp_path / "empty.csv")
+    (tmp_path / "twice.csv").write_text("a,b,a\n1,2,3\n4,5,6\n7,8,9\n")  # pandas would rename a.1
+    with pytest.raises(ConfigError, match=r"column name\(s\) \['a'\] occur more than once in twice.csv"):
+        read_table(tmp_path / "twice.csv")
+    twice = pa.Table.from_arrays([pa.array([1.0, 2.0, 3.0])] * 2, names=["x", "x"])
+    pq.write_table(twice, tmp_path / "twice.parquet")
+    with pytest.raises(ConfigError, match=r"column name\(s\) \['x'\] occur more than once in twice.parquet"):
+        read_table(tmp_path / "twice.parquet")
+    (tmp_path / "torn.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(ConfigError, match=r"^torn.parquet is not a readable Parquet file \(.*\)$"):
+        read_table(tmp_path / "torn.parquet")
+
+
+def test_source_cells_keep_their_own_types_and_integers_beyond_2_53(tmp_path: Path) -> None:
+    path = tmp_path / "ints.csv"
+    path.write_text("n,flag,x\n9007199254740993,True,0.1\n,False,\n17,,-0.0\n")
+    table = load_table(path)
+    assert table.source.type == pa.struct([("c0", pa.int64()), ("c1", pa.bool_()), ("c2", pa.float64())])
+    assert table.source.field("c0").to_pylist() == [9007199254740993, None, 17]
+    assert table.source.field("c1").to_pylist() == [True, False, None]
+    assert np.signbit(table.source.field("c2").to_numpy(zero_copy_only=False)[2])
+    assert np.isnan(table.values[1, 0]) and table.values[0, 1] == 1.0  # the model's float view
+
+
+def test_imputed_cells_take_the_columns_type_and_observed_cells_are_copied() -> None:
+    observed = np.array([True, False, True, False])
+    big = pa.array([9007199254740993, None, -5, None], pa.int64())
+    out = completed_column(big, observed, np.array([0.0, 16.6, 0.0, -1e30]))
+    assert out.type == pa.int64() and out.to_pylist() == [9007199254740993, 17, -5, -(2**63)]
+    small = pa.array([200, None, 3, None], pa.uint8())
+    assert completed_column(small, observed, np.array([0, 300.0, 0, -4.0])).to_pylist() == [200, 255, 3, 0]
+    flags = pa.array([True, None, False, None])
+    assert completed_column(flags, observed, np.array([0, 0.7, 0, 0.2])).to_pylist() == [
+        True,
+        True,
+        False,
+        False,
+    ]
+    halves = pa.array([1.5, float("nan"), -0.0, None], pa.float32())
+    filled = completed_column(halves, observed, np.array([0.0, 1e300, 0.0, 0.25]))
+    values = filled.to_numpy(zero_copy_only=False)
+    assert filled.type == pa.float32() and np.isfinite(values).all() and np.signbit(values[2])
+    assert values[1] == np.finfo(np.float32).max and values[3] == np.float32(0.25)
+
+
+def test_bookkeeping_columns_step_aside_for_the_users_own_names() -> None:
+    plain = row_columns({"columns": ["a", "b"], "label_column": None})
+    assert plain == {"source_row": "source_row", "split": "split", "mask": "mask"}
+    taken = row_columns({"columns": ["split", "_split", "mask", "x"], "label_column": "source_row"})
+    assert taken == {"source_row": "_source_row", "split": "__split", "mask": "_mask"}
+
+
+def test_a_small_table_with_reserved_names_comes_back_whole_and_exact(
+    ray_cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """3 rows (the documented minimum) under the table preset's 2 shards, 2 workers and 2
+    actors; user columns called split and source_row; ints beyond 2**53 and bools."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    csv = tmp_path / "tiny.csv"
+    csv.write_text(
+        "big,split,source_row,flag\n9007199254740993,1.5,17,True\n,2.5,,False\n9007199254740995,,19,\n"
+    )
+    run_dir = tmp_path / "run"
+    settings = {
+        "run_dir": str(run_dir),
+        "model.hidden": "[4]",
+        "model.latent_dim": "1",
+        "train.epochs": "1",
+        "train.K": "2",
+        "evaluate.num_samples": "4",
+        "impute.num_samples": "8",
+        "impute.num_imputations": "2",
+    }
+    overrides = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
+    assert full.main(["--data", str(csv), *overrides]) == 0
+
+    out = run_dir / "imputed" / "table"
+    for name in ("missiwae_single", "missiwae_multiple_00", "missiwae_multiple_01"):
+        table = pq.read_table(out / f"{name}.parquet")
+        assert table.column_names == ["_source_row", "_split", "mask", "big", "split", "source_row", "flag"]
+        assert read_table_mask(table.column("mask")).tolist() == [
+            [True, True, True, True],
+            [False, True, False, True],
+            [True, False, True, False],
+        ]
+        assert table.column("_source_row").to_pylist() == [0, 1, 2]
+        assert sorted(table.column("_split").to_pylist()) == ["test", "train", "valid"]
+        assert table.schema.field("big").type == pa.int64()
+        big = table.column("big").to_pylist()
+        assert big[0] == 9007199254740993 and big[2] == 9007199254740995
+        assert table.column("split").to_pylist()[:2] == [1.5, 2.5]
+        assert np.isfinite(table.column("split").to_numpy()).all()
+        assert table.schema.field("source_row").type == pa.int64()
+        assert table.column("source_row").to_pylist()[0] == 17
+        assert table.schema.field("flag").type == pa.bool_()
+        assert table.column("flag").to_pylist()[:2] == [True, False]
+    # The CSV copy keeps the integers exact too (written as integers, not floats).
+    text = (out / "missiwae_single.csv").read_text().splitlines()
+    assert text[0] == "_source_row,_split,mask,big,split,source_row,flag"
+    assert text[1].split(",")[3] == "9007199254740993" and text[1].split(",")[5] == "17"
+    manifest = json.loads((out / "_MANIFEST.json").read_text())
+    assert manifest["row_columns"] == {"source_row": "_source_row", "split": "_split", "mask": "mask"}
+
+
+def test_imputed_tables_carry_which_cells_were_imputed_in_parquet_and_csv(tmp_path: Path) -> None:
+    """The output assembly without Ray: ingest's shard tables, then the imputed table of
+    imputations drawn here; the ``mask`` column reads back the file's holes from Parquet and
+    from CSV (letters, so a CSV reader keeps ``iooi`` a string), and steps aside for a user
+    column called ``mask``."""
+    from pipelines.config import load_pipeline_config
+    from pipelines.shards import read_shards
+    from pipelines.table_source import tabular_split_tables
+    from pipelines.tabular import OUTPUT_SOURCE_COLUMNS, table_maker
+
+    frame = write_csv(tmp_path / "t.csv", num_rows=40).rename(columns={"e": "mask"})
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    names = [*COLUMNS[:-1], "mask"]
+    overrides = [
+        f"data.path={json.dumps(str(tmp_path / 't.csv'))}",
+        f"run_dir={json.dumps(str(tmp_path / 'run'))}",
+        "data.label_column=target",
+    ]
+    tables, info = tabular_split_tables(load_pipeline_config("table", overrides))
+    files = []
+    for split, split_table in tables.items():
+        files.append(tmp_path / f"{split}.parquet")
+        pq.write_table(split_table, files[-1])
+    make = table_maker(read_shards(files, OUTPUT_SOURCE_COLUMNS, order_by="source_row"), info)
+    output = make(np.zeros((40, len(names)), np.float32))
+
+    observed = frame[names].notna().to_numpy()
+    assert output.column_names[:3] == ["source_row", "split", "_mask"]
+    pq.write_table(output, tmp_path / "out.parquet")
+    output.to_pandas().to_csv(tmp_path / "out.csv", index=False)
+    assert np.array_equal(read_table_mask(pq.read_table(tmp_path / "out.parquet").column("_mask")), observed)
+    from_csv = pd.read_csv(tmp_path / "out.csv")
+    assert np.array_equal(read_table_mask(from_csv["_mask"]), observed)
+    assert np.array_equal(from_csv["mask"].isna(), np.zeros(40, bool))  # the user's column, completed
+
+
+def test_table_mask_letters_round_trip_and_refuse_anything_else() -> None:
+    mask = np.array([[True, False, True], [False, False, True]])
+    assert mask_strings(mask) == ["oio", "iio"]
+    assert np.array_equal(read_table_mask(pa.array(mask_strings(mask))), mask)
+    with pytest.raises(ValueError, match="only the letters"):
+        read_table_mask(["oxo", "iio"])
+    with pytest.raises(ValueError, match="differ in length"):
+        read_table_mask(["oo", "iio"])

@@ -307,7 +307,7 @@ def load_logged_model(tracking_uri: str, uri: str) -> Any:
     try:
         return mlflow.pyfunc.load_model(uri)
     finally:
-        mlflow.set_tracking_uri(previous)
+        mlflow.set_tracking_uri(previous)  # type: ignore[arg-type]  # None unsets both in mlflow 3.17
 
 
 def test_the_logged_model_imputes_a_frame_in_the_tables_units(config, tmp_path) -> None:
@@ -357,3 +357,85 @@ def test_the_logged_model_imputes_a_frame_in_the_tables_units(config, tmp_path) 
         loaded.predict(wrong)
     with pytest.raises(ValueError, match="missing \\['age'\\], extra \\['other'\\]"):
         direct.impute(wrong)
+
+
+# Run by a Python started with -I -S -B: no site-packages, no .pth files (so not the project's
+# editable install), no current directory, no bytecode written into the model's code; it adds
+# the venv's site-packages itself (mlflow, torch, pandas) and proves the project is out of
+# reach before loading the model.
+_LOAD_WITHOUT_PROJECT = """
+import json, sys
+from pathlib import Path
+sys.path.append(sys.argv[1])
+try:
+    import missiwae
+except ModuleNotFoundError:
+    pass
+else:
+    raise SystemExit("the project is importable here: " + missiwae.__file__)
+import mlflow, numpy as np, pandas as pd
+mlflow.set_tracking_uri(sys.argv[2])
+model = mlflow.pyfunc.load_model(sys.argv[3])
+frame = pd.DataFrame(json.loads(sys.argv[4]), columns=json.loads(sys.argv[5]), dtype=float)
+code = Path(sys.modules["missiwae"].__file__).parents[1]
+print(json.dumps({
+    "filled": model.predict(frame).to_numpy().tolist(),
+    "code": str(code),
+    "files": sorted(str(p.relative_to(code)) for p in code.rglob("*") if p.is_file()),
+}))
+"""
+
+
+def test_the_logged_model_loads_and_imputes_where_only_mlflow_and_torch_are_installed(
+    config, tmp_path
+) -> None:
+    """The model carries the project's .py files (code_paths): a Python without the project on
+    its path loads it with mlflow.pyfunc.load_model and imputes exactly as this process does."""
+    import json
+    import subprocess
+    import sys
+    import sysconfig
+
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from missiwae.config import ModelConfig
+    from missiwae.model import MissIWAE
+    from missiwae.training import save_checkpoint
+
+    torch.manual_seed(0)
+    model = MissIWAE.from_config(
+        ModelConfig(num_features=2, hidden=(8,), latent_dim=2, observation="gaussian")
+    )
+    save_checkpoint(tmp_path / "ckpt", model, None, None, [])
+    columns = ["x", "y"]
+    with Tracker(config, "model") as tracker:
+        uri = tracker.log_imputer(tmp_path / "ckpt", Features.for_table(columns, num_samples=10, seed=1))
+    assert uri is not None
+    values = [[1.5, None], [None, -2.0], [0.25, 4.0]]
+    expected = load_logged_model(tracker.tracking_uri, uri).predict(
+        pd.DataFrame(values, columns=columns, dtype=float)
+    )
+
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "MLFLOW_TRACKING_URI")
+    }
+    site_packages = sysconfig.get_paths()["purelib"]
+    args = [site_packages, tracker.tracking_uri, uri, json.dumps(values), json.dumps(columns)]
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-B", "-c", _LOAD_WITHOUT_PROJECT, *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    assert np.array_equal(np.array(loaded["filled"]), expected.to_numpy())  # same numbers, bit for bit
+    assert "/code" in loaded["code"] and not loaded["code"].startswith(str(Path(__file__).parents[2]))
+    # Only the source files: the library whole, of pipelines what the model's class imports.
+    assert {Path(name).suffix for name in loaded["files"]} == {".py"}
+    assert "missiwae/imputation.py" in loaded["files"] and "pipelines/tracking/runs.py" in loaded["files"]
+    assert not any(name.startswith(("pipelines/impute", "pipelines/configs")) for name in loaded["files"])

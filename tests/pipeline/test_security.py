@@ -1,5 +1,6 @@
 """Security: checkpoints never unpickle code, nothing pickles what a user could be handed, the
-embedded Ray refuses clients without its token, and MLflow gets no secrets or home paths.
+embedded Ray listens on loopback only and refuses clients without its token, and MLflow gets
+no secrets or home paths.
 
 (`ray start --head` + `ray job submit` with and without the token: tests/pipeline/test_pipeline_job.py.)
 """
@@ -7,9 +8,14 @@ embedded Ray refuses clients without its token, and MLflow gets no secrets or ho
 from __future__ import annotations
 
 import ast
+import ipaddress
+import json
 import os
+import socket
 import subprocess
 import sys
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +148,144 @@ def test_an_embedded_ray_is_refused_when_ray_was_imported_before_its_auth_was_se
     assert "Started a local Ray instance" not in done.stderr + done.stdout
 
 
+# ------------------------------------------------------------------ what the embedded Ray listens on
+
+
+def _tcp_listeners() -> dict[str, str]:
+    """Socket inode -> "address:port" of every listening TCP socket (IPv4 and IPv6) on this
+    machine, from /proc/net (Linux; psutil is not a dependency)."""
+    listeners = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            fields = row.split()
+            if fields[3] == "0A":  # TCP_LISTEN
+                listeners[fields[9]] = _proc_net_address(fields[1])
+    return listeners
+
+
+def _proc_net_address(text: str) -> str:
+    """/proc/net/tcp's "0100007F:1F90" (host-order 32-bit words) -> "127.0.0.1:8080"."""
+    hex_ip, hex_port = text.split(":")
+    raw = bytes.fromhex(hex_ip)
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    family = socket.AF_INET if len(raw) == 4 else socket.AF_INET6
+    return f"{socket.inet_ntop(family, words)}:{int(hex_port, 16)}"
+
+
+def _process_tree(root: int) -> list[int]:
+    """`root` and every process descended from it."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue  # gone meanwhile
+            children.setdefault(parent, []).append(int(entry.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def _listening_sockets(root: int) -> set[tuple[str, str]]:
+    """(address:port, process name) of every TCP socket the processes under `root` listen on."""
+    listeners = _tcp_listeners()
+    found = set()
+    for pid in _process_tree(root):
+        try:
+            name = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+            links = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+        except OSError:
+            continue  # ended meanwhile
+        for link in links:
+            inode = link[len("socket:[") : -1] if link.startswith("socket:[") else None
+            if inode in listeners:
+                found.add((listeners[inode], Path(name).name or name))
+    return found
+
+
+def _is_loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address.rsplit(":", 1)[0])
+    mapped = getattr(ip, "ipv4_mapped", None)  # ::ffff:127.0.0.1, how gRPC reports IPv4
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+# The one listener that no documented Ray or torch setting can put on loopback (see
+# pipelines/runtime.py): torch.distributed's TCPStore, the rendezvous key-value store that the
+# rank-0 Ray Train worker opens while training runs, binds to every interface ("::"). Allowed
+# here by name, once, on a wildcard address, in that process only, and reported as a warning.
+TORCH_STORE_PROCESS = "ray::RayTrainWorker"
+
+
+def test_the_embedded_ray_listens_on_loopback_only_during_a_run(tmp_path: Path) -> None:
+    """A table run of pipelines/full.py with its own embedded Ray (two Ray Train workers, so
+    Gloo connects them); every second, the listening TCP sockets of the job and all its
+    descendants (GCS, raylet, dashboard agent with its metrics endpoint, runtime-env agent, Ray
+    Train and Ray Data workers) are listed. Only loopback addresses may appear, except the
+    TCPStore named above."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    values = rng.standard_normal((60, 3))
+    values[rng.random(values.shape) < 0.2] = np.nan
+    pd.DataFrame(values, columns=["a", "b", "c"]).to_csv(tmp_path / "t.csv", index=False)
+    settings = [
+        f"run_dir={tmp_path / 'run'}",
+        "model.hidden=[8]",
+        "model.latent_dim=2",
+        "train.epochs=3",
+        "train.K=2",
+        "scaling.num_workers=2",
+        "evaluate.num_samples=5",
+        "impute.num_samples=5",
+        "impute.num_imputations=1",
+        "impute_stage.num_actors=1",
+    ]
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MLFLOW_TRACKING_URI", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+    }
+    job = subprocess.Popen(
+        [sys.executable, "pipelines/full.py", "--data", str(tmp_path / "t.csv"), "--set", *settings],
+        cwd=REPO,
+        env=env,  # a fresh shell's: the job itself must set what keeps Ray on loopback
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen: set[tuple[str, str]] = set()
+    deadline = time.monotonic() + 600
+    while job.poll() is None and time.monotonic() < deadline:
+        seen |= _listening_sockets(job.pid)
+        time.sleep(1.0)
+    job.kill()
+    _, err = job.communicate()
+    assert job.returncode == 0, err[-3000:]
+    names = {name for _, name in seen}
+    # The sampling saw Ray's servers (not only the driver), or the check below proves nothing.
+    assert {"gcs_server", "raylet", "ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= names, seen
+    exposed = sorted((address, name) for address, name in seen if not _is_loopback(address))
+    store = [
+        (a, n)
+        for a, n in exposed
+        if n == TORCH_STORE_PROCESS and ipaddress.ip_address(a.rsplit(":", 1)[0]).is_unspecified
+    ]
+    assert len(store) <= 1, f"more than torch.distributed's one TCPStore: {store}"
+    others = [entry for entry in exposed if entry not in store]
+    assert not others, f"listening beyond loopback: {others}"
+    if store:
+        warnings.warn(
+            f"torch.distributed's TCPStore in {TORCH_STORE_PROCESS} listened on {store[0][0]} "
+            "(no documented Ray or torch setting binds it to loopback)",
+            stacklevel=1,
+        )
+
+
 def test_mlflow_gets_no_home_paths_and_no_secrets(tmp_path: Path, monkeypatch) -> None:
     from pipelines.tracking import Tracker
 
@@ -181,6 +325,51 @@ def test_mlflow_gets_no_home_paths_and_no_secrets(tmp_path: Path, monkeypatch) -
     assert "run_dir=~/runs/smoke" in everything and "data_dir=~/data" in everything  # scrubbed, kept
     for leaked in (str(home), secret, "hunter22"):
         assert leaked not in everything, leaked
+
+
+def test_a_manifest_logged_as_a_file_artifact_reaches_mlflow_without_the_home_path(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """What the impute stage does with its _MANIFEST.json (checkpoint_dir under the home
+    directory), for a single file and for a folder: MLflow gets ~, the files on disk keep theirs,
+    and binary artifacts are logged byte for byte."""
+    from pipelines.tracking import Tracker
+
+    home = tmp_path / "home" / "alice"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    run_dir = home / "runs" / "table"
+    manifest = {"checkpoint_dir": str(run_dir / "model"), "rows": 3}
+    single = tmp_path / "imputed" / "_MANIFEST.json"
+    folder = tmp_path / "results"
+    for directory in (single.parent, folder):
+        directory.mkdir(parents=True)
+    single.write_text(json.dumps(manifest))
+    (folder / "table.csv").write_text(f"dataset,path\nsingle,{run_dir / 'x.parquet'}\n")
+    binary = bytes(range(256)) + str(home).encode()
+    (folder / "figure.png").write_bytes(binary)
+    config = PipelineConfig.from_dict(
+        {
+            "run_dir": str(run_dir),
+            "tracking": {"experiment": "manifest", "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+        }
+    )
+    with Tracker(config, "manifest") as tracker, tracker.stage("impute") as stage:
+        stage.log_artifact(single)
+        stage.log_artifact(folder, "results")
+        run_id = stage.run_id
+    assert tracker.health.ok and run_id is not None
+
+    client = MlflowClient(tracker.tracking_uri)
+    logged = Path(client.download_artifacts(run_id, "", str(tmp_path / "dl")))
+    assert json.loads((logged / "_MANIFEST.json").read_text()) == {
+        "checkpoint_dir": "~/runs/table/model",
+        "rows": 3,
+    }
+    assert (logged / "results" / "table.csv").read_text() == "dataset,path\nsingle,~/runs/table/x.parquet\n"
+    assert (logged / "results" / "figure.png").read_bytes() == binary  # not a text format: as is
+    assert json.loads(single.read_text()) == manifest  # the run_dir's own files are unchanged
+    assert str(run_dir) in (folder / "table.csv").read_text()
 
 
 def test_cluster_config_and_local_services_expose_nothing_without_auth() -> None:

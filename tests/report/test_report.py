@@ -6,9 +6,14 @@ import json
 import math
 from pathlib import Path
 
-from paper.render import render_report
+from paper.render import estimator_table, render_report
 from paper.report import rerender, run_report
-from paper.verdicts import figure1_left_verdicts, figure1_right_verdicts, table1_verdicts
+from paper.verdicts import (
+    figure1_left_numbers,
+    figure1_left_verdicts,
+    figure1_right_verdicts,
+    table1_verdicts,
+)
 from pipelines.config import load_pipeline_config
 
 PAPER_LIKE = {
@@ -25,16 +30,41 @@ def _verdicts(verdicts) -> list[str]:
     return [v.verdict for v in verdicts]
 
 
+PAPER_LIKE_SE = dict.fromkeys(PAPER_LIKE, 0.3)  # 2 se of a difference: 0.85 nats
+
+
 def test_figure1_left_claims_hold_for_paper_like_numbers_and_fail_when_broken():
-    assert _verdicts(figure1_left_verdicts(PAPER_LIKE)) == ["holds"] * 3
+    assert _verdicts(figure1_left_verdicts(PAPER_LIKE, PAPER_LIKE_SE)) == ["holds"] * 3
     flat = {**PAPER_LIKE, "K=1 oracle": -89.5}  # oracle only 0.5 nats better at K=1
-    assert _verdicts(figure1_left_verdicts(flat))[0] == "does not hold"
+    assert _verdicts(figure1_left_verdicts(flat, PAPER_LIKE_SE))[0] == "does not hold"
     apart = {**PAPER_LIKE, "K=50 oracle": -83.0}  # zero and oracle 2.2 nats apart at K=50
-    assert _verdicts(figure1_left_verdicts(apart))[1] == "does not hold"
+    assert _verdicts(figure1_left_verdicts(apart, PAPER_LIKE_SE))[1] == "does not hold"
+    below = {**PAPER_LIKE, "K=50 zero": -88.0, "K=50 oracle": -88.0}  # on par, but under K=1 oracle
+    assert _verdicts(figure1_left_verdicts(below, PAPER_LIKE_SE))[1] == "does not hold"
     far = {**PAPER_LIKE, "complete VAE (K=1)": -80.0}  # 5.2 nats between VAE and missIWAE
-    assert _verdicts(figure1_left_verdicts(far))[2] == "does not hold"
+    assert _verdicts(figure1_left_verdicts(far, PAPER_LIKE_SE))[2] == "does not hold"
     missing = {k: v for k, v in PAPER_LIKE.items() if k != "K=1 zero"}
-    assert _verdicts(figure1_left_verdicts(missing))[:2] == ["not measurable at this budget"] * 2
+    unmeasured = _verdicts(figure1_left_verdicts(missing, PAPER_LIKE_SE))[:2]
+    assert unmeasured == ["not measurable at this budget"] * 2
+
+
+def test_clearly_and_on_par_are_decided_by_the_standard_errors():
+    # The same 2.5-nat K=1 gap and 0.2-nat K=50 gap: with se 0.3 the K=1 gap is clear (2 se of
+    # the difference: 0.85 nats); with se 1.5 it is not (4.2 nats)...
+    noisy = dict.fromkeys(PAPER_LIKE, 1.5)
+    assert _verdicts(figure1_left_verdicts(PAPER_LIKE, noisy))[0] == "does not hold"
+    # ...and 1.5 nats apart at K=50 is on par with se 1.5 but not with se 0.3.
+    apart = {**PAPER_LIKE, "K=50 oracle": -83.7}
+    assert _verdicts(figure1_left_verdicts(apart, noisy))[1] == "holds"
+    assert _verdicts(figure1_left_verdicts(apart, PAPER_LIKE_SE))[1] == "does not hold"
+    verdict = figure1_left_verdicts(PAPER_LIKE, PAPER_LIKE_SE)[0]
+    assert "+2.50 ± 0.42 nats (2 se = 0.85)" in verdict.evidence
+    # Without standard errors (reports written before they were recorded): the 1-nat fallback,
+    # said in the evidence.
+    fallback = figure1_left_verdicts(PAPER_LIKE)
+    assert _verdicts(fallback) == ["holds"] * 3
+    assert "no standard error recorded" in fallback[0].evidence
+    assert _verdicts(figure1_left_verdicts(apart))[1] == "does not hold"
 
 
 def test_figure1_right_claims_follow_the_accuracy_curves():
@@ -56,17 +86,76 @@ def test_figure1_right_claims_follow_the_accuracy_curves():
     )
 
 
-def test_table1_ordering_claim():
-    paper = {
-        "zero": 0.97388,
-        "missforest": 0.98049,
-        "missiwae_single": 0.98473,
-        "missiwae_multiple": 0.98683,
-        "complete": 0.98663,
+PAPER_TABLE1_ACCURACY = {
+    "zero": 0.97388,
+    "missforest": 0.98049,
+    "missiwae_single": 0.98473,
+    "missiwae_multiple": 0.98683,
+    "complete": 0.98663,
+}
+PAPER_TABLE1_CROSS_ENTROPY = {
+    "zero": 0.10033,
+    "missforest": 0.06446,
+    "missiwae_single": 0.05101,
+    "missiwae_multiple": 0.05090,
+    "complete": 0.04638,
+}
+
+
+def _table1(accuracy=None, cross_entropy=None) -> list[str]:
+    return _verdicts(
+        table1_verdicts(
+            {**PAPER_TABLE1_ACCURACY, **(accuracy or {})},
+            {**PAPER_TABLE1_CROSS_ENTROPY, **(cross_entropy or {})},
+        )
+    )
+
+
+def test_table1_claims_hold_for_the_papers_numbers():
+    assert _table1() == ["holds"] * 3
+
+
+def test_table1_accuracy_ordering_fails_when_any_pair_is_swapped():
+    assert _table1({"zero": 0.99})[0] == "does not hold"
+    assert _table1({"missforest": 0.985})[0] == "does not hold"  # above missIWAE single
+    assert _table1({"missiwae_multiple": 0.984})[0] == "does not hold"  # below single
+
+
+def test_multiple_beats_complete_in_accuracy_but_not_in_cross_entropy():
+    assert _table1({"complete": 0.987})[1] == "does not hold"  # complete more accurate
+    assert _table1(cross_entropy={"missiwae_multiple": 0.046})[1] == "does not hold"  # lower loss too
+    assert _table1(cross_entropy={"missiwae_multiple": 0.04638})[1] == "holds"  # equal: not beaten
+
+
+def test_missforest_cross_entropy_worse_than_missiwae():
+    assert _table1(cross_entropy={"missforest": 0.0505})[2] == "does not hold"  # better than both
+    assert _table1(cross_entropy={"missforest": 0.051})[2] == "does not hold"  # better than single
+
+
+def test_table1_claims_are_not_measurable_without_their_numbers():
+    assert _verdicts(table1_verdicts(PAPER_TABLE1_ACCURACY)) == [
+        "holds",
+        "not measurable at this budget",
+        "not measurable at this budget",
+    ]
+
+
+def test_figure1_left_verdicts_use_the_mixture_estimate_and_the_readme_shows_both():
+    naive = {label: {"mean": value - 3.0, "se": 0.3} for label, value in PAPER_LIKE.items()}
+    naive["K=1 oracle"]["mean"] = naive["K=1 zero"]["mean"]  # naive: no K=1 gap at all
+    mixture = {label: {"mean": value, "se": 0.3} for label, value in PAPER_LIKE.items()}
+    left = {
+        "test_log_likelihood": {label: v["mean"] for label, v in naive.items()},
+        "estimators": {"naive": naive, "mixture": mixture},
+        "mixture": {"num_masks": 4, "missing_rate": 0.5, "num_samples": 1000, "rows": 1000},
     }
-    assert _verdicts(table1_verdicts(paper)) == ["holds", "holds"]
-    swapped = {**paper, "zero": 0.99}
-    assert _verdicts(table1_verdicts(swapped))[0] == "does not hold"
+    assert figure1_left_numbers(left) == (PAPER_LIKE, PAPER_LIKE_SE)
+    assert _verdicts(figure1_left_verdicts(*figure1_left_numbers(left)))[0] == "holds"
+    lines = estimator_table(left)
+    assert "| K=1 oracle | -93.00 ± 0.30 | -87.50 ± 0.30 | +5.50 |" in lines
+    without = {"test_log_likelihood": left["test_log_likelihood"]}  # a report from before
+    assert estimator_table(without) == []
+    assert figure1_left_numbers(without) == (left["test_log_likelihood"], {})
 
 
 def test_tiny_report_runs_every_experiment_and_writes_a_readme_with_verdicts(
@@ -87,15 +176,22 @@ def test_tiny_report_runs_every_experiment_and_writes_a_readme_with_verdicts(
     assert list(curves) == ["missVAE (K=1 zero)", "missIWAE (K=2 zero)"]
     assert all(0.0 < a <= 1.0 for values in curves.values() for a in values)
     assert 0.0 < results["figure1_right"]["missforest"] <= 1.0
+    estimators = results["figure1_left"]["estimators"]  # both estimators, for every trial
+    assert {name: set(by_label) for name, by_label in estimators.items()} == {
+        "naive": {"K=1 zero", "K=2 zero"},
+        "mixture": {"K=1 zero", "K=2 zero"},
+    }
+    assert all(math.isfinite(v["mean"]) and v["se"] > 0 for e in estimators.values() for v in e.values())
     accuracy = results["table1"]["accuracy"]
     assert {"zero", "missforest", "missiwae_single", "missiwae_multiple", "complete"} <= set(accuracy)
     readme = (out / "README.md").read_text()
     assert readme == render_report(
         json.loads((out / "results.json").read_text()), (out / "ranking.md").read_text()
     )
+    assert "| model | naive | defensive mixture | mixture − naive |" in readme
     # The tiny space has no K=50 or oracle trial: those claims are reported, not hidden.
     verdicts = {v["claim"]: v["verdict"] for v in results["verdicts"]}
-    assert len(verdicts) == 7 and "not measurable at this budget" in verdicts.values()
+    assert len(verdicts) == 8 and "not measurable at this budget" in verdicts.values()
     for v in results["verdicts"]:
         assert f"| {v['claim']} | **{v['verdict']}** |" in readme
     assert str(Path.home()) not in readme or str(Path.home()) == "/"
