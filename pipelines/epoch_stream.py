@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from pipelines.train_worker import read_pipeline_state
+from pipelines.train_worker import DIVERGED, read_pipeline_state
 
 __all__ = ["EpochDelivery", "fit_streaming", "history_forwarder"]
 
@@ -56,10 +56,15 @@ class EpochDelivery:
     def __init__(self, on_epoch: Callable[[dict[str, Any]], None] | None):
         self.on_epoch = on_epoch
         self.delivered = 0  # epochs 1..delivered have been handed over
+        # The workers' last report when a bound became non-finite; never delivered as an epoch.
+        # (fit()'s Result only carries reports that came with a checkpoint.)
+        self.diverged: dict[str, Any] | None = None
 
     def __call__(self, history: list[dict[str, Any]]) -> None:
         for entry in sorted(history, key=lambda e: e["epoch"]):
-            if entry["epoch"] == self.delivered + 1:
+            if entry.get(DIVERGED):
+                self.diverged = dict(entry)
+            elif entry["epoch"] == self.delivered + 1:
                 if self.on_epoch is not None:
                     self.on_epoch(dict(entry))
                 self.delivered += 1

@@ -258,12 +258,17 @@ def _train_stage(
 
         trained = run_training(config, ingest, on_epoch=on_epoch)
         seconds["train"] = time.perf_counter() - clock
+        stopped = ""
+        if trained.stopped_at is not None:  # early stopping: the published weights are the best epoch's
+            stopped = f" (stopped at epoch {trained.stopped_at}, best epoch {trained.best_epoch})"
         shown.result = (
-            f"final {_bounds(trained.history[-1])}, test log p(x_o) {trained.test_log_likelihood:.2f}"
+            f"final {_bounds(trained.history[-1])}{stopped}, "
+            f"test log p(x_o) {trained.test_log_likelihood:.2f}"
         )
-        stage.log_metrics(
-            {"test_log_likelihood": trained.test_log_likelihood, "stage_seconds": seconds["train"]}
-        )
+        metrics = {"test_log_likelihood": trained.test_log_likelihood, "stage_seconds": seconds["train"]}
+        if trained.best_epoch is not None:
+            metrics["best_epoch"] = float(trained.best_epoch)
+        stage.log_metrics(metrics)
         stage.log_params({"checkpoint_dir": str(trained.checkpoint_dir)})
     return trained
 

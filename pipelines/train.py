@@ -19,6 +19,11 @@ across calls, the Ray Train run is named after a fingerprint of the settings, an
 restores a run of the same name from `{run_dir}/ray_train/<name>`, so re-running the same
 config after a crash continues where it stopped (`resume=False` starts over).
 
+Early stopping (`train.early_stopping_patience`, as in `missiwae.training.train`): the workers
+stop together once the validation bound has not improved for that many epochs (`train.epochs`
+is the cap), the history ends at that epoch (`TrainResult.stopped_at`), and `{run_dir}/model`
+holds the best validation epoch's weights (`TrainResult.best_epoch`), which `load_model` loads.
+
 The worker loop and the checkpoint's pipeline state live in `pipelines.train_worker` (with how
 each worker seeds its randomness), the live per-epoch bridge in `pipelines.epoch_stream`.
 """
@@ -39,13 +44,19 @@ import torch
 from missiwae.config import ConfigError, to_dict
 from missiwae.evaluation import estimate_log_likelihood
 from missiwae.model import make_generator
-from missiwae.training import load_model
+from missiwae.training import EpochStats, check_finite, epochs_since_best, load_model, plateaued
 from pipelines.config import PipelineConfig
 from pipelines.epoch_stream import EpochDelivery, fit_streaming, history_forwarder
 from pipelines.publish import fingerprint
 from pipelines.shards import IngestResult, load_split_numpy, read_split
 from pipelines.storage import TEMP_PREFIX, swap_into_place
-from pipelines.train_worker import HISTORY_KEYS, read_pipeline_state, train_loop_per_worker
+from pipelines.train_worker import (
+    DIVERGED,
+    HISTORY_KEYS,
+    epoch_stats,
+    read_pipeline_state,
+    train_loop_per_worker,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +66,12 @@ class TrainResult:
     test_log_likelihood: float  # mean log p(x_o) over the test split, evaluate.num_samples samples
     seconds: float
     run_name: str = ""  # the Ray Train run under {run_dir}/ray_train
+    # Early stopping (train.early_stopping_patience): the epoch whose weights are in
+    # checkpoint_dir (None without a patience: the last epoch's), and the epoch at which the
+    # validation bound had not improved for `patience` epochs, where training stopped (the
+    # history's last; None without a patience or when the epoch cap came first).
+    best_epoch: int | None = None
+    stopped_at: int | None = None
 
 
 def training_fingerprint(config: PipelineConfig, ingest: IngestResult) -> str:
@@ -78,13 +95,14 @@ def run_training(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     resume: bool = True,
     _fault_injection: str | None = None,
+    _valid_bounds: list[float] | None = None,
 ) -> TrainResult:
     """Train with Ray Train (DDP over `scaling.num_workers` workers), keep the last checkpoint in
     `{run_dir}/model`, and estimate the test log-likelihood on the driver.
 
     `on_epoch(entry)` is called on the driver once per epoch, in order, while training runs
-    (entries of epochs restored from an earlier run come first). `_fault_injection` is for
-    tests only (see `train_loop_per_worker`).
+    (entries of epochs restored from an earlier run come first). `_fault_injection` and
+    `_valid_bounds` are for tests only (see `train_loop_per_worker`).
     """
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -114,6 +132,7 @@ def run_training(
             "num_threads": max(1, int(scaling.cpus_per_worker)),
             "shard_in_memory": scaling.shard_in_memory,
             "_fault_injection": _fault_injection,
+            "_valid_bounds": _valid_bounds,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=scaling.num_workers, use_gpu=scaling.use_gpu, resources_per_worker=resources
@@ -140,6 +159,7 @@ def run_training(
         result = fit_streaming(trainer, queue, deliver)
     finally:
         queue.shutdown(force=True)
+    _raise_if_diverged(deliver.diverged, storage / name)
     if result.checkpoint is None:
         raise RuntimeError(f"Ray Train run {name} finished without a checkpoint")
 
@@ -150,13 +170,39 @@ def run_training(
     deliver(history)  # epochs whose live delivery was missed
 
     test_ll = evaluate_test_log_likelihood(config, ingest, model_dir)
+    best_epoch, stopped_at = early_stopping_outcome(history, config.train.early_stopping_patience)
     return TrainResult(
         checkpoint_dir=model_dir,
         history=history,
         test_log_likelihood=test_ll,
         seconds=time.perf_counter() - started,
         run_name=name,
+        best_epoch=best_epoch,
+        stopped_at=stopped_at,
     )
+
+
+def early_stopping_outcome(
+    history: list[dict[str, Any]], patience: int | None
+) -> tuple[int | None, int | None]:
+    """(best_epoch, stopped_at) of a finished run's history, by the rule the workers applied:
+    both None without a patience; stopped_at None when the bound never plateaued (the run went
+    to `train.epochs`)."""
+    if patience is None or not history:
+        return None, None
+    best_epoch = len(history) - epochs_since_best([entry["valid_bound"] for entry in history])
+    stopped_at = len(history) if plateaued(epoch_stats(history), patience) else None
+    return best_epoch, stopped_at
+
+
+def _raise_if_diverged(last_report: dict[str, Any] | None, checkpoints: Path) -> None:
+    """`TrainingDiverged` (one line: the epoch, what is kept, lower the learning rate) when the
+    workers stopped on a NaN or infinite bound."""
+    if not last_report or not last_report.get(DIVERGED):
+        return
+    epoch = int(last_report["epoch"])
+    stats = EpochStats(epoch, float(last_report["train_bound"]), float(last_report["valid_bound"]), 0.0)
+    check_finite(stats, checkpoints)
 
 
 def _copy_checkpoint(checkpoint: Any, target: Path) -> None:
@@ -197,6 +243,7 @@ def evaluate_test_log_likelihood(
 __all__ = [
     "HISTORY_KEYS",  # the keys of TrainResult.history (defined by pipelines.train_worker)
     "TrainResult",
+    "early_stopping_outcome",
     "evaluate_test_log_likelihood",
     "run_training",
     "training_fingerprint",

@@ -5,6 +5,11 @@ with row_id % N == rank), maximises the mean L_K through DDP, and reports one hi
 epoch; rank 0 attaches a checkpoint: a plain missiwae checkpoint (model.pt + config.json,
 `missiwae.training.load_model`) plus `pipeline_state.json` (the history and the restore count).
 
+Early stopping (`train.early_stopping_patience`) follows `missiwae.training.train`: every rank
+holds the same all-reduced validation bounds, so all stop together once `plateaued` holds, and
+the checkpoint keeps the best validation epoch's weights as `best_model` (what `load_model`
+loads) beside the last epoch's (what a restored group continues from).
+
 Randomness: parameters are initialised with `torch.manual_seed(train.seed + rank)` (DDP then
 broadcasts rank 0's); importance samples use a generator seeded from (train.seed, rank, epoch),
 so a resumed epoch draws the same numbers as an uninterrupted one would. Each worker reads its
@@ -16,6 +21,7 @@ the order of the streaming path (shard_in_memory: false).
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import time
@@ -32,8 +38,17 @@ from missiwae.atomic import write_json_atomic
 from missiwae.config import ModelConfig, TrainConfig
 from missiwae.evaluation import mean_bound
 from missiwae.model import MissIWAE, make_generator
-from missiwae.training import EpochStats, load_training_state, make_optimizer, minibatches, save_checkpoint
+from missiwae.training import (
+    EpochStats,
+    epochs_since_best,
+    load_training_state,
+    make_optimizer,
+    minibatches,
+    plateaued,
+    save_checkpoint,
+)
 
+DIVERGED = "diverged"  # in the last report when a bound became NaN or infinite
 PIPELINE_STATE_FILE = "pipeline_state.json"  # per-epoch history (+ restore count) in a checkpoint
 HISTORY_KEYS = ("epoch", "train_bound", "valid_bound", "seconds", "images_per_second", "restores")
 VALID_BATCH_SIZE = 500
@@ -65,16 +80,20 @@ def epoch_seed(seed: int, rank: int, epoch: int) -> int:
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """One DDP worker. loop_config: model (ModelConfig), train (TrainConfig), num_threads,
-    shard_in_memory (read the training shard once, see ScalingConfig), and `_fault_injection` —
-    TEST ONLY: a marker-file path; when set, the last rank kills its process (os._exit(1)) once,
-    after its first step of epoch 2, and creates the marker so the restarted group does not die
-    again."""
+    shard_in_memory (read the training shard once, see ScalingConfig), and two TEST ONLY hooks:
+    `_fault_injection`, a marker-file path; when set, the last rank kills its process
+    (os._exit(1)) once, after its first step of epoch 2, and creates the marker so the restarted
+    group does not die again. `_valid_bounds`, a list of floats; when set, epoch e's validation
+    bound is its e-th value instead of the measured one (after the all-reduce, so on every
+    rank), to put a plateau exactly where a test wants it."""
     import ray.train
     import ray.train.torch
 
     model_config: ModelConfig = loop_config["model"]
     train_config: TrainConfig = loop_config["train"]
     fault_marker: str | None = loop_config.get("_fault_injection")
+    scripted_valid: list[float] | None = loop_config.get("_valid_bounds")
+    patience = train_config.early_stopping_patience
     torch.set_num_threads(int(loop_config["num_threads"]))
     # This worker process is an entry point: it opts in to the allocator setting, which the
     # library never applies on its own (it changes the whole process).
@@ -88,10 +107,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     optimizer = make_optimizer(model, train_config.learning_rate)
     history: list[dict[str, Any]] = []
     restores = 0
+    best: dict[str, torch.Tensor] | None = None  # weights of the best validation epoch so far
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:  # a restarted worker group, or a re-run of a named run
         with checkpoint.as_directory() as directory:
-            load_training_state(directory, model, optimizer)
+            best = load_training_state(directory, model, optimizer).get("best_model")
             history, restores = read_pipeline_state(directory)
         restores += 1
     ddp_model = ray.train.torch.prepare_model(BoundModule(model))
@@ -102,6 +122,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     batch_size = train_config.batch_size
     shard = _read_shard(train_shard) if loop_config["shard_in_memory"] else None
     for epoch in range(len(history) + 1, train_config.epochs + 1):
+        # Checked before the epoch, as `train` does: a restored run that had already stopped
+        # trains nothing more. The history is the same on every rank, so all ranks stop.
+        if plateaued(epoch_stats(history), patience):
+            break
         started = time.perf_counter()
         ddp_model.train()
         seed = epoch_seed(train_config.seed, rank, epoch)
@@ -136,25 +160,40 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             model, valid_shard, train_config.K, rank, world_size, make_generator(seed + 1, device)
         )
         valid_sum, valid_rows = _all_reduce_sum([valid_sum, valid_rows], device)
+        valid_bound = valid_sum / max(valid_rows, 1)
+        if scripted_valid is not None:
+            valid_bound = float(scripted_valid[epoch - 1])
         entry = {
             "epoch": epoch,
             "train_bound": bound_sum / max(num_rows, 1),
-            "valid_bound": valid_sum / max(valid_rows, 1),
+            "valid_bound": valid_bound,
             "seconds": time.perf_counter() - started,
             "images_per_second": num_rows / max(train_seconds, 1e-9),
             "restores": restores,
         }
+        if not (math.isfinite(entry["train_bound"]) and math.isfinite(entry["valid_bound"])):
+            # Every rank holds the same all-reduced sums, so all stop here together; no
+            # checkpoint is reported, so the newest one stays the last finite epoch's.
+            ray.train.report({**entry, DIVERGED: 1.0}, checkpoint=None)
+            return
         history.append(entry)
+        if patience is not None and epochs_since_best([e["valid_bound"] for e in history]) == 0:
+            best = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
         if rank == 0:
             with tempfile.TemporaryDirectory() as directory:
-                stats = [
-                    EpochStats(e["epoch"], e["train_bound"], e["valid_bound"], e["seconds"]) for e in history
-                ]
-                save_checkpoint(directory, model, optimizer, train_config, stats)
+                save_checkpoint(
+                    directory, model, optimizer, train_config, epoch_stats(history), best_model=best
+                )
                 write_pipeline_state(directory, history, restores)
                 ray.train.report(entry, checkpoint=ray.train.Checkpoint.from_directory(directory))
         else:
             ray.train.report(entry, checkpoint=None)  # a barrier: every rank reports every epoch
+
+
+def epoch_stats(history: list[dict[str, Any]]) -> list[EpochStats]:
+    """The pipeline history as the library's `EpochStats` (what `plateaued` and
+    `save_checkpoint` take)."""
+    return [EpochStats(e["epoch"], e["train_bound"], e["valid_bound"], e["seconds"]) for e in history]
 
 
 def _read_shard(train_shard: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -238,6 +277,7 @@ __all__ = [
     "PIPELINE_STATE_FILE",
     "BoundModule",
     "epoch_seed",
+    "epoch_stats",
     "read_pipeline_state",
     "train_loop_per_worker",
     "write_pipeline_state",

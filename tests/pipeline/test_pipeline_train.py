@@ -14,12 +14,12 @@ import torch
 
 from missiwae.evaluation import estimate_log_likelihood
 from missiwae.model import MissIWAE, make_generator
-from missiwae.training import load_model
+from missiwae.training import TrainingDiverged, load_model
 from pipelines.config import PipelineConfig
 from pipelines.ingest import run_ingest
 from pipelines.shards import IngestResult, load_split_numpy
 from pipelines.train import HISTORY_KEYS, run_training
-from pipelines.train_worker import BoundModule, epoch_seed, train_loop_per_worker
+from pipelines.train_worker import PIPELINE_STATE_FILE, BoundModule, epoch_seed, train_loop_per_worker
 
 
 def make_config(run_dir: Path, data_root: Path) -> PipelineConfig:
@@ -169,3 +169,125 @@ def _test_log_likelihoods(checkpoint_dir: Path, ingest: IngestResult) -> torch.T
 def _valid(ingest: IngestResult) -> tuple[torch.Tensor, torch.Tensor]:
     x, mask, _, _ = load_split_numpy(ingest, "valid")
     return torch.from_numpy(x), torch.from_numpy(mask)
+
+
+def test_a_diverging_run_stops_with_an_error_naming_the_epoch_and_publishes_no_model(
+    ray_cluster, data_root, ingest_root, tmp_path
+):
+    """A learning rate of 1e30: the workers stop on the first non-finite bound together, no
+    NaN checkpoint is reported, and the stage raises TrainingDiverged (one line for the job)."""
+    config, ingest = ingest_for(tmp_path / "run", data_root, ingest_root)
+    settings = config.to_dict()
+    diverging = PipelineConfig.from_dict({**settings, "train": {**settings["train"], "learning_rate": 1e30}})
+    with pytest.raises(TrainingDiverged, match=r"training diverged at epoch 1\b.*learning_rate"):
+        run_training(diverging, ingest, resume=False)
+    assert not (diverging.run_path / "model").exists()
+
+
+# Validation bounds the workers see (the `_valid_bounds` test hook; training itself is real):
+# improves up to epoch 3, then one worse epoch and one tie (a tie is no improvement), then an
+# improvement that a patience of 2 never reaches.
+PLATEAU = [-300.0, -250.0, -200.0, -210.0, -200.0, -150.0]
+_EARLY_STOPPED: dict[str, Any] = {}  # the early-stopping test's run, resumed by the next test
+
+
+def _with_train(config: PipelineConfig, **train: Any) -> PipelineConfig:
+    settings = config.to_dict()
+    return PipelineConfig.from_dict({**settings, "train": {**settings["train"], **train}})
+
+
+def _checkpoint_states(result: Any) -> dict[int, dict[str, Any]]:
+    """The model.pt dicts of the Ray Train checkpoints still kept (the last two), by epoch."""
+    states = {}
+    for state_file in (result.checkpoint_dir.parent / "ray_train" / result.run_name).rglob(
+        PIPELINE_STATE_FILE
+    ):
+        epochs = len(json.loads(state_file.read_text())["history"])
+        states[epochs] = torch.load(state_file.parent / "model.pt", weights_only=True)
+    return states
+
+
+def _same_weights(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> bool:
+    return all(torch.equal(first[name], second[name]) for name in first)
+
+
+def test_early_stopping_stops_every_worker_on_a_plateau_and_publishes_the_best_epochs_weights(
+    ray_cluster, data_root, ingest_root, tmp_path
+):
+    config, ingest = ingest_for(tmp_path / "run", data_root, ingest_root)
+    config = _with_train(config, epochs=len(PLATEAU), early_stopping_patience=2)
+    seen: list[dict[str, Any]] = []
+    result = run_training(config, ingest, on_epoch=seen.append, _valid_bounds=PLATEAU)
+    _EARLY_STOPPED.update(result=result, config=config, ingest=ingest)
+
+    # Not after epoch 4 (one epoch without improvement), but after epoch 5 (two), before the cap.
+    assert [entry["epoch"] for entry in result.history] == [1, 2, 3, 4, 5]
+    assert seen == result.history
+    assert [entry["valid_bound"] for entry in result.history] == PLATEAU[:5]
+    assert (result.best_epoch, result.stopped_at) == (3, 5)
+
+    # The published model is epoch 3's: the checkpoints of epochs 4 and 5 carry the same
+    # best_model, unlike either epoch's own (last) weights, and load_model returns it.
+    kept = _checkpoint_states(result)
+    assert set(kept) == {4, 5}
+    published = load_model(result.checkpoint_dir).state_dict()
+    assert _same_weights(published, kept[5]["best_model"])
+    assert _same_weights(published, kept[4]["best_model"])
+    assert not _same_weights(published, kept[5]["model"])
+    assert not _same_weights(published, kept[4]["model"])
+    assert math.isfinite(result.test_log_likelihood)
+
+
+def test_a_resumed_run_that_already_stopped_early_trains_nothing_more(
+    ray_cluster, data_root, ingest_root, tmp_path
+):
+    if not _EARLY_STOPPED:  # run alone: stop one first
+        config, ingest = ingest_for(tmp_path / "run", data_root, ingest_root)
+        config = _with_train(config, epochs=len(PLATEAU), early_stopping_patience=2)
+        _EARLY_STOPPED.update(
+            result=run_training(config, ingest, _valid_bounds=PLATEAU), config=config, ingest=ingest
+        )
+    stopped = _EARLY_STOPPED["result"]
+    before = load_model(stopped.checkpoint_dir).state_dict()
+
+    resumed = run_training(_EARLY_STOPPED["config"], _EARLY_STOPPED["ingest"], _valid_bounds=PLATEAU)
+
+    assert resumed.history == stopped.history  # epochs 1..5, no sixth
+    assert (resumed.best_epoch, resumed.stopped_at) == (3, 5)
+    assert _same_weights(load_model(resumed.checkpoint_dir).state_dict(), before)
+
+
+def test_without_a_patience_every_epoch_runs_and_the_last_epochs_weights_are_published(
+    ray_cluster, data_root, ingest_root, tmp_path
+):
+    config, ingest = ingest_for(tmp_path / "run", data_root, ingest_root)
+    config = _with_train(config, epochs=len(PLATEAU), early_stopping_patience=None)
+    result = run_training(config, ingest, _valid_bounds=PLATEAU)
+
+    assert [entry["epoch"] for entry in result.history] == list(range(1, len(PLATEAU) + 1))
+    assert (result.best_epoch, result.stopped_at) == (None, None)
+    last = torch.load(result.checkpoint_dir / "model.pt", weights_only=True)
+    assert "best_model" not in last
+    assert _same_weights(load_model(result.checkpoint_dir).state_dict(), last["model"])
+
+
+def test_a_worker_dying_after_the_best_epoch_still_publishes_the_best_epochs_weights(
+    ray_cluster, data_root, ingest_root, tmp_path
+):
+    """Epoch 1 is the best; a worker dies in epoch 2, and the restored group must carry epoch
+    1's weights on from the checkpoint to the epoch where the plateau stops it."""
+    config, ingest = ingest_for(tmp_path / "run", data_root, ingest_root)
+    config = _with_train(config, epochs=4, early_stopping_patience=2)
+    marker = tmp_path / "worker-died"
+    result = run_training(
+        config, ingest, _fault_injection=str(marker), _valid_bounds=[-100.0, -200.0, -200.0, -50.0]
+    )
+
+    assert marker.is_file()
+    assert [entry["restores"] for entry in result.history] == [0, 1, 1]
+    assert (result.best_epoch, result.stopped_at) == (1, 3)
+    kept = _checkpoint_states(result)
+    published = load_model(result.checkpoint_dir).state_dict()
+    assert _same_weights(published, kept[3]["best_model"])
+    assert not _same_weights(published, kept[3]["model"])
+    assert not _same_weights(published, kept[2]["model"])
