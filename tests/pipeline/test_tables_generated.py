@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from missiwae.columns import MAX_MAGNITUDE
@@ -352,7 +352,21 @@ def test_generated_tables_are_read_and_assembled_exact_and_finite_or_refused_in_
     check_accepted(table, outputs, manifest)
 
 
+# A table the path must accept, always tried first: a handful of generated examples may all be
+# refusals, and the accepted path (every observed cell exact, every imputed one finite) must run.
+ACCEPTED_EXAMPLE = GeneratedTable(
+    "parquet",
+    6,
+    [
+        Column("split", "int64", [1, 2**53 + 1, None, 17, 5, 3]),  # a reserved name, int > 2**53
+        Column("flag", "bool", [True, None, False, True, False, True]),
+        Column("x", "float64", [0.5, -1.25, 3.0, None, 1e-320, -0.0]),
+    ],
+)
+
+
 @settings(max_examples=FULL_PATH_EXAMPLES)
+@example(table=ACCEPTED_EXAMPLE)
 @given(table=tables())
 def test_generated_tables_come_back_exact_and_finite_or_are_refused_in_one_line(
     shared_ray: None, tmp_path_factory: pytest.TempPathFactory, table: GeneratedTable
