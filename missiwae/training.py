@@ -113,27 +113,42 @@ def plateaued(history: Sequence[EpochStats], patience: int | None) -> bool:
     return patience is not None and bounds is not None and epochs_since_best(bounds) >= patience
 
 
-def _is_best(history: Sequence[EpochStats]) -> bool:
-    """Whether the last epoch has the highest validation bound so far."""
+def best_weights(
+    model: torch.nn.Module,
+    history: Sequence[EpochStats],
+    patience: int | None,
+    best: dict[str, torch.Tensor] | None,
+) -> dict[str, torch.Tensor] | None:
+    """What to keep as `best_model` after the last epoch of `history`: with early stopping on
+    and that epoch the best so far (strictly), a copy of `model`'s weights; else `best`."""
     bounds = _valid_bounds(history)
-    return bounds is not None and epochs_since_best(bounds) == 0
+    if patience is None or bounds is None or epochs_since_best(bounds) != 0:
+        return best
+    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+
+def non_finite_bound(stats: EpochStats) -> str | None:
+    """The name ("training", "validation") of the first of the epoch's bounds that is NaN or infinite."""
+    bounds = {"training": stats.train_bound, "validation": stats.valid_bound}
+    return next((name for name, b in bounds.items() if b is not None and not math.isfinite(b)), None)
 
 
 def check_finite(stats: EpochStats, checkpoint_dir: str | Path | None) -> None:
     """Raise `TrainingDiverged` naming the epoch when one of its bounds is NaN or infinite."""
-    bounds = {"training": stats.train_bound, "validation": stats.valid_bound}
-    for name, bound in bounds.items():
-        if bound is not None and not math.isfinite(bound):
-            kept = ""
-            if checkpoint_dir is not None:
-                last = stats.epoch - 1
-                kept = f"; {checkpoint_dir} keeps " + (
-                    f"the checkpoint of epoch {last}, the last finite one" if last else "no checkpoint"
-                )
-            raise TrainingDiverged(
-                f"training diverged at epoch {stats.epoch}: the {name} bound is {bound}{kept}; "
-                "lower train.learning_rate"
-            )
+    name = non_finite_bound(stats)
+    if name is None:
+        return
+    bound = stats.train_bound if name == "training" else stats.valid_bound
+    kept = ""
+    if checkpoint_dir is not None:
+        last = stats.epoch - 1
+        kept = f"; {checkpoint_dir} keeps " + (
+            f"the checkpoint of epoch {last}, the last finite one" if last else "no checkpoint"
+        )
+    raise TrainingDiverged(
+        f"training diverged at epoch {stats.epoch}: the {name} bound is {bound}{kept}; "
+        "lower train.learning_rate"
+    )
 
 
 def _counting(
@@ -237,8 +252,7 @@ def train(
         stats = EpochStats(epoch, train_bound, valid_bound, time.perf_counter() - started, rows[0])
         check_finite(stats, checkpoint_dir)
         history.append(stats)
-        if patience is not None and _is_best(history):
-            best = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+        best = best_weights(model, history, patience, best)
         if checkpoint_dir is not None:
             save_checkpoint(
                 checkpoint_dir,

@@ -21,7 +21,6 @@ the order of the streaming path (shard_in_memory: false).
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 import time
@@ -40,10 +39,11 @@ from missiwae.evaluation import mean_bound
 from missiwae.model import MissIWAE, make_generator
 from missiwae.training import (
     EpochStats,
-    epochs_since_best,
+    best_weights,
     load_training_state,
     make_optimizer,
     minibatches,
+    non_finite_bound,
     plateaued,
     save_checkpoint,
 )
@@ -171,14 +171,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "images_per_second": num_rows / max(train_seconds, 1e-9),
             "restores": restores,
         }
-        if not (math.isfinite(entry["train_bound"]) and math.isfinite(entry["valid_bound"])):
+        if non_finite_bound(epoch_stats([entry])[0]) is not None:
             # Every rank holds the same all-reduced sums, so all stop here together; no
             # checkpoint is reported, so the newest one stays the last finite epoch's.
             ray.train.report({**entry, DIVERGED: 1.0}, checkpoint=None)
             return
         history.append(entry)
-        if patience is not None and epochs_since_best([e["valid_bound"] for e in history]) == 0:
-            best = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+        best = best_weights(model, epoch_stats(history), patience, best)
         if rank == 0:
             with tempfile.TemporaryDirectory() as directory:
                 save_checkpoint(
