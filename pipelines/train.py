@@ -44,7 +44,7 @@ import torch
 from missiwae.config import ConfigError, to_dict
 from missiwae.evaluation import estimate_log_likelihood
 from missiwae.model import make_generator
-from missiwae.training import EpochStats, check_finite, epochs_since_best, load_model, plateaued
+from missiwae.training import check_finite, epochs_since_best, load_model, plateaued
 from pipelines.config import PipelineConfig
 from pipelines.epoch_stream import EpochDelivery, fit_streaming, history_forwarder
 from pipelines.publish import fingerprint
@@ -200,9 +200,7 @@ def _raise_if_diverged(last_report: dict[str, Any] | None, checkpoints: Path) ->
     workers stopped on a NaN or infinite bound."""
     if not last_report or not last_report.get(DIVERGED):
         return
-    epoch = int(last_report["epoch"])
-    stats = EpochStats(epoch, float(last_report["train_bound"]), float(last_report["valid_bound"]), 0.0)
-    check_finite(stats, checkpoints)
+    check_finite(epoch_stats([last_report])[0], checkpoints)
 
 
 def _copy_checkpoint(checkpoint: Any, target: Path) -> None:
