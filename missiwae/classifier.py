@@ -7,7 +7,9 @@ test accuracy and test cross-entropy. This module provides that network
 the two common readings of *multiple* imputation:
 
 * **union** (the paper's): one network trained on the union of the M imputed copies of the
-  training set -- pass the M copies as a list to :func:`train_classifier`;
+  training set -- pass the M copies as a list to :func:`train_classifier`; by default with the
+  gradient steps of one copy per epoch (``ClassifierConfig.epoch_steps``), so that the union
+  is not trained M times longer than the datasets it is compared with;
 * **pooling** (Rubin-style): one network per imputed copy, predictions averaged -- train each
   copy separately and pass the results to :func:`pool_predictions`.
 
@@ -17,7 +19,7 @@ Pure torch + numpy.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,6 +38,8 @@ __all__ = [
 IMAGE_SIDE = 28
 NUM_PIXELS = IMAGE_SIDE * IMAGE_SIDE
 NUM_CLASSES = 10
+# ClassifierConfig.epoch_steps: an epoch of the training rows' steps, or a pass over all copies.
+EPOCH_STEPS = ("rows", "union")
 # Evaluation has no backward pass, so bigger batches cost little memory and save Python overhead.
 _EVAL_BATCH = 1024
 
@@ -117,6 +121,12 @@ class ClassifierConfig:
 
     Attributes:
         epochs: maximum number of epochs (early stopping may end sooner).
+        epoch_steps: what one epoch is, in gradient steps. ``"rows"`` (default):
+            ceil(training rows / batch_size) steps whatever the number of copies, so every
+            dataset, one copy or the union of M, gets the same cap on gradient steps
+            (``epochs`` of them) and early stopping judges the same compute; M copies are
+            then gone through once every M epochs, reshuffled at the end of each pass.
+            ``"union"``: one pass over all M copies, M times the steps of one copy.
         batch_size: minibatch size of Adam.
         learning_rate: Adam step size.
         patience: stop after this many epochs without a lower validation cross-entropy.
@@ -137,6 +147,7 @@ class ClassifierConfig:
     device: str = "cpu"
     validation_fraction: float = 0.1
     num_threads: int | None = None
+    epoch_steps: str = "rows"
     channels: tuple[int, int] = (32, 64)
     hidden: int = 150
     dropout: float = 0.5
@@ -153,6 +164,8 @@ class ClassifierConfig:
             raise ValueError(f"learning_rate must be positive and finite, got {self.learning_rate!r}")
         if not 0.0 < self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}")
+        if self.epoch_steps not in EPOCH_STEPS:
+            raise ValueError(f"epoch_steps must be one of {EPOCH_STEPS}, got {self.epoch_steps!r}")
         if len(self.channels) != 2 or any(_not_positive_int(c) for c in self.channels):
             raise ValueError(f"channels must be two positive ints, got {self.channels!r}")
         if not 0.0 <= self.dropout < 1.0:
@@ -170,7 +183,8 @@ class ClassifierResult:
         epochs_run: epochs actually trained (<= config.epochs).
         history: one dict per epoch: ``epoch``, ``train_loss`` (mean training cross-entropy,
             dropout on), ``valid_loss``, ``valid_accuracy``, ``num_train_examples`` (examples
-            seen that epoch: M copies x training rows) and ``num_valid_examples``.
+            seen that epoch: the training rows, or M copies of them with ``epoch_steps="union"``)
+            and ``num_valid_examples``.
         probabilities: float32 (N_test, 10) predicted class probabilities of the best model,
             kept so that several networks' predictions can be pooled.
     """
@@ -241,6 +255,17 @@ def _split_rows(num_rows: int, fraction: float, seed: int) -> tuple[np.ndarray, 
 
 
 # ------------------------------------------------------------------------- training
+
+
+def _batches(index: torch.Tensor, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Minibatches of `index` without end: pass after pass, each a fresh permutation, the last
+    batch of a pass shorter when batch_size does not divide it (one copy and one epoch per pass:
+    the plain epoch loop, batch for batch)."""
+    count = int(index.shape[0])
+    while True:
+        order = index[torch.randperm(count, generator=generator).to(index.device)]
+        for start in range(0, count, batch_size):
+            yield order[start : start + batch_size]
 
 
 @torch.no_grad()
@@ -343,25 +368,28 @@ def train_classifier(
             history: list[dict[str, float]] = []
             best_loss, best_epoch, best_state = math.inf, 0, None
             epochs_without_improvement = 0
+            batches = _batches(train_idx, config.batch_size, shuffle_gen)
+            rows_per_epoch = num_train if config.epoch_steps == "union" else num_train // num_copies
+            steps_per_epoch = math.ceil(rows_per_epoch / config.batch_size)
             for epoch in range(1, config.epochs + 1):
                 model.train()
-                order = train_idx[torch.randperm(num_train, generator=shuffle_gen).to(device)]
-                loss_sum = 0.0
-                for start in range(0, num_train, config.batch_size):
-                    batch = order[start : start + config.batch_size]
+                loss_sum, seen = 0.0, 0
+                for _ in range(steps_per_epoch):
+                    batch = next(batches)
                     loss = F.cross_entropy(model(x_train[batch]), y_train[batch])
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
                     loss_sum += loss.item() * batch.shape[0]
+                    seen += int(batch.shape[0])
                 valid_loss, valid_accuracy, _ = _evaluate(model, x_valid, y_valid)
                 history.append(
                     {
                         "epoch": epoch,
-                        "train_loss": loss_sum / num_train,
+                        "train_loss": loss_sum / seen,
                         "valid_loss": valid_loss,
                         "valid_accuracy": valid_accuracy,
-                        "num_train_examples": num_train,
+                        "num_train_examples": seen,
                         "num_valid_examples": int(y_valid.shape[0]),
                     }
                 )

@@ -264,7 +264,7 @@ def run_classification(
 
     Args:
         config: ``config.classify`` gives num_seeds, epochs, batch_size, learning_rate,
-            patience and the per-task resources (cpus_per_task, gpus_per_task).
+            patience, epoch_steps and the per-task resources (cpus_per_task, gpus_per_task).
         datasets: name -> a Parquet directory, file, or list of files (row_id, label, pixels).
             ``{multiple_prefix}NN`` names are the M multiple imputations (read as a union and
             pooled, see the module docstring); at least two of them are expected.
@@ -351,6 +351,7 @@ def run_classification(
             "batch_size": settings_cfg.batch_size,
             "learning_rate": settings_cfg.learning_rate,
             "patience": settings_cfg.patience,
+            "epoch_steps": settings_cfg.epoch_steps,
             "num_threads": 1,
             "device": device,
         }

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from missiwae.classifier import EPOCH_STEPS
 from missiwae.config import (
     ConfigError,
     DataConfig,
@@ -98,13 +99,16 @@ class MissForestConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ClassifyConfig:
-    """The two-layer dropout convnet trained on each imputed dataset, one Ray task per seed."""
+    """The two-layer dropout convnet trained on each imputed dataset, one Ray task per seed.
+    ``epoch_steps`` (missiwae.classifier.ClassifierConfig): "rows", every dataset the same cap
+    on gradient steps (the M-copy union included), or "union", a pass over all M copies."""
 
     num_seeds: int = 10
     epochs: int = 50
     batch_size: int = 128
     learning_rate: float = 1e-3
     patience: int = 5
+    epoch_steps: str = "rows"
     cpus_per_task: float = 0.5
     gpus_per_task: float = 0.0
 
@@ -114,6 +118,7 @@ class ClassifyConfig:
         require(self.batch_size >= 1, "classify.batch_size must be >= 1")
         require(self.learning_rate > 0, "classify.learning_rate must be > 0")
         require(self.patience >= 0, "classify.patience must be >= 0")
+        require(self.epoch_steps in EPOCH_STEPS, f"classify.epoch_steps must be one of {EPOCH_STEPS}")
         require(self.cpus_per_task > 0, "classify.cpus_per_task must be > 0")
         require(self.gpus_per_task >= 0, "classify.gpus_per_task must be >= 0")
 

@@ -22,8 +22,9 @@ Routing replaces the console handlers of the loggers named in ``LIBRARY_LOGGERS`
 Data, Ray Train, MLflow and the database layers it logs through) by one file handler, and sends
 the Python warnings those packages raise to the same file. Worker processes' stdout/stderr are
 Ray's ``log_to_driver`` (pipelines.runtime); they keep their own files in Ray's session
-directory. ``verbose=True`` keeps every console handler and also writes the file. Errors are
-untouched: an exception still propagates with its full message and traceback.
+directory. What Ray's C++ core writes to descriptor 2 itself is filtered by
+:mod:`pipelines.native_stderr`. ``verbose=True`` keeps every console handler and also writes
+the file. Errors are untouched: an exception still propagates with its full message and traceback.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from tqdm import tqdm
+
+from pipelines.native_stderr import divert_native_stderr
 
 # Top-level logger names whose console output is routed to the file (their children follow).
 LIBRARY_LOGGERS = ("ray", "mlflow", "alembic", "huey", "sqlalchemy")
@@ -185,8 +188,9 @@ _ACTIVE: list[LogRouting] = []  # the routing in force, so stages can re-apply i
 
 @contextlib.contextmanager
 def route_library_logs(path: Path, verbose: bool = False) -> Iterator[Path]:
-    """Within the block, Ray's and its libraries' log lines and warnings go to `path` (also
-    on the console when `verbose`); yields `path`. Everything is put back on exit."""
+    """Within the block, Ray's and its libraries' log lines and warnings, and Ray's C++ noise
+    on descriptor 2, go to `path` (also on the console when `verbose`); yields `path`.
+    Everything is put back on exit."""
     routing = LogRouting(Path(path), verbose)
     routing.apply()
     warnings.showwarning = routing.showwarning
@@ -195,7 +199,8 @@ def route_library_logs(path: Path, verbose: bool = False) -> Iterator[Path]:
         sys.stdout = DivertedStdout(stdout, routing.handler)
     _ACTIVE.append(routing)
     try:
-        yield routing.path
+        with contextlib.nullcontext() if verbose else divert_native_stderr(routing.path):
+            yield routing.path
     finally:
         _ACTIVE.remove(routing)
         if sys.stdout is not stdout:

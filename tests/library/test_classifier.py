@@ -156,10 +156,54 @@ def test_union_of_m_copies_trains_on_every_copy_of_every_training_row() -> None:
     x, y = random_digits(100)
     rng = np.random.default_rng(2)
     copies = [np.clip(x + rng.random(x.shape).astype(np.float32), 0, 1) for _ in range(3)]
-    result = train_classifier(copies, y, x[:20], y[:20], replace(TINY, epochs=1))
+    result = train_classifier(copies, y, x[:20], y[:20], replace(TINY, epochs=1, epoch_steps="union"))
     # 10% of the 100 rows held out from each of the 3 copies.
     assert result.history[0]["num_train_examples"] == 3 * 90
     assert result.history[0]["num_valid_examples"] == 3 * 10
+
+
+def test_m_copies_get_the_gradient_steps_of_one_copy_per_epoch_and_all_of_them_every_m_epochs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """epoch_steps="rows" (the default): the same cap on gradient steps for one copy and for the
+    union of three; three epochs of the union go through each of its examples exactly once."""
+    x, y = random_digits(64)
+    copies = [x, 1.0 - x, np.roll(x, 1, axis=1)]
+    valid = (x[:8], y[:8])
+    seen: list[torch.Tensor] = []
+    real_cross_entropy = torch.nn.functional.cross_entropy
+
+    def counting(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        seen.append(target.clone())
+        return real_cross_entropy(logits, target)
+
+    monkeypatch.setattr("missiwae.classifier.F.cross_entropy", counting)
+    config = replace(TINY, epochs=3, patience=3, batch_size=16)
+    one = train_classifier(x, y, x[:8], y[:8], config, valid=valid)
+    steps_one = len(seen)
+    seen.clear()
+    union = train_classifier(copies, y, x[:8], y[:8], config, valid=valid)
+    assert steps_one == len(seen) == 3 * 4  # 64 rows / 16 per batch, 3 epochs, either way
+    assert (
+        [h["num_train_examples"] for h in union.history]
+        == [64, 64, 64]
+        == [h["num_train_examples"] for h in one.history]
+    )
+    # The union's 192 examples, each once: every label appears 3 times as often as in y.
+    labels = torch.cat(seen).numpy()
+    np.testing.assert_array_equal(np.bincount(labels, minlength=10), 3 * np.bincount(y, minlength=10))
+
+    seen.clear()
+    train_classifier(copies, y, x[:8], y[:8], replace(config, epoch_steps="union"), valid=valid)
+    assert len(seen) == 3 * 12  # a pass over all three copies per epoch
+
+
+def test_with_one_copy_an_epoch_is_one_pass_whatever_the_epoch_unit() -> None:
+    x, y = random_digits(70)  # 63 training rows: the last batch of a pass is short
+    rows = train_classifier(x, y, x[:10], y[:10], replace(TINY, epochs=2, epoch_steps="rows"))
+    union = train_classifier(x, y, x[:10], y[:10], replace(TINY, epochs=2, epoch_steps="union"))
+    np.testing.assert_array_equal(rows.probabilities, union.probabilities)
+    assert [h["num_train_examples"] for h in rows.history] == [63, 63]
 
 
 def test_validation_rows_are_held_out_from_every_copy() -> None:
@@ -167,7 +211,14 @@ def test_validation_rows_are_held_out_from_every_copy() -> None:
     # training, the memorising net would classify it perfectly (the control below shows it does).
     x, y = random_digits(120, seed=0)
     config = replace(
-        TINY, epochs=15, patience=15, hidden=64, dropout=0.0, learning_rate=3e-3, validation_fraction=0.25
+        TINY,
+        epochs=15,
+        patience=15,
+        hidden=64,
+        dropout=0.0,
+        learning_rate=3e-3,
+        validation_fraction=0.25,
+        epoch_steps="union",
     )
     held_out = train_classifier([x, x, x], y, x[:10], y[:10], config)
     assert held_out.history[-1]["train_loss"] < 0.1  # it did memorise its training rows
@@ -295,5 +346,7 @@ def test_invalid_configs_are_rejected() -> None:
         ClassifierConfig(patience=0)
     with pytest.raises(ValueError, match=r"validation_fraction must be in \(0, 1\)"):
         ClassifierConfig(validation_fraction=1.0)
+    with pytest.raises(ValueError, match="epoch_steps must be one of"):
+        ClassifierConfig(epoch_steps="copies")
     with pytest.raises(ValueError, match="learning_rate must be positive"):
         ClassifierConfig(learning_rate=0.0)

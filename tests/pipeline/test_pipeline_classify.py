@@ -92,7 +92,9 @@ def test_fan_out_table_and_files(ray_cluster, imputed, tmp_path) -> None:
         assert run.epochs_run == 1 and run.seconds > 0
         assert run.num_networks == (2 if run.dataset == "missiwae_multiple_pooled" else 1)
     union = result.run("missiwae_multiple", 0)
-    assert union.history[0]["num_train_examples"] == 2 * (NUM_TRAIN - 30)  # union of M=2 copies
+    # epoch_steps "rows": the union of M=2 copies gets one copy's 3 steps (270 rows, 100 a batch).
+    assert union.history[0]["num_train_examples"] == 3 * 100
+    assert result.run("zero", 0).history[0]["num_train_examples"] == NUM_TRAIN - 30
     for row in result.summary:
         runs = [r.test_accuracy for r in result.runs if r.dataset == row.dataset]
         assert row.num_seeds == 2 and row.accuracy_mean == pytest.approx(np.mean(runs))
