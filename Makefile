@@ -9,7 +9,7 @@ RUN_DIR ?= runs/smoke
 PRESET ?= smoke
 SPACE ?= paper
 
-.PHONY: setup run sweep demo mlflow-ui test test-fast lint clean bench bench-setup bench-uci
+.PHONY: setup run sweep demo mlflow-ui test test-fast test-statistical lint clean bench bench-setup bench-uci
 
 setup: $(VENV)/.installed
 
@@ -51,6 +51,10 @@ lint: setup
 
 test: lint
 	$(BIN)/python -m pytest
+
+# Claims tested over many replications (tests/statistical): about half an hour on 2 cores.
+test-statistical: setup
+	$(BIN)/python -m pytest tests/statistical -m statistical -s
 
 # The library's quick tests (math, invariants, CLI, estimator): under a minute, no Ray, no MNIST.
 test-fast: setup

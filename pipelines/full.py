@@ -398,7 +398,8 @@ def _parser() -> argparse.ArgumentParser:
         "--data",
         default=None,
         metavar="PATH",
-        help="a CSV or Parquet table (NaN = missing) instead of MNIST; sets data.path",
+        help="a CSV or Parquet table (NaN = missing) instead of MNIST: a file, a folder of them or a "
+        "glob ('data/part-*.csv'); sets data.path",
     )
     parser.add_argument(
         "--verbose",

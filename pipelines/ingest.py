@@ -75,9 +75,10 @@ def ingest_fingerprint(config: PipelineConfig) -> str:
         "ingest": to_dict(config.ingest),
     }
     if config.data.path is not None:  # the table's bytes, not only its name, decide the shards
-        from pipelines.table_source import TABULAR_FORMAT_VERSION, file_sha256
+        from pipelines.table_files import sources_sha256
+        from pipelines.table_source import TABULAR_FORMAT_VERSION
 
-        payload["source_sha256"] = file_sha256(config.data.path)
+        payload["source_sha256"] = sources_sha256(config.data.path)
         payload["tabular_format_version"] = TABULAR_FORMAT_VERSION
     return fingerprint(payload)
 

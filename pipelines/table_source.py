@@ -21,34 +21,17 @@ from missiwae.columns import (
     infer_column_types,
 )
 from missiwae.config import ConfigError
-from pipelines import publish
 from pipelines.config import PipelineConfig
 from pipelines.shards import SPLITS, IngestResult, shard_table
+from pipelines.table_files import SourceFiles, read_files, sources_sha256
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
 # Bump when the tabular shard layout or standardisation changes (part of the ingest fingerprint).
 # 2: the `source` column (the file's cells in their own types), bookkeeping-safe output names.
-TABULAR_FORMAT_VERSION = 2
-SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
-_KIND_NAMES = {"csv": "CSV", "parquet": "Parquet"}
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of the user's file (a ConfigError when it is missing or of an unknown type)."""
-    return publish.file_sha256(_existing(path))
-
-
-def _existing(path: str | Path) -> Path:
-    resolved = Path(path).expanduser().resolve()
-    if not resolved.is_file():
-        raise ConfigError(f"data.path: no such file: {resolved}")
-    if resolved.suffix.lower() not in SUFFIXES:
-        raise ConfigError(
-            f"data.path must end in one of {sorted(SUFFIXES)} (CSV or Parquet), got {resolved.name}"
-        )
-    return resolved
+# 3: several files (data.path a folder or a glob); the manifest's `sources`.
+TABULAR_FORMAT_VERSION = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +43,8 @@ class SourceTable:
     ``data.label_column``, or None; source: the file's own cells, untouched, as one Arrow struct
     array (N,) with fields ``label`` (when there is a label column) and ``c0`` ... ``c{D-1}``, each
     in the file's type (int64, bool, float32 ...), null or NaN in the holes. Observed cells of
-    every output are copied from `source`, never through float64.
+    every output are copied from `source`, never through float64. files: where the rows came
+    from (pipelines.table_files; rows in source order: file after file).
     """
 
     name: str
@@ -68,6 +52,7 @@ class SourceTable:
     columns: list[str]
     labels: np.ndarray | None
     source: pa.StructArray
+    files: SourceFiles
 
 
 def read_table(
@@ -82,17 +67,16 @@ def read_table(
 
 
 def load_table(path: str | Path, label_column: str | None = None) -> SourceTable:
-    """Read and check the user's CSV / Parquet file (:class:`SourceTable`).
+    """Read and check the user's CSV / Parquet file, or files (:class:`SourceTable`;
+    pipelines.table_files says which files and how they are joined).
 
     Raises ConfigError (one line, naming the file, and the column where there is one): an empty
-    or unreadable file, duplicate column names, fewer than 3 rows or no column, non-numeric
-    columns, inf, a column with no observed value, a column too wide for standardisation
-    (missiwae.columns.check_column_range), an unknown or incomplete label column.
+    or unreadable file, duplicate column names, files that disagree on their columns, fewer
+    than 3 rows or no column, non-numeric columns, inf, a column with no observed value, a
+    column too wide for standardisation (missiwae.columns.check_column_range), an unknown or
+    incomplete label column.
     """
-    resolved = _existing(path)
-    name = resolved.name
-    arrow = _read_arrow(resolved)
-    _check_unique(arrow.column_names, name)
+    arrow, files, name = read_files(path)
     labels = None
     label_array = None
     if label_column is not None:
@@ -117,57 +101,7 @@ def load_table(path: str | Path, label_column: str | None = None) -> SourceTable
     fields = ([label_array] if label_array is not None else []) + list(arrow.columns)
     field_names = (["label"] if label_array is not None else []) + [f"c{j}" for j in range(len(columns))]
     source = _struct(fields, field_names)
-    return SourceTable(name=name, values=values, columns=columns, labels=labels, source=source)
-
-
-def _read_arrow(path: Path) -> pa.Table:
-    """The file as an Arrow table in its own column types; ConfigError naming it if unreadable."""
-    import pyarrow as pa
-
-    kind = SUFFIXES[path.suffix.lower()]
-    try:
-        return _read_csv(path) if kind == "csv" else _read_parquet(path)
-    except ConfigError:
-        raise
-    except (pa.ArrowException, OSError, ValueError) as error:
-        message = " ".join(str(error).split())[:300]
-        raise ConfigError(f"{path.name} is not a readable {_KIND_NAMES[kind]} file ({message})") from error
-
-
-def _read_csv(path: Path) -> pa.Table:
-    """A CSV through pyarrow: integers stay exact int64 even with holes (pandas would make them
-    float64), floats are parsed correctly rounded, a duplicated header is kept (not renamed)."""
-    import pyarrow.csv as pa_csv
-
-    size = path.stat().st_size
-    if size == 0:
-        raise ConfigError(f"{path.name} is empty (0 bytes): a CSV needs a header line of column names")
-    # One block for the whole file: pyarrow infers a column's type from the first block only, so
-    # a column of integers that turns float further down would otherwise fail to parse.
-    block_size = min(max(size + 1, 1 << 20), 2**31 - 1)
-    return pa_csv.read_csv(path, read_options=pa_csv.ReadOptions(block_size=block_size))
-
-
-def _read_parquet(path: Path) -> pa.Table:
-    """A Parquet file; duplicate names are refused from the footer (Arrow cannot select them),
-    and pandas' stored index columns are dropped, as pandas.read_parquet would."""
-    import pyarrow.parquet as pq
-
-    schema = pq.read_schema(path)
-    _check_unique(schema.names, path.name)
-    table = pq.read_table(path)
-    metadata = schema.pandas_metadata or {}
-    index = [c for c in metadata.get("index_columns", []) if isinstance(c, str) and c in table.column_names]
-    return table.drop_columns(index) if index else table
-
-
-def _check_unique(names: list[str], file_name: str) -> None:
-    """ConfigError naming the column names that occur more than once."""
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise ConfigError(
-            f"column name(s) {repeated} occur more than once in {file_name}: give every column its own name"
-        )
+    return SourceTable(name=name, values=values, columns=columns, labels=labels, source=source, files=files)
 
 
 def _is_numeric(kind: pa.DataType) -> bool:
@@ -297,7 +231,8 @@ def tabular_split_tables(config: PipelineConfig) -> tuple[dict[str, pa.Table], d
         )
     info = {
         "source": str(Path(data.path).expanduser().resolve()),
-        "source_sha256": file_sha256(data.path),
+        "source_sha256": sources_sha256(data.path),
+        "sources": table.files.to_manifest(),
         "columns": table.columns,
         "column_types": types,
         "mean": scaling.mean.tolist(),
@@ -331,11 +266,9 @@ def tabular_model_config(config: PipelineConfig, ingest: IngestResult) -> Pipeli
 
 
 __all__ = [
-    "SUFFIXES",
     "TABULAR_FORMAT_VERSION",
     "SourceTable",
     "column_types",
-    "file_sha256",
     "fit_scaling",
     "load_table",
     "read_table",

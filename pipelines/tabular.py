@@ -3,20 +3,23 @@
     python pipelines/full.py --data my_table.csv            # the `table` preset
     python pipelines/full.py --config table --set data.path=my.parquet --set train.epochs=50
 
-Ingest (``table_source.tabular_split_tables``, called by ``ingest.run_ingest`` when ``data.path``
-is set). The file is read with pyarrow (``.csv`` / ``.parquet``), each column in its own type;
-an empty cell, NaN or null marks a missing entry. Every column must be integer, float or boolean;
-``data.label_column``, when given, is set aside as the label (not modelled, not imputed). What
-is refused (rc 2, one line naming the file and column) is listed in docs/tables.md. Rows are
-split into train / valid / test by a permutation seeded with ``data.seed``
-(``data.valid_fraction``, ``data.test_fraction``; each split keeps the file's row order); the
-shard count is clamped to a split's rows (3 rows is enough). The shards have the MNIST layout
-plus two columns::
+Ingest (``table_source.tabular_split_tables``, called by ``ingest.run_ingest`` when
+``data.path`` is set). ``data.path`` is a file, a folder or a glob (pipelines.table_files: which
+files, in which order, and how their columns must agree). Each file is read with pyarrow
+(``.csv`` / ``.parquet``), each column in its own type; an empty cell, NaN or null marks a
+missing entry. Every column must be integer, float or boolean; ``data.label_column``, when
+given, is set aside as the label (not modelled, not imputed). What is refused (rc 2, one line
+naming the file and column) is listed in docs/tables.md. Rows are split into train / valid /
+test by a permutation seeded with ``data.seed`` (``data.valid_fraction``,
+``data.test_fraction``; each split keeps the file's row order); the shard count is clamped to a
+split's rows (3 rows is enough). The shards have the MNIST layout plus two columns::
 
     row_id      int64    index of the row within its split
     split       string
     label       float64  data.label_column, or -1 without one
-    source_row  int64    the row's index in the user's file
+    source_row  int64    the row's index in the user's table: its files' rows one after the
+                         other (pipelines.table_files); the outputs name the file and the row
+                         in it (``source_file``, ``source_row``)
     pixels      float32  (D,) model input: standardised values, 0 in the holes
     mask        bool     (D,) True = observed
     values      float64  (D,) the file's values as floats, NaN in the holes (the model's view)
@@ -42,16 +45,19 @@ The driver maps them back to the file's units and writes, under ``{run_dir}/impu
     missiwae_multiple_00.parquet ...      holes = one SIR draw each
     _MANIFEST.json                        fingerprint, metrics, seconds
 
-with columns ``source_row``, ``split``, ``mask``, (the label column,) then the file's columns,
+with columns ``source_file``, ``source_row``, ``split``, ``mask``, (the label column,) then
+the file's columns,
 each in the file's own type (:func:`table_maker`): observed cells copied from the shards' ``source``,
 imputed ones cast to the column's type (integers rounded, booleans P >= 0.5, :func:`cast_imputed`).
 ``mask`` is the row's lineage: a string with one character per file column, in the file's
 column order, ``o`` where the cell is the file's own and ``i`` where it was imputed
 (:func:`mask_strings`; :func:`read_table_mask` turns it back into a (N, D) bool array, True =
 observed, as in the MNIST datasets). Letters, not 0/1: a CSV reader would take ``0110`` for the
-integer 110. A user column called ``source_row``, ``split`` or ``mask`` keeps its name; the
-bookkeeping column then becomes ``_source_row`` / ``_split`` / ``_mask`` (:func:`row_columns`;
-the manifest's ``row_columns``).
+integer 110. ``source_file`` and ``source_row`` are where the row came from: the file (its path
+relative to the files' common folder, the name alone for one file) and the row's index in it.
+A user column called ``source_file``, ``source_row``, ``split`` or ``mask`` keeps its name; the
+bookkeeping column then becomes ``_source_file`` / ``_source_row`` / ``_split`` / ``_mask``
+(:func:`row_columns`; the manifest's ``row_columns``).
 Bernoulli float columns hold P(x_j = 1 | x_o) in the single imputation and 0/1 draws in the
 multiple ones.
 There is no truth for a user's holes, so the metrics are what can be measured: the imputed
@@ -72,6 +78,7 @@ from missiwae.config import to_dict
 from pipelines.config import PipelineConfig
 from pipelines.publish import MANIFEST, Publisher, fingerprint, hash_files
 from pipelines.shards import IngestResult, imputed_dir, read_shards, tensor_matrix
+from pipelines.table_files import SourceFiles
 from pipelines.table_source import TABULAR_FORMAT_VERSION
 
 if TYPE_CHECKING:
@@ -83,11 +90,11 @@ _OUTPUT_DIR = "table"
 # What the output is built from, besides the imputations: lineage, split, mask, the file's cells.
 OUTPUT_SOURCE_COLUMNS = ("source_row", "split", "mask", "source")
 # The output's bookkeeping columns, in order; each steps aside for a user column of its name.
-ROW_COLUMNS = ("source_row", "split", "mask")
+ROW_COLUMNS = ("source_file", "source_row", "split", "mask")
 # The output mask's letters (module docstring). Part of the fingerprint: an output written
 # before the mask column existed (or with other letters) is never reused.
 OBSERVED, IMPUTED = "o", "i"
-_OUTPUT_VERSION = 2
+_OUTPUT_VERSION = 3  # 3: source_file, and source_row counted within it
 _LOCK = ".tabular.lock"
 
 
@@ -231,8 +238,11 @@ def table_maker(shards: pa.Table, info: dict[str, Any]) -> Callable[[np.ndarray]
     struct = shards.column("source").combine_chunks()
     source = dict(zip(struct.type.names, struct.flatten(), strict=True))
     row_names = row_columns(info)
+    files = SourceFiles.from_manifest(info["sources"])
+    file_index, file_row = files.locate(shards.column("source_row").to_numpy())
     bookkeeping = {
-        row_names["source_row"]: shards.column("source_row").cast(pa.int64()),
+        row_names["source_file"]: pa.array(np.asarray(files.names, dtype=object)[file_index], pa.string()),
+        row_names["source_row"]: pa.array(file_row, pa.int64()),
         row_names["split"]: shards.column("split").cast(pa.string()),
         row_names["mask"]: pa.array(mask_strings(mask), pa.string()),
     }
@@ -272,8 +282,8 @@ def read_table_mask(column: Any) -> np.ndarray:
 
 
 def row_columns(info: dict[str, Any]) -> dict[str, str]:
-    """The output's names for the bookkeeping columns ``source_row``, ``split`` and ``mask``
-    (ROW_COLUMNS): those names,
+    """The output's names for the bookkeeping columns ``source_file``, ``source_row``, ``split``
+    and ``mask`` (ROW_COLUMNS): those names,
     or, when the user's table already has a column so called, the name with ``_`` prepended until
     it is free. The user's columns always keep their own names (nothing of theirs is dropped or
     overwritten); the output manifest's ``row_columns`` records the names used."""

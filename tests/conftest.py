@@ -47,6 +47,9 @@ FOLDER_MARKERS = {
     "tune": ("ray", "slow"),
     "report": ("ray", "slow"),
     "benchmarks": ("slow",),
+    # Claims that need hundreds of model fits to test honestly (half an hour on 2 cores): not
+    # in `make test` (pyproject's addopts deselect them); `make test-statistical` runs them.
+    "statistical": ("slow", "statistical"),
 }
 # Library tests that train on real MNIST, run hundreds of generated cases or measure a fresh
 # subprocess (the allocator's page faults): seconds each.

@@ -109,7 +109,8 @@ def test_csv_with_nan_goes_through_ingest_train_impute_with_mlflow(
     observed = ~np.isnan(values)
     out = run_dir / "imputed" / "table"
     single = pd.read_parquet(out / "missiwae_single.parquet")
-    assert list(single.columns) == ["source_row", "split", "mask", "target", *COLUMNS]
+    assert list(single.columns) == ["source_file", "source_row", "split", "mask", "target", *COLUMNS]
+    assert set(single["source_file"]) == {csv.name}
     assert np.array_equal(read_table_mask(single["mask"]), observed)  # which cells were imputed
     assert np.array_equal(single["source_row"], np.arange(200))  # the file's rows, in its order
     completed = single[COLUMNS].to_numpy()
@@ -226,9 +227,11 @@ def test_imputed_cells_take_the_columns_type_and_observed_cells_are_copied() -> 
 
 def test_bookkeeping_columns_step_aside_for_the_users_own_names() -> None:
     plain = row_columns({"columns": ["a", "b"], "label_column": None})
-    assert plain == {"source_row": "source_row", "split": "split", "mask": "mask"}
-    taken = row_columns({"columns": ["split", "_split", "mask", "x"], "label_column": "source_row"})
-    assert taken == {"source_row": "_source_row", "split": "__split", "mask": "_mask"}
+    assert plain == {name: name for name in ("source_file", "source_row", "split", "mask")}
+    taken = row_columns({"columns": ["split", "_split", "mask", "source_file"], "label_column": "source_row"})
+    assert taken == {
+        "source_file": "_source_file", "source_row": "_source_row", "split": "__split", "mask": "_mask"
+    }  # fmt: skip
 
 
 def test_a_small_table_with_reserved_names_comes_back_whole_and_exact(
@@ -258,7 +261,9 @@ def test_a_small_table_with_reserved_names_comes_back_whole_and_exact(
     out = run_dir / "imputed" / "table"
     for name in ("missiwae_single", "missiwae_multiple_00", "missiwae_multiple_01"):
         table = pq.read_table(out / f"{name}.parquet")
-        assert table.column_names == ["_source_row", "_split", "mask", "big", "split", "source_row", "flag"]
+        assert table.column_names == [
+            "source_file", "_source_row", "_split", "mask", "big", "split", "source_row", "flag"
+        ]  # fmt: skip
         assert read_table_mask(table.column("mask")).tolist() == [
             [True, True, True, True],
             [False, True, False, True],
@@ -277,10 +282,12 @@ def test_a_small_table_with_reserved_names_comes_back_whole_and_exact(
         assert table.column("flag").to_pylist()[:2] == [True, False]
     # The CSV copy keeps the integers exact too (written as integers, not floats).
     text = (out / "missiwae_single.csv").read_text().splitlines()
-    assert text[0] == "_source_row,_split,mask,big,split,source_row,flag"
-    assert text[1].split(",")[3] == "9007199254740993" and text[1].split(",")[5] == "17"
+    assert text[0] == "source_file,_source_row,_split,mask,big,split,source_row,flag"
+    assert text[1].split(",")[4] == "9007199254740993" and text[1].split(",")[6] == "17"
     manifest = json.loads((out / "_MANIFEST.json").read_text())
-    assert manifest["row_columns"] == {"source_row": "_source_row", "split": "_split", "mask": "mask"}
+    assert manifest["row_columns"] == {
+        "source_file": "source_file", "source_row": "_source_row", "split": "_split", "mask": "mask"
+    }  # fmt: skip
 
 
 def test_imputed_tables_carry_which_cells_were_imputed_in_parquet_and_csv(tmp_path: Path) -> None:
@@ -310,7 +317,7 @@ def test_imputed_tables_carry_which_cells_were_imputed_in_parquet_and_csv(tmp_pa
     output = make(np.zeros((40, len(names)), np.float32))
 
     observed = frame[names].notna().to_numpy()
-    assert output.column_names[:3] == ["source_row", "split", "_mask"]
+    assert output.column_names[:4] == ["source_file", "source_row", "split", "_mask"]
     pq.write_table(output, tmp_path / "out.parquet")
     output.to_pandas().to_csv(tmp_path / "out.csv", index=False)
     assert np.array_equal(read_table_mask(pq.read_table(tmp_path / "out.parquet").column("_mask")), observed)

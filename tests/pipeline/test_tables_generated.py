@@ -56,6 +56,7 @@ ASSEMBLY_EXAMPLES = {"ci": 80, "slow": 1000}[PROFILE]
 RESERVED = (
     "split",
     "source_row",
+    "source_file",
     "_split",
     "_source_row",
     "row_id",
@@ -277,9 +278,10 @@ def same_bits(kind: str, got: Any, want: Any) -> bool:
 def check_accepted(table: GeneratedTable, outputs: dict[str, pa.Table], manifest: dict[str, Any]) -> None:
     names = [c.name for c in table.columns]
     rows = manifest["row_columns"]
-    assert set(rows) == {"source_row", "split", "mask"} and not set(rows.values()) & set(names)
+    assert set(rows) == {"source_file", "source_row", "split", "mask"} and not set(rows.values()) & set(names)
     for name, output in outputs.items():
-        assert output.column_names == [rows["source_row"], rows["split"], rows["mask"], *names], name
+        bookkeeping = [rows["source_file"], rows["source_row"], rows["split"], rows["mask"]]
+        assert output.column_names == [*bookkeeping, *names], name
         assert output.column(rows["source_row"]).to_pylist() == list(range(table.num_rows))
         assert set(output.column(rows["split"]).to_pylist()) == {"train", "valid", "test"}
         for column in table.columns:
