@@ -20,6 +20,22 @@ from pipelines.tabular import completed_column, mask_strings, read_table_mask, r
 COLUMNS = ["a", "b", "flag", "c", "d", "e"]
 
 
+def tiny_table_job(run_dir: Path) -> list[str]:
+    """`--set` arguments of a table job in seconds: a 1-d latent, one epoch, L = 8, M = 2 (the
+    table path, not the model, under test)."""
+    settings = {
+        "run_dir": str(run_dir),
+        "model.hidden": "[4]",
+        "model.latent_dim": "1",
+        "train.epochs": "1",
+        "train.K": "2",
+        "evaluate.num_samples": "4",
+        "impute.num_samples": "8",
+        "impute.num_imputations": "2",
+    }
+    return [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
+
+
 def write_csv(path: Path, seed: int = 0, num_rows: int = 200) -> pd.DataFrame:
     """200 x 6 correlated columns (one of them 0/1) on different scales, 25% NaN, plus a label."""
     rng = np.random.default_rng(seed)
@@ -245,18 +261,7 @@ def test_a_small_table_with_reserved_names_comes_back_whole_and_exact(
         "big,split,source_row,flag\n9007199254740993,1.5,17,True\n,2.5,,False\n9007199254740995,,19,\n"
     )
     run_dir = tmp_path / "run"
-    settings = {
-        "run_dir": str(run_dir),
-        "model.hidden": "[4]",
-        "model.latent_dim": "1",
-        "train.epochs": "1",
-        "train.K": "2",
-        "evaluate.num_samples": "4",
-        "impute.num_samples": "8",
-        "impute.num_imputations": "2",
-    }
-    overrides = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
-    assert full.main(["--data", str(csv), *overrides]) == 0
+    assert full.main(["--data", str(csv), *tiny_table_job(run_dir)]) == 0
 
     out = run_dir / "imputed" / "table"
     for name in ("missiwae_single", "missiwae_multiple_00", "missiwae_multiple_01"):

@@ -172,23 +172,13 @@ def test_the_job_imputes_a_folder_of_files_and_every_row_says_where_it_came_from
     """ingest -> train -> impute on Ray over a folder of three CSV files (one a header alone) and
     a Parquet one; a tiny model: the files, not the model, are under test."""
     from pipelines import full
+    from tests.pipeline.test_pipeline_tabular import tiny_table_job
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     write_parts(tmp_path / "t")
     (tmp_path / "t" / "part-3.csv").write_text("x,y\n6,\n7,8.5\n")
     run_dir = tmp_path / "run"
-    settings = {
-        "run_dir": str(run_dir),
-        "model.hidden": "[4]",
-        "model.latent_dim": "1",
-        "train.epochs": "1",
-        "train.K": "2",
-        "evaluate.num_samples": "4",
-        "impute.num_samples": "8",
-        "impute.num_imputations": "2",
-    }
-    overrides = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
-    assert full.main(["--data", str(tmp_path / "t"), *overrides]) == 0
+    assert full.main(["--data", str(tmp_path / "t"), *tiny_table_job(run_dir)]) == 0
 
     single = pq.read_table(run_dir / "imputed" / "table" / "missiwae_single.parquet").to_pandas()
     files = ["part-0.csv"] * 3 + ["part-1.parquet"] * 2 + ["part-3.csv"] * 2
