@@ -7,9 +7,11 @@ import json
 import math
 import platform
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,6 +33,37 @@ def accuracy_figure(samples: Sequence[int], curves: Mapping[str, Sequence[float]
     axis.set_ylabel("imputation accuracy (missing pixels)")
     axis.set_title("Figure 1 (right): accuracy of single imputation vs L")
     axis.legend()
+    return figure
+
+
+def learning_curves_figure(curves: Mapping[str, Sequence[float]], complete: Collection[str]) -> Any:
+    """Each Figure 1 (left) model's validation bound per epoch: left the models trained on
+    incomplete data (a bound on log p(x_o), half the pixels), right those trained on complete
+    data (log p(x)); a marker on the best epoch, the weights early stopping keeps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        ("incomplete data: bound on log p(x_o)", [n for n in curves if n not in complete]),
+        ("complete data: bound on log p(x)", [n for n in curves if n in complete]),
+    ]
+    panels = [(title, names) for title, names in panels if names]
+    figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for axis, (title, names) in zip(axes[0], panels, strict=True):
+        for name in names:
+            values = np.asarray(curves[name], dtype=float)
+            epochs = np.arange(1, len(values) + 1)
+            (line,) = axis.plot(epochs, values, label=name)
+            if np.isfinite(values).any():
+                best = int(np.nanargmax(values))
+                axis.plot(epochs[best], values[best], "o", color=line.get_color())
+        axis.set_xlabel("epoch")
+        axis.set_ylabel("validation bound (nats per image)")
+        axis.set_title(title)
+        axis.legend(fontsize="small")
+    figure.suptitle("Learning curves of the Figure 1 (left) models (each with its own K)")
     return figure
 
 
@@ -69,6 +102,7 @@ def render_report(results: Mapping[str, Any], sweep_table: str) -> str:
         f"Trials finished: {sum(not math.isnan(v) for v in left.values())} of {len(left)}.",
         "",
         *estimator_table(results["figure1_left"]),
+        *learning_curves_section(results.get("learning_curves")),
         "## Figure 1 (right): imputation accuracy vs L",
         "",
         "![Figure 1 right](figure1_right.png)",
@@ -124,6 +158,28 @@ def render_report(results: Mapping[str, Any], sweep_table: str) -> str:
         lines += [results["preset_notes"], "```"]
     lines += ["", "```json", json.dumps(results["config"], indent=1), "```", ""]
     return "\n".join(lines)
+
+
+def learning_curves_section(curves: Mapping[str, Sequence[float]] | None) -> list[str]:
+    """The learning curves' figure and, per model, its epochs, best epoch and bound there
+    (nothing for a report made before the curves were recorded)."""
+    if not curves:
+        return []
+    lines = [
+        "## Learning curves: validation bound per epoch",
+        "",
+        "![Learning curves](learning_curves.png)",
+        "",
+        "| model | epochs trained | best epoch | validation bound there | best at the last epoch |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for name, values in curves.items():
+        finite = [(v, e) for e, v in enumerate(values, start=1) if math.isfinite(v)]
+        best_value, best_epoch = max(finite) if finite else (math.nan, 0)
+        # Best at the last epoch: still improving when the epoch cap stopped it.
+        last = "yes" if best_epoch == len(values) else "no"
+        lines.append(f"| {name} | {len(values)} | {best_epoch} | {_fmt(best_value)} | {last} |")
+    return [*lines, ""]
 
 
 def estimator_table(left: Mapping[str, Any]) -> list[str]:

@@ -37,7 +37,13 @@ import numpy as np
 from missiwae.atomic import write_bytes_atomic
 from missiwae.config import ConfigError
 from missiwae.mnist_files import DataError
-from paper.render import accuracy_figure, git_commit, machine_description, render_report
+from paper.render import (
+    accuracy_figure,
+    git_commit,
+    learning_curves_figure,
+    machine_description,
+    render_report,
+)
 from paper.verdicts import verdicts_of
 from pipelines.config import PipelineConfig, add_override_argument, load_pipeline_config
 
@@ -207,6 +213,25 @@ def _trial_checkpoints(sweep_dir: Path) -> dict[str, Path]:
     return {label: Path(result["checkpoint_dir"]) for label, result in _trial_results(sweep_dir).items()}
 
 
+def learning_curves(checkpoints: dict[str, Path]) -> dict[str, list[float]]:
+    """sweep label -> the validation bound of each epoch the trial trained (its checkpoint's
+    history; NaN for an epoch that diverged)."""
+    from pipelines.train_worker import read_pipeline_state
+
+    return {
+        label: [float(entry["valid_bound"]) for entry in read_pipeline_state(path)[0]]
+        for label, path in checkpoints.items()
+    }
+
+
+def complete_data_trials(config: PipelineConfig) -> set[str]:
+    """The sweep's labels of the models trained on complete data (data.missing_rate 0)."""
+    from tune.space import load_space
+
+    space = load_space(config.report.space)
+    return {label for label, overrides in space.references.items() if overrides.get("data.missing_rate") == 0}
+
+
 def preset_notes(preset: str) -> str:
     """The leading comment of pipelines/configs/<preset>.yaml (what the preset reduces), if any."""
     from pipelines.config import CONFIG_DIR
@@ -268,6 +293,12 @@ def run_report(config: PipelineConfig, preset: str, out_dir: Path, command: str)
 
         checkpoints = _trial_checkpoints(sweep.sweep_dir)
         miss_vae, miss_iwae = checkpoints[config.report.miss_vae], checkpoints[config.report.miss_iwae]
+        curves = learning_curves(checkpoints)
+        figure = learning_curves_figure(curves, complete_data_trials(config))
+        figure.savefig(out_dir / "learning_curves.png", dpi=120, bbox_inches="tight")
+        tracker.log_figure(figure, "learning_curves.png")
+        figures.close(figure)
+        results["learning_curves"] = curves
         ingest = run_ingest(dataclasses.replace(config, run_dir=str(data_run_dir(sweep.sweep_dir, config))))
 
         with tracker.stage("figure1_left_estimators") as stage:

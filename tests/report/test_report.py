@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from paper.render import estimator_table, render_report
+from paper.render import estimator_table, learning_curves_figure, learning_curves_section, render_report
 from paper.report import rerender, run_report
 from paper.verdicts import (
     figure1_left_numbers,
@@ -158,6 +158,23 @@ def test_figure1_left_verdicts_use_the_mixture_estimate_and_the_readme_shows_bot
     assert figure1_left_numbers(without) == (left["test_log_likelihood"], {})
 
 
+def test_learning_curves_name_each_models_best_epoch_and_whether_the_cap_cut_it():
+    curves = {
+        "K=1 zero": [-120.0, -110.0, -105.0],
+        "complete VAE (K=1)": [-100.0, -90.0, -92.0, float("nan")],
+    }
+    lines = learning_curves_section(curves)
+    assert "| K=1 zero | 3 | 3 | -105.0000 | yes |" in lines  # still improving: cut by the cap
+    assert "| complete VAE (K=1) | 4 | 2 | -90.0000 | no |" in lines
+    assert learning_curves_section(None) == [] and learning_curves_section({}) == []  # older reports
+    figure = learning_curves_figure(curves, complete={"complete VAE (K=1)"})
+    assert [axis.get_title() for axis in figure.axes] == [
+        "incomplete data: bound on log p(x_o)",
+        "complete data: bound on log p(x)",
+    ]
+    assert next(line.get_label() for line in figure.axes[1].get_lines()) == "complete VAE (K=1)"
+
+
 def test_tiny_report_runs_every_experiment_and_writes_a_readme_with_verdicts(
     ray_cluster, data_root, tmp_path
 ):
@@ -167,7 +184,10 @@ def test_tiny_report_runs_every_experiment_and_writes_a_readme_with_verdicts(
 
     names = {p.name for p in out.iterdir()}
     expected = {"README.md", "results.json", "ranking.md", "figure1_left.png", "figure1_right.png"}
-    assert expected | {"figure2_samples.png", "figure3_imputations.png"} <= names
+    assert expected | {"figure2_samples.png", "figure3_imputations.png", "learning_curves.png"} <= names
+    learning = results["learning_curves"]  # every trial's validation bound, epoch by epoch
+    assert set(learning) == {"K=1 zero", "K=2 zero"}
+    assert all(len(v) == config.train.epochs and all(math.isfinite(b) for b in v) for v in learning.values())
     assert set(results["figure1_left"]["test_log_likelihood"]) == {"K=1 zero", "K=2 zero"}
     measured = results["measured_seconds"]  # what reused work cost when it ran
     assert set(measured["trial_train_seconds"]) == {"K=1 zero", "K=2 zero"}
@@ -189,6 +209,7 @@ def test_tiny_report_runs_every_experiment_and_writes_a_readme_with_verdicts(
         json.loads((out / "results.json").read_text()), (out / "ranking.md").read_text()
     )
     assert "| model | naive | defensive mixture | mixture − naive |" in readme
+    assert "![Learning curves](learning_curves.png)" in readme
     # The tiny space has no K=50 or oracle trial: those claims are reported, not hidden.
     verdicts = {v["claim"]: v["verdict"] for v in results["verdicts"]}
     assert len(verdicts) == 8 and "not measurable at this budget" in verdicts.values()
