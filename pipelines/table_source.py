@@ -204,6 +204,7 @@ def tabular_split_tables(config: PipelineConfig) -> tuple[dict[str, pa.Table], d
     types = column_types(values, config.model.observation)
     rows = split_rows(values.shape[0], data.seed, data.valid_fraction, data.test_fraction)
     observed = ~np.isnan(values)
+    check_observed_in_training(observed, rows["train"], table.columns, table.name)
 
     continuous = [t != "bernoulli" for t in types]
     try:
@@ -244,6 +245,24 @@ def tabular_split_tables(config: PipelineConfig) -> tuple[dict[str, pa.Table], d
     return tables, info
 
 
+def check_observed_in_training(
+    observed: np.ndarray, train_rows: np.ndarray, columns: list[str], name: str
+) -> None:
+    """ConfigError naming the columns (`observed` (N, D), True = observed) with no observed
+    value among the training rows: the model would never see one, so its imputations there
+    would be the untrained decoder's, numbers that look like results and are not."""
+    seen = observed[train_rows].any(axis=0)
+    if seen.all():
+        return
+    unseen = [c for c, ok in zip(columns, seen, strict=True) if not ok]
+    counts = [int(observed[:, j].sum()) for j in np.flatnonzero(~seen)]
+    raise ConfigError(
+        f"column(s) {unseen} of {name} have no observed value among the {len(train_rows)} training "
+        f"rows (observed in {counts} held-out rows only): the model could not learn them. Drop "
+        "them, or change data.seed or data.valid_fraction / data.test_fraction"
+    )
+
+
 def tabular_model_config(config: PipelineConfig, ingest: IngestResult) -> PipelineConfig:
     """`config` with model.num_features and model.column_types set from the ingested table, and
     scaling.num_workers clamped to the training rows (a small table's 1 or 2: Ray Train's equal
@@ -268,6 +287,7 @@ def tabular_model_config(config: PipelineConfig, ingest: IngestResult) -> Pipeli
 __all__ = [
     "TABULAR_FORMAT_VERSION",
     "SourceTable",
+    "check_observed_in_training",
     "column_types",
     "fit_scaling",
     "load_table",

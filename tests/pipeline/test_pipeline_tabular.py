@@ -253,12 +253,13 @@ def test_bookkeeping_columns_step_aside_for_the_users_own_names() -> None:
 def test_a_small_table_with_reserved_names_comes_back_whole_and_exact(
     ray_cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """3 rows (the documented minimum) under the table preset's 2 shards, 2 workers and 2
-    actors; user columns called split and source_row; ints beyond 2**53 and bools."""
+    """3 rows (the documented minimum: one per split, the training one observing every column)
+    under the table preset's 2 shards, 2 workers and 2 actors; user columns called split and
+    source_row; ints beyond 2**53 and bools."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     csv = tmp_path / "tiny.csv"
     csv.write_text(
-        "big,split,source_row,flag\n9007199254740993,1.5,17,True\n,2.5,,False\n9007199254740995,,19,\n"
+        "big,split,source_row,flag\n9007199254740993,1.5,17,True\n,2.5,,False\n9007199254740995,3.5,19,True\n"
     )
     run_dir = tmp_path / "run"
     assert full.main(["--data", str(csv), *tiny_table_job(run_dir)]) == 0
@@ -272,7 +273,7 @@ def test_a_small_table_with_reserved_names_comes_back_whole_and_exact(
         assert read_table_mask(table.column("mask")).tolist() == [
             [True, True, True, True],
             [False, True, False, True],
-            [True, False, True, False],
+            [True, True, True, True],  # the training row (seed 0): every column seen in training
         ]
         assert table.column("_source_row").to_pylist() == [0, 1, 2]
         assert sorted(table.column("_split").to_pylist()) == ["test", "train", "valid"]

@@ -189,3 +189,32 @@ def test_the_job_imputes_a_folder_of_files_and_every_row_says_where_it_came_from
     assert not single[["x", "y"]].isna().any().any()
     ingest = json.loads((run_dir / "data" / "_MANIFEST.json").read_text())
     assert ingest["table"]["sources"][1] == {"file": "part-1.parquet", "num_rows": 2}
+
+
+def test_a_column_observed_only_in_held_out_rows_is_refused_by_name_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The model would never see the column: its imputations would be an untrained decoder's."""
+    from pipelines import full
+    from pipelines.table_source import split_rows
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    held_out = split_rows(30, seed=0, valid_fraction=0.1, test_fraction=0.1)["valid"]
+    rare = np.full(30, np.nan)
+    rare[held_out[0]] = 5.0
+    path = tmp_path / "t.csv"
+    pd.DataFrame({"x": np.arange(30.0), "rare": rare}).to_csv(path, index=False)
+    assert full.main(["--data", str(path), "--set", f"run_dir={tmp_path / 'run'}"]) == 2
+    error = capsys.readouterr().err
+    assert "column(s) ['rare'] of t.csv have no observed value among the 24 training rows" in error
+    assert "(observed in [1] held-out rows only)" in error
+    assert not (tmp_path / "run" / "data" / "_MANIFEST.json").exists()  # nothing published
+
+    rare[np.setdiff1d(np.arange(30), held_out)[0]] = 6.0  # one training row sees it: accepted
+    pd.DataFrame({"x": np.arange(30.0), "rare": rare}).to_csv(path, index=False)
+    from pipelines.config import load_pipeline_config
+    from pipelines.table_source import tabular_split_tables
+
+    overrides = [f"data.path={json.dumps(str(path))}", f"run_dir={json.dumps(str(tmp_path / 'run'))}"]
+    _, info = tabular_split_tables(load_pipeline_config("table", overrides))
+    assert info["num_rows"] == 30 and info["columns"] == ["x", "rare"]
