@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from missiwae.training import epochs_since_best
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -56,9 +58,9 @@ def learning_curves_figure(curves: Mapping[str, Sequence[float]], complete: Coll
             values = np.asarray(curves[name], dtype=float)
             epochs = np.arange(1, len(values) + 1)
             (line,) = axis.plot(epochs, values, label=name)
-            if np.isfinite(values).any():
-                best = int(np.nanargmax(values))
-                axis.plot(epochs[best], values[best], "o", color=line.get_color())
+            best = best_epoch(curves[name])
+            if best:
+                axis.plot(best, values[best - 1], "o", color=line.get_color())
         axis.set_xlabel("epoch")
         axis.set_ylabel("validation bound (nats per image)")
         axis.set_title(title)
@@ -160,6 +162,15 @@ def render_report(results: Mapping[str, Any], sweep_table: str) -> str:
     return "\n".join(lines)
 
 
+def best_epoch(valid_bounds: Sequence[float]) -> int:
+    """The 1-based epoch early stopping keeps (missiwae.training.epochs_since_best: the highest
+    bound, the first on ties), a diverged (NaN) epoch never; 0 when no epoch has a finite bound."""
+    finite = [v if math.isfinite(v) else -math.inf for v in valid_bounds]
+    if not any(math.isfinite(v) for v in finite):
+        return 0
+    return len(finite) - epochs_since_best(finite)
+
+
 def learning_curves_section(curves: Mapping[str, Sequence[float]] | None) -> list[str]:
     """The learning curves' figure and, per model, its epochs, best epoch and bound there
     (nothing for a report made before the curves were recorded)."""
@@ -174,11 +185,11 @@ def learning_curves_section(curves: Mapping[str, Sequence[float]] | None) -> lis
         "|---|---:|---:|---:|---|",
     ]
     for name, values in curves.items():
-        finite = [(v, e) for e, v in enumerate(values, start=1) if math.isfinite(v)]
-        best_value, best_epoch = max(finite) if finite else (math.nan, 0)
+        best = best_epoch(values)
+        best_value = values[best - 1] if best else math.nan
         # Best at the last epoch: still improving when the epoch cap stopped it.
-        last = "yes" if best_epoch == len(values) else "no"
-        lines.append(f"| {name} | {len(values)} | {best_epoch} | {_fmt(best_value)} | {last} |")
+        last = "yes" if best == len(values) else "no"
+        lines.append(f"| {name} | {len(values)} | {best} | {_fmt(best_value)} | {last} |")
     return [*lines, ""]
 
 

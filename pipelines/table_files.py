@@ -98,8 +98,13 @@ def display_names(files: list[Path]) -> list[str]:
     files' common folder (the name alone for a single file)."""
     if len(files) == 1:
         return [files[0].name]
-    root = Path(os.path.commonpath([str(f.parent) for f in files]))
+    root = common_folder(files)
     return [f.relative_to(root).as_posix() for f in files]
+
+
+def common_folder(files: list[Path]) -> Path:
+    """The deepest folder holding every one of `files`."""
+    return Path(os.path.commonpath([str(f.parent) for f in files]))
 
 
 def sources_sha256(path: str | Path) -> str:
@@ -129,7 +134,7 @@ def read_files(path: str | Path) -> tuple[pa.Table, SourceFiles, str]:
         return parts[0], SourceFiles(names, [parts[0].num_rows]), names[0]
     schema = pa.schema([(column, _common_type(parts, names, column)) for column in parts[0].column_names])
     joined = pa.concat_tables([_cast(part, schema, name) for part, name in zip(parts, names, strict=True)])
-    where = f"{len(files)} files in {os.path.commonpath([str(f.parent) for f in files])}"
+    where = f"{len(files)} files in {common_folder(files)}"
     return joined, SourceFiles(names, [part.num_rows for part in parts]), where
 
 
