@@ -172,7 +172,12 @@ def run_sweep(
         outputs = write_ranking(rows, sweep_dir / "results", title)
         for path in outputs.values():
             tracker.log_artifact(path)
-        complete = all(r.status == "done" or r.status.startswith("stopped early") for r in rows)
+        # Tune creates grid trials lazily: a Ctrl-C before the last one exists leaves it out of
+        # the grid altogether, so a sweep is complete only with every trial of the space in it.
+        expected = len(space.variants()) * space.num_samples
+        complete = len(rows) == expected and all(
+            r.status == "done" or r.status.startswith("stopped early") for r in rows
+        )
         tracker.log_metrics(
             {"trials_done": float(sum(r.status == "done" for r in rows)), "trials_total": float(len(rows))}
         )
