@@ -323,6 +323,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_impute(args: argparse.Namespace) -> int:
     model, config = runs.load_run(args.checkpoint, args.overrides, args.data_dir)
+    if config.impute.bootstrap_models > 1:
+        raise CliError(
+            f"impute.bootstrap_models={config.impute.bootstrap_models}: the command line imputes "
+            "from one checkpoint; the bootstrap ensemble is trained by the pipeline "
+            "(pipelines/full.py) or by MissIWAEImputer(n_models=B)"
+        )
     checkpoint = Path(args.checkpoint)
     # Both outputs are checked before the work, not only when writing: a refused path costs
     # no minutes of imputation.

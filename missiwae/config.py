@@ -158,10 +158,20 @@ class ImputeConfig:
     batch_size: int = 250
     chunk_size: int | None = None  # importance samples per chunk; None: sized from memory
     seed: int = 0
+    # B: proper multiple imputation (missiwae.ensemble). The pipeline also trains B models on
+    # Poisson bootstrap resamples of the training rows and draws the M imputations from them,
+    # M/B each; B = 1 draws all M from the one model. The `missiwae` command line imputes from
+    # one checkpoint and refuses B > 1; the estimator's form is MissIWAEImputer(n_models=B).
+    bootstrap_models: int = 1
 
     def __post_init__(self) -> None:
         require(self.num_samples >= 1, f"impute.num_samples (L) must be >= 1, got {self.num_samples}")
         require(self.num_imputations >= 1, "impute.num_imputations must be >= 1")
+        require(
+            1 <= self.bootstrap_models <= self.num_imputations,
+            f"impute.bootstrap_models (B) must be between 1 and impute.num_imputations (M = "
+            f"{self.num_imputations}), got {self.bootstrap_models}",
+        )
         require(self.batch_size >= 1, "impute.batch_size must be >= 1")
         require(self.chunk_size is None or self.chunk_size >= 1, "impute.chunk_size must be >= 1")
 

@@ -13,12 +13,21 @@ each imputation has its own θ̂_b, the textbook scheme. With B < M, the M/B dra
 share θ̂_b, so the between-imputation variance B of Rubin's rules underestimates the parameter
 part by a factor of about (M − M/B)/(M − 1): prefer B = M when the budget allows.
 
+On a cluster the rows live in shards and no process holds them all, so the pipeline
+resamples with `poisson_bootstrap_counts`: each row enters resample b Poisson(1) times, the
+count a function of (seed, b, the row's id) alone. Which worker holds a row, in what order, and
+whether that worker restarted then change nothing, and no pass over all rows is needed. The
+resample's size is random (mean N, sd √N) instead of exactly N; for N in the thousands the two
+bootstraps agree to first order (Hanley & MacGibbon 2006; Chamandy et al. 2012, "Estimating
+uncertainty for massive data streams").
+
 Works with any imputer that has scikit-learn's `get_params` / `set_params`, `fit(X)` and
 `sample(X, n_imputations)` returning (n, N, D), such as `MissIWAEImputer`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -45,6 +54,41 @@ def bootstrap_rows(num_rows: int, num_models: int, seed: int) -> NDArray[np.intp
     if num_rows < 1 or num_models < 1:
         raise ValueError(f"need num_rows >= 1 and num_models >= 1, got {num_rows} and {num_models}")
     return np.random.default_rng(seed).integers(0, num_rows, size=(num_models, num_rows))
+
+
+def poisson_bootstrap_counts(row_ids: ArrayLike, seed: int, member: int) -> NDArray[np.int64]:
+    """How many times each row enters bootstrap resample `member`: (N,) independent Poisson(1)
+    counts, each a deterministic function of (seed, member, row id), so any subset or order of
+    the rows gets the same counts as the whole table (the module docstring says why).
+
+    Args:
+        row_ids: (N,) non-negative integer ids, unique within the table.
+        seed: the ensemble's seed.
+        member: b, the resample's index (>= 0).
+    """
+    ids = np.asarray(row_ids)
+    if ids.ndim != 1 or (ids.size and (not np.issubdtype(ids.dtype, np.integer) or ids.min() < 0)):
+        raise ValueError(f"row_ids must be a 1-d array of non-negative integers, got {ids.dtype} {ids.shape}")
+    if member < 0:
+        raise ValueError(f"member must be >= 0, got {member}")
+    key = np.random.SeedSequence([seed, member]).generate_state(1, dtype=np.uint64)[0]
+    bits = _splitmix64(_splitmix64(ids.astype(np.uint64)) ^ key)
+    uniform = (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53  # in [0, 1)
+    return np.searchsorted(_POISSON_ONE_CDF, uniform, side="right").astype(np.int64)
+
+
+def _splitmix64(x: NDArray[np.uint64]) -> NDArray[np.uint64]:
+    """Steele, Lea & Flood's SplitMix64 finaliser: a bijective mix of 64-bit words, so
+    consecutive ids give independent-looking uniform bits."""
+    with np.errstate(over="ignore"):
+        z = x + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+# P(count <= k) for count ~ Poisson(1), k = 0..19 (the tail past 19 is below 2**-53).
+_POISSON_ONE_CDF = np.cumsum([np.exp(-1.0) / math.factorial(k) for k in range(20)])
 
 
 def split_draws(num_imputations: int, num_models: int) -> list[int]:

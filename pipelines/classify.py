@@ -7,8 +7,10 @@ Every (dataset, seed) pair is one Ray task calling
 :func:`missiwae.classifier.train_classifier`; the arrays go into the object store once and the
 tasks share them.
 
-Datasets named ``{multiple_prefix}NN`` are the M multiple (SIR) imputations. They are read both
-ways (see :mod:`missiwae.classifier`):
+Datasets named ``{prefix}NN``, for each prefix of ``multiple_prefixes``, are a family of M
+multiple (SIR) imputations: ``missiwae_multiple_NN`` from the one model, and with
+impute.bootstrap_models > 1 ``missiwae_ensemble_NN`` from the bootstrap ensemble. Each family is
+read both ways (see :mod:`missiwae.classifier`), e.g. for ``missiwae_multiple_``:
 
 * ``missiwae_multiple`` -- the paper's reading: per seed, one network trained on the union of
   the M imputed copies;
@@ -41,6 +43,7 @@ import ray
 
 from missiwae.classifier import ClassifierConfig, ClassifierResult, pool_predictions, train_classifier
 from missiwae.mnist_files import NUM_PIXELS
+from missiwae.pooling import rubin
 from pipelines.config import PipelineConfig
 from pipelines.shards import read_table, tensor_matrix
 from pipelines.table1 import (
@@ -238,6 +241,15 @@ def _gather(
 # ---------------------------------------------------------------------------- fan-out
 
 
+def _rubin_accuracy(accuracies: Sequence[float], num_test: int) -> tuple[float, float]:
+    """(FMI, 95% interval width) of the test accuracy pooled over M networks by Rubin's rules,
+    each network's accuracy a binomial proportion over `num_test` images: U_m = a_m (1 - a_m) / n."""
+    estimates = np.asarray(accuracies, dtype=np.float64)
+    pooled = rubin(estimates, estimates * (1.0 - estimates) / num_test)
+    lower, upper = pooled.interval(0.95)
+    return float(pooled.fmi[0]), float(upper[0] - lower[0])
+
+
 def _multiple_names(names: Sequence[str], prefix: str) -> list[str]:
     pattern = re.compile(re.escape(prefix) + r"(\d+)")
     return sorted((n for n in names if pattern.fullmatch(n)), key=lambda n: int(n[len(prefix) :]))
@@ -255,7 +267,7 @@ def run_classification(
     datasets: Mapping[str, Sequence[Path] | Path],
     test: tuple[np.ndarray, np.ndarray],
     *,
-    multiple_prefix: str = "missiwae_multiple_",
+    multiple_prefixes: Sequence[str] = ("missiwae_multiple_", "missiwae_ensemble_"),
     seeds: Sequence[int] | None = None,
     max_in_flight: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
@@ -266,8 +278,9 @@ def run_classification(
         config: ``config.classify`` gives num_seeds, epochs, batch_size, learning_rate,
             patience, epoch_steps and the per-task resources (cpus_per_task, gpus_per_task).
         datasets: name -> a Parquet directory, file, or list of files (row_id, label, pixels).
-            ``{multiple_prefix}NN`` names are the M multiple imputations (read as a union and
-            pooled, see the module docstring); at least two of them are expected.
+            ``{prefix}NN`` names, prefix in ``multiple_prefixes``, are a family of M multiple
+            imputations (read as a union and pooled, see the module docstring); at least two
+            per family are expected.
         test: complete test set ``(x float (N, 784), labels int (N,))``.
         seeds: classifier seeds; default ``range(config.classify.num_seeds)``.
         max_in_flight: at most this many tasks submitted at once. None: on a single-node CPU
@@ -294,14 +307,18 @@ def run_classification(
         raise ValueError(f"seeds must be distinct and non-empty, got {seed_list}")
     if not datasets:
         raise ValueError("no datasets to classify")
-    union_name = multiple_prefix.rstrip("_")
-    pooled_name = f"{union_name}_pooled"
-    copies = _multiple_names(list(datasets), multiple_prefix)
+    families = {  # union name -> its copies' names
+        prefix.rstrip("_"): copies
+        for prefix in multiple_prefixes
+        if (copies := _multiple_names(list(datasets), prefix))
+    }
+    copies = [name for family in families.values() for name in family]
     singles = [n for n in datasets if n not in copies]
-    if copies and (union_name in singles or pooled_name in singles):
-        raise ValueError(
-            f"{union_name!r}/{pooled_name!r} are produced from {multiple_prefix}NN; do not pass both"
-        )
+    for union_name in families:
+        if union_name in singles or f"{union_name}_pooled" in singles:
+            raise ValueError(
+                f"{union_name!r}/{union_name}_pooled are produced from {union_name}_NN; do not pass both"
+            )
 
     test_x = np.ascontiguousarray(np.asarray(test[0], dtype=np.float32))
     test_labels = np.asarray(test[1]).astype(np.int64, copy=False)
@@ -316,7 +333,7 @@ def run_classification(
     test_x_ref, test_labels_ref = ray.put(test_x), ray.put(test_labels)
     x_refs: dict[str, Any] = {}
     label_refs: dict[str, Any] = {}
-    first_copy: tuple[np.ndarray, np.ndarray] | None = None  # (labels, row_id) of copy 00
+    first_copy: tuple[np.ndarray, np.ndarray] | None = None  # (labels, row_id) of the first copy
     for name in [*singles, *copies]:
         x, labels, row_id = read_imputed(datasets[name], name)
         if name in copies:
@@ -337,9 +354,9 @@ def run_classification(
     jobs: list[_Job] = []
     for seed in seed_list:
         jobs += [_Job(name, seed, (name,)) for name in singles]
-        if copies:
-            jobs.append(_Job(union_name, seed, tuple(copies)))
-            jobs += [_Job(pooled_name, seed, (name,), pooled=True) for name in copies]
+        for union_name, family in families.items():
+            jobs.append(_Job(union_name, seed, tuple(family)))
+            jobs += [_Job(f"{union_name}_pooled", seed, (name,), pooled=True) for name in family]
 
     task = _train_task.options(num_cpus=settings_cfg.cpus_per_task, num_gpus=settings_cfg.gpus_per_task)
     device = "cuda" if settings_cfg.gpus_per_task > 0 else "cpu"
@@ -389,9 +406,11 @@ def run_classification(
                     history=tuple(result.history),
                 )
             )
-        members = [outcomes[job] for job in jobs if job.seed == seed and job.pooled]
-        if members:
+        for union_name in families:
+            pooled_name = f"{union_name}_pooled"
+            members = [outcomes[job] for job in jobs if job.seed == seed and job.output == pooled_name]
             accuracy, cross_entropy = pool_predictions([r for r, _ in members], test_labels)
+            rubin_fmi, rubin_width = _rubin_accuracy([r.test_accuracy for r, _ in members], len(test_labels))
             runs.append(
                 RunRow(
                     dataset=pooled_name,
@@ -402,6 +421,8 @@ def run_classification(
                     epochs_run=statistics.fmean(r.epochs_run for r, _ in members),
                     seconds=sum(s for _, s in members),
                     num_networks=len(members),
+                    accuracy_fmi=rubin_fmi,
+                    accuracy_interval_width=rubin_width,
                 )
             )
     order = {name: i for i, name in enumerate(paper_order([r.dataset for r in runs]))}

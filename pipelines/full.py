@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -84,7 +85,7 @@ def run(config: PipelineConfig, console: Console | None = None) -> dict[str, flo
     with Tracker(config, run_name=f"full-{Path(config.run_dir).name}") as tracker:
         ingest = _ingest_stage(tracker, config, seconds, console)
 
-        trained = _train_stage(tracker, config, ingest, seconds, console)
+        trained, ensemble = _train_stage(tracker, config, ingest, seconds, console)
 
         with console.stage("impute", _impute_doing(config)) as shown, tracker.stage("impute") as stage:
             clock = time.perf_counter()
@@ -93,6 +94,7 @@ def run(config: PipelineConfig, console: Console | None = None) -> dict[str, flo
                 config,
                 ingest.shards,
                 trained.checkpoint_dir,
+                ensemble_dirs=ensemble,
                 on_progress=lambda done, total: _advance(rows_bar, done, total),
             )
             seconds["impute"] = time.perf_counter() - clock
@@ -165,11 +167,11 @@ def run_table(config: PipelineConfig, console: Console | None = None) -> dict[st
         ingest = _ingest_stage(tracker, config, seconds, console, log_table=True)
 
         config = tabular_model_config(config, ingest)  # num_features, column_types from the table
-        trained = _train_stage(tracker, config, ingest, seconds, console)
+        trained, ensemble = _train_stage(tracker, config, ingest, seconds, console)
 
         with console.stage("impute", _impute_doing(config)) as shown, tracker.stage("impute") as stage:
             clock = time.perf_counter()
-            imputed = run_tabular_imputation(config, ingest, trained.checkpoint_dir)
+            imputed = run_tabular_imputation(config, ingest, trained.checkpoint_dir, ensemble)
             seconds["impute"] = time.perf_counter() - clock
             shown.result = f"{len(imputed.datasets)} completed tables written"
             stage.log_metrics({**imputed.metrics, "stage_seconds": seconds["impute"]})
@@ -237,15 +239,29 @@ def _ingest_stage(
 
 def _train_stage(
     tracker: Any, config: PipelineConfig, ingest: Any, seconds: dict[str, float], console: Console
-) -> Any:
+) -> tuple[Any, list[Path]]:
     """The Ray Train stage as a nested run: per-epoch metrics live (and an epoch bar), then
-    the test log-likelihood."""
-    from pipelines.train import run_training
+    the test log-likelihood. With impute.bootstrap_models = B > 1 the B bootstrap members
+    train at the same time (a bar of finished members); returns (TrainResult, their
+    checkpoint directories, [] for B = 1)."""
+    from pipelines.train import run_training, start_bootstrap_training
 
-    train = config.train
+    train, num_members = config.train, config.impute.bootstrap_models
     doing = f"{train.epochs} epochs, K={train.K}, {config.scaling.num_workers} Ray Train workers"
+    if num_members > 1:
+        doing += f", + {num_members} bootstrap models at once"
     with console.stage("train", doing) as shown, tracker.stage("train") as stage:
         clock = time.perf_counter()
+        wait_for_members = None
+        member_bounds: dict[int, float] = {}
+        if num_members > 1:
+            member_bar = shown.progress(num_members, "bootstrap models", unit="model")
+
+            def on_member(b: int, history: list[dict[str, Any]]) -> None:
+                member_bounds[b] = float(history[-1]["valid_bound"])
+                member_bar.update(1)
+
+            wait_for_members = start_bootstrap_training(config, ingest, on_member=on_member)
         bar = shown.progress(train.epochs, "train epochs", unit="epoch")
 
         def on_epoch(entry: dict[str, Any]) -> None:
@@ -257,6 +273,7 @@ def _train_stage(
             bar.update(1)
 
         trained = run_training(config, ingest, on_epoch=on_epoch)
+        ensemble = wait_for_members() if wait_for_members is not None else []
         seconds["train"] = time.perf_counter() - clock
         stopped = ""
         if trained.stopped_at is not None:  # early stopping: the published weights are the best epoch's
@@ -268,9 +285,15 @@ def _train_stage(
         metrics = {"test_log_likelihood": trained.test_log_likelihood, "stage_seconds": seconds["train"]}
         if trained.best_epoch is not None:
             metrics["best_epoch"] = float(trained.best_epoch)
+        if ensemble:
+            bounds = [member_bounds[b] for b in sorted(member_bounds)]
+            shown.result += (
+                f"; {len(ensemble)} bootstrap models, final valid {min(bounds):.2f} to {max(bounds):.2f}"
+            )
+            metrics.update({f"bootstrap_valid_bound_{b:02d}": bound for b, bound in enumerate(bounds)})
         stage.log_metrics(metrics)
         stage.log_params({"checkpoint_dir": str(trained.checkpoint_dir)})
-    return trained
+    return trained, ensemble
 
 
 def _bounds(entry: dict[str, Any]) -> str:
@@ -281,8 +304,11 @@ def _bounds(entry: dict[str, Any]) -> str:
 
 def _impute_doing(config: PipelineConfig) -> str:
     impute, stage = config.impute, config.impute_stage
+    ensemble = (
+        f" (and from {impute.bootstrap_models} bootstrap models)" if impute.bootstrap_models > 1 else ""
+    )
     return (
-        f"L={impute.num_samples} importance samples, M={impute.num_imputations} imputations, "
+        f"L={impute.num_samples} importance samples, M={impute.num_imputations} imputations{ensemble}, "
         f"{stage.num_actors} actors"
     )
 
@@ -294,10 +320,10 @@ def _accuracy_figure(metrics: dict[str, float], reused: dict[str, bool]) -> str:
     if not accuracies:
         return "reused" if all(reused.values()) else ""
     split = next(iter(accuracies)).split("/")[0]
-    parts = [
-        f"{key.rsplit('/', 1)[1]} {value:.4f}"
+    parts = [  # per copy (missiwae_multiple_00, ...) stays in the stage's metrics
+        f"{name} {value:.4f}"
         for key, value in accuracies.items()
-        if key.startswith(f"{split}/")
+        if key.startswith(f"{split}/") and not re.search(r"_\d+$", name := key.rsplit("/", 1)[1])
     ]
     return (
         f"imputation accuracy ({split}) " + ", ".join(parts) + (" (reused)" if all(reused.values()) else "")

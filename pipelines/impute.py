@@ -84,6 +84,7 @@ if TYPE_CHECKING:
 # stop matching and the split is recomputed. 2: the lineage columns source_row and mask.
 FORMAT_VERSION = 2
 MULTIPLE_PREFIX = "missiwae_multiple_"
+ENSEMBLE_PREFIX = "missiwae_ensemble_"  # the bootstrap ensemble's M proper imputations (B > 1)
 ZERO, MISSFOREST, COMPLETE = "zero", "missforest", "complete"
 OUTPUT_COLUMNS = IMPUTED_COLUMNS
 _LOCK = ".impute.lock"
@@ -96,10 +97,12 @@ class ImputeResult:
 
     datasets: name -> directory of Parquet files (the imputed layout) for the split the
         classifier trains on: "train" when it is imputed, else the first imputed split.
-        Names: missiwae_single, missiwae_multiple_00.., zero, missforest (when enabled), complete.
+        Names: missiwae_single, missiwae_multiple_00.., missiwae_ensemble_00.. (when
+        impute.bootstrap_models > 1), zero, missforest (when enabled), complete.
     splits: every imputed split -> its name -> directory map.
     metrics: "{split}/accuracy/{name}" (fraction of missing pixels right at threshold 1/2;
-        "missiwae_multiple" is the mean over the M copies), "{split}/ess_mean",
+        "missiwae_multiple" and "missiwae_ensemble" are the means over their M copies),
+        "{split}/ess_mean",
         "{split}/rows_per_second" (the Ray Data job, actor start-up included),
         "{split}/num_rows", "{split}/num_batches", "{split}/num_actors_used",
         "{split}/missing_fraction".
@@ -115,9 +118,12 @@ class ImputeResult:
     reused: dict[str, bool] = dataclasses.field(default_factory=dict)
 
 
-def dataset_names(num_imputations: int, missforest: bool = True) -> list[str]:
+def dataset_names(num_imputations: int, missforest: bool = True, ensemble: bool = False) -> list[str]:
     """The datasets one split gets, in writing order."""
-    names = [SINGLE, *(f"{MULTIPLE_PREFIX}{m:02d}" for m in range(num_imputations)), ZERO]
+    names = [SINGLE, *(f"{MULTIPLE_PREFIX}{m:02d}" for m in range(num_imputations))]
+    if ensemble:
+        names += [f"{ENSEMBLE_PREFIX}{m:02d}" for m in range(num_imputations)]
+    names.append(ZERO)
     if missforest:
         names.append(MISSFOREST)
     return [*names, COMPLETE]
@@ -131,6 +137,7 @@ def run_imputation(
     shards: Mapping[str, Sequence[Path]],
     checkpoint_dir: Path,
     *,
+    ensemble_dirs: Sequence[Path] = (),
     on_progress: ProgressCallback | None = None,
     _fault_injection: str | None = None,
 ) -> ImputeResult:
@@ -142,12 +149,21 @@ def run_imputation(
         shards: split -> Parquet files of the ingest layout (row_id, label, source_row, pixels,
             mask).
         checkpoint_dir: a missiwae checkpoint (``missiwae.training.load_model``).
+        ensemble_dirs: the B bootstrap members' checkpoints when impute.bootstrap_models > 1
+            (``pipelines.train.run_bootstrap_training``); their SIR draws become the
+            ``missiwae_ensemble_NN`` datasets.
         on_progress: called as ``on_progress(done_rows, total_rows)`` with the rows imputed so
             far over all splits (non-decreasing, ending at total_rows); from a driver thread.
         _fault_injection: TEST ONLY, a marker-file path: the first actor to start its second
             batch creates the marker and kills its process (see ``ImputeActor``).
     """
     checkpoint_dir = Path(checkpoint_dir)
+    ensemble_dirs = [Path(path) for path in ensemble_dirs]
+    if len(ensemble_dirs) != (config.impute.bootstrap_models if config.impute.bootstrap_models > 1 else 0):
+        raise ValueError(
+            f"impute.bootstrap_models={config.impute.bootstrap_models} needs that many member "
+            f"checkpoints (none for 1), got {len(ensemble_dirs)}"
+        )
     for split in config.impute_stage.splits:
         files = shards.get(split)
         if not files:
@@ -157,6 +173,7 @@ def run_imputation(
                 raise FileNotFoundError(f"input shard of split {split!r} not found: {path}")
         check_columns(files, INPUT_COLUMNS, "shards of an older ingest layout; re-run the ingest stage")
     checkpoint = _checkpoint_entry(config, checkpoint_dir)
+    members = [_checkpoint_entry(config, path) for path in ensemble_dirs]
     out = publisher(config)
     result_splits: dict[str, dict[str, Path]] = {}
     metrics: dict[str, float] = {}
@@ -168,15 +185,25 @@ def run_imputation(
         for split in config.impute_stage.splits:
             files = sorted(Path(p) for p in shards[split])
             inputs_hash = hash_files(files)
-            digest = _fingerprint(config, split, inputs_hash, checkpoint["sha256"])
+            digest = _fingerprint(
+                config, split, inputs_hash, [checkpoint["sha256"], *(m["sha256"] for m in members)]
+            )
             split_dir = out.root / split
             manifest = out.reusable(split_dir / MANIFEST, digest, functools.partial(_intact, split_dir))
             reused[split] = manifest is not None
             if manifest is None:
-                lineage = {"checkpoint": checkpoint, "inputs_sha256": inputs_hash}
+                lineage = {"checkpoint": checkpoint, "ensemble": members, "inputs_sha256": inputs_hash}
                 progress = _offset_progress(on_progress, rows_before, total_rows)
                 manifest = _impute_split(
-                    config, split, files, checkpoint_dir, digest, out, lineage, _fault_injection, progress
+                    config,
+                    split,
+                    files,
+                    (checkpoint_dir, ensemble_dirs),
+                    digest,
+                    out,
+                    lineage,
+                    _fault_injection,
+                    progress,
                 )
             elif on_progress is not None:
                 on_progress(rows_before + split_rows[split], total_rows)  # reused: all at once
@@ -214,7 +241,7 @@ def _impute_split(
     config: PipelineConfig,
     split: str,
     files: list[Path],
-    checkpoint_dir: Path,
+    checkpoints: tuple[Path, list[Path]],
     digest: str,
     out: Publisher,
     lineage: dict[str, Any],
@@ -222,13 +249,15 @@ def _impute_split(
     on_progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
     """Compute one split into a staging directory and publish it; returns the manifest
-    (`lineage`: its checkpoint and inputs_sha256 entries, see the module docstring;
-    `on_progress(done_rows, split_rows)` while the job runs)."""
+    (`checkpoints`: the model's and the bootstrap members'; `lineage`: their checkpoint,
+    ensemble and inputs_sha256 entries, see the module docstring; `on_progress(done_rows,
+    split_rows)` while the job runs)."""
     import ray.data
 
     from pipelines.runtime import ensure_ray
 
     ensure_ray()
+    checkpoint_dir, ensemble_dirs = checkpoints
     started = time.perf_counter()
     out.sweep([split])  # left by a crashed run: never complete by construction
     missforest_ref = None
@@ -244,10 +273,15 @@ def _impute_split(
             clock = time.perf_counter()
             with row_progress(on_progress, _num_rows(files)) as counter:
                 imputed = imputation_dataset(
-                    config, files, checkpoint_dir, fault_marker=fault_marker, progress=counter
+                    config,
+                    files,
+                    checkpoint_dir,
+                    ensemble_dirs=ensemble_dirs,
+                    fault_marker=fault_marker,
+                    progress=counter,
                 ).materialize()
             job_seconds = time.perf_counter() - clock
-            stats = _summarise(imputed, config.impute.num_imputations)
+            stats = _summarise(imputed, config.impute.num_imputations, bool(ensemble_dirs))
 
             missforest_seconds = 0.0
             missforest_x: np.ndarray | None = None
@@ -255,7 +289,9 @@ def _impute_split(
                 missforest_x, missforest_seconds = ray.get(missforest_ref)
 
             clock = time.perf_counter()
-            names = dataset_names(config.impute.num_imputations, config.missforest.enabled)
+            names = dataset_names(
+                config.impute.num_imputations, config.missforest.enabled, bool(ensemble_dirs)
+            )
             for name in names:
                 if name == MISSFOREST:
                     assert missforest_x is not None
@@ -292,6 +328,7 @@ def _impute_split(
             "config": config.to_dict(),  # the resolved settings; impute, missforest... inside
             "checkpoint": lineage["checkpoint"],
             "checkpoint_dir": str(checkpoint_dir),
+            "ensemble": lineage["ensemble"],  # the bootstrap members' checkpoints, [] for B = 1
             "inputs": [str(p) for p in files],
             "inputs_sha256": lineage["inputs_sha256"],
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -311,9 +348,10 @@ class _Extract:
         pixels = batch_matrix(batch["pixels"], np.uint8).astype(np.float32)
         if name == SINGLE:
             values = batch_matrix(batch[SINGLE], np.float32)
-        elif name.startswith(MULTIPLE_PREFIX):
-            copies = np.asarray(batch["missiwae_multiple"])
-            values = copies[:, int(name.removeprefix(MULTIPLE_PREFIX))].astype(np.float32)
+        elif name.startswith((MULTIPLE_PREFIX, ENSEMBLE_PREFIX)):
+            prefix = MULTIPLE_PREFIX if name.startswith(MULTIPLE_PREFIX) else ENSEMBLE_PREFIX
+            copies = np.asarray(batch[prefix.rstrip("_")])
+            values = copies[:, int(name.removeprefix(prefix))].astype(np.float32)
         elif name == ZERO:
             values = np.where(batch_matrix(batch["mask"], np.bool_), pixels, np.float32(0))
         elif name == COMPLETE:
@@ -324,7 +362,7 @@ class _Extract:
         return imputed_columns(batch["row_id"], batch["label"], batch["source_row"], values, mask)
 
 
-def _summarise(imputed: ray.data.Dataset, num_imputations: int) -> dict[str, float]:
+def _summarise(imputed: ray.data.Dataset, num_imputations: int, ensemble: bool = False) -> dict[str, float]:
     """Sum the per-row counts of the materialised job output (small columns only)."""
     columns = [
         "num_missing",
@@ -335,15 +373,18 @@ def _summarise(imputed: ray.data.Dataset, num_imputations: int) -> dict[str, flo
         "actor",
         "batch_start",
     ]
+    draws = [MULTIPLE_PREFIX, *([ENSEMBLE_PREFIX] if ensemble else [])]
+    columns += [_correct_column(prefix) for prefix in draws[1:]]
     totals = {"num_missing": 0, "correct_single": 0, "correct_zero": 0}
-    correct_multiple = np.zeros(num_imputations, dtype=np.int64)
+    correct = {prefix: np.zeros(num_imputations, dtype=np.int64) for prefix in draws}
     ess_sum, num_rows = 0.0, 0
     actors: set[str] = set()
     batches: set[int] = set()
     for batch in imputed.select_columns(columns).iter_batches(batch_format="numpy", batch_size=None):
         for key in totals:
             totals[key] += int(np.sum(batch[key]))
-        correct_multiple += np.asarray(batch["correct_multiple"]).sum(axis=0)
+        for prefix in draws:
+            correct[prefix] += np.asarray(batch[_correct_column(prefix)]).sum(axis=0)
         ess_sum += float(np.sum(batch["ess"], dtype=np.float64))
         num_rows += len(batch["ess"])
         actors.update(str(a) for a in batch["actor"])
@@ -358,11 +399,17 @@ def _summarise(imputed: ray.data.Dataset, num_imputations: int) -> dict[str, flo
     missing = totals["num_missing"]
     if missing:  # accuracy on missing pixels is undefined without any
         stats[f"accuracy/{SINGLE}"] = totals["correct_single"] / missing
-        stats["accuracy/missiwae_multiple"] = float(correct_multiple.mean()) / missing
-        for m, correct in enumerate(correct_multiple):
-            stats[f"accuracy/{MULTIPLE_PREFIX}{m:02d}"] = int(correct) / missing
+        for prefix in draws:
+            stats[f"accuracy/{prefix.rstrip('_')}"] = float(correct[prefix].mean()) / missing
+            for m, count in enumerate(correct[prefix]):
+                stats[f"accuracy/{prefix}{m:02d}"] = int(count) / missing
         stats[f"accuracy/{ZERO}"] = totals["correct_zero"] / missing
     return stats
+
+
+def _correct_column(prefix: str) -> str:
+    """The job's per-row count column of a family of draws: correct_multiple, correct_ensemble."""
+    return f"correct_{prefix.removeprefix('missiwae_').rstrip('_')}"
 
 
 # ------------------------------------------------------------------------------ reading, writing
@@ -427,8 +474,9 @@ def _device(config: PipelineConfig) -> str:
     return "cuda" if config.impute_stage.gpus_per_actor > 0 else "cpu"
 
 
-def _fingerprint(config: PipelineConfig, split: str, inputs_hash: str, checkpoint_hash: str) -> str:
-    """sha256 of what decides the output's content (not the actor count: see module docstring)."""
+def _fingerprint(config: PipelineConfig, split: str, inputs_hash: str, checkpoint_hashes: list[str]) -> str:
+    """sha256 of what decides the output's content (not the actor count: see module docstring);
+    `checkpoint_hashes`: the model's, then the bootstrap members'."""
     import torch
 
     return fingerprint(
@@ -440,7 +488,8 @@ def _fingerprint(config: PipelineConfig, split: str, inputs_hash: str, checkpoin
             "missforest": {k: v for k, v in to_dict(config.missforest).items() if k != "n_jobs"},
             "device": _device(config),  # CPU and CUDA random streams differ
             "torch": torch.__version__,
-            "checkpoint": checkpoint_hash,
+            # One model keeps its fingerprint of before the ensemble (a plain hash, not a list).
+            "checkpoint": checkpoint_hashes[0] if len(checkpoint_hashes) == 1 else checkpoint_hashes,
             "inputs": inputs_hash,
         }
     )
@@ -460,6 +509,7 @@ def _intact(directory: Path, manifest: dict[str, Any]) -> bool:
 
 __all__ = [
     "COMPLETE",
+    "ENSEMBLE_PREFIX",
     "MANIFEST",
     "MISSFOREST",
     "MULTIPLE_PREFIX",

@@ -56,6 +56,7 @@ SINGLE = "missiwae_single"  # the image job's single-imputation column (and data
 INPUT_COLUMNS = ("row_id", "label", "source_row", "pixels", "mask")
 TABLE_INPUT_COLUMNS = ("row_id", "source_row", "pixels", "mask")
 _SNIS_STREAM, _SIR_STREAM = 0, 1
+_ENSEMBLE_STREAM = 2  # bootstrap member b draws from stream 2 + b
 WAIT_FOR_ACTORS_S = 600  # the actor pool must be up within this time (model load included)
 # A dead actor is restarted and its batch retried on it (at-least-once; the output is still one
 # row per input row because a batch's output only counts once its task returns). Bounded, so a
@@ -74,12 +75,15 @@ def imputation_dataset(
     files: Sequence[Path],
     checkpoint_dir: Path,
     *,
+    ensemble_dirs: Sequence[Path] = (),
     table: bool = False,
     fault_marker: str | None = None,
     progress: Any = None,
 ) -> ray.data.Dataset:
     """The lazy Ray Data job over the shards `files`: ordered read, fixed-size blocks, the pool
     of :class:`ImputeActor` (``table``: a user's table, see the actor; it runs on CPUs).
+    ``ensemble_dirs``: the B bootstrap members' checkpoints (impute.bootstrap_models > 1), whose
+    SIR draws make the proper multiple imputations (see the actor); empty for B = 1.
     ``progress``: a RowCounter actor handle the actors count their rows on (:func:`row_progress`)."""
     import ray.data
 
@@ -99,6 +103,7 @@ def imputation_dataset(
             ImputeActor,
             fn_constructor_kwargs={
                 "checkpoint_dir": str(checkpoint_dir),
+                "ensemble_dirs": [str(path) for path in ensemble_dirs],
                 "num_samples": impute.num_samples,
                 "num_imputations": impute.num_imputations,
                 "chunk_size": impute.chunk_size,
@@ -134,6 +139,13 @@ class ImputeActor:
     source_row (B,), pixels (B, D) standardised, mask (B, D). Out: source_row, single (B, D)
     and multiple (B, M, D) float32 in standardised units, ess and log_likelihood (B,).
 
+    The bootstrap ensemble (``ensemble_dirs``, B models): member b adds
+    ``missiwae.ensemble.split_draws(M, B)[b]`` SIR draws from its own random stream
+    (2 + b), in member order: the M proper imputations. Images get them beside the one
+    model's as ``missiwae_ensemble`` (B, M, D) uint8 and ``correct_ensemble`` (B, M); a table's
+    ``multiple`` is then the ensemble's (the one model's draws are not written). The single
+    imputation, ESS and log-likelihood stay the model on all rows'.
+
     ``progress``: a RowCounter actor handle, or None; the actor adds each batch's row count
     to it after computing the batch (module docstring).
 
@@ -153,6 +165,7 @@ class ImputeActor:
         fault_marker: str | None = None,
         table: bool = False,
         progress: Any = None,
+        ensemble_dirs: Sequence[str] = (),
     ) -> None:
         import ray
 
@@ -162,6 +175,7 @@ class ImputeActor:
         retain_freed_memory()
         self.device, self.table = device, table
         self.model = load_model(checkpoint_dir, device=device)
+        self.members = [load_model(path, device=device) for path in ensemble_dirs]
         self.num_samples, self.num_imputations = num_samples, num_imputations
         self.chunk_size, self.seed = chunk_size, seed
         self.actor_id = ray.get_runtime_context().get_actor_id() or f"pid-{os.getpid()}"
@@ -182,18 +196,26 @@ class ImputeActor:
         # The model sees NaN in the holes: the truth cannot leak (the oracle ι must read it).
         oracle = self.model.uses_oracle and not self.table
         x = x_true if oracle else x_true.masked_fill(~observed, float("nan"))
-        single, multiple = self._impute(x, observed, int(first[0]))
+        start = int(first[0])
+        single, multiple = self._impute(x, observed, start)
+        ensemble = self._ensemble_draws(x, observed, start) if self.members else None
         if self.progress is not None:
             self.progress.add.remote(len(first))  # fire-and-forget: never waits on the counter
         if self.table:
+            draws = multiple.imputations if ensemble is None else ensemble
             return {
                 "source_row": first,
                 "single": single.imputed.float().cpu().numpy(),
-                "multiple": multiple.imputations.permute(1, 0, 2).float().cpu().numpy(),  # (B, M, D)
+                "multiple": draws.permute(1, 0, 2).float().cpu().numpy(),  # (B, M, D)
                 "ess": single.effective_sample_size.float().cpu().numpy(),
                 "log_likelihood": single.log_likelihood.double().cpu().numpy(),
             }
-        return self._image_output(batch, first, pixels, mask, single, multiple)
+        out = self._image_output(batch, first, pixels, mask, single, multiple.imputations)
+        if ensemble is not None:
+            draws_x = _binary_draws(ensemble)
+            out["missiwae_ensemble"] = draws_x
+            out["correct_ensemble"] = _correct_draws(draws_x, pixels, mask)
+        return out
 
     def _impute(self, x: Any, observed: Any, start: int) -> tuple[Any, Any]:
         """SNIS (stream 0) and SIR (stream 1) for one batch; x (B, D) with NaN in the holes."""
@@ -219,6 +241,32 @@ class ImputeActor:
         )
         return single, multiple
 
+    def _ensemble_draws(self, x: Any, observed: Any, start: int) -> Any:
+        """The bootstrap members' SIR draws (M, B, D): member b's split_draws(M, B)[b] of them,
+        from stream 2 + b."""
+        import torch
+
+        from missiwae.ensemble import split_draws
+        from missiwae.imputation import impute_multiple
+        from missiwae.model import make_generator
+
+        draws = [
+            impute_multiple(
+                member,
+                x,
+                observed,
+                count,
+                self.num_samples,
+                chunk_size=self.chunk_size,
+                generator=make_generator(batch_seed(self.seed, start, _ENSEMBLE_STREAM + b), self.device),
+            ).imputations
+            for b, (member, count) in enumerate(
+                zip(self.members, split_draws(self.num_imputations, len(self.members)), strict=True)
+            )
+            if count
+        ]
+        return torch.cat(draws, dim=0)
+
     def _image_output(
         self,
         batch: dict[str, np.ndarray],
@@ -226,14 +274,11 @@ class ImputeActor:
         pixels: np.ndarray,
         mask: np.ndarray,
         single: Any,
-        multiple: Any,
+        imputations: Any,
     ) -> dict[str, np.ndarray]:
-        import torch
-
         num_rows = len(row_id)
         single_x = single.imputed.float().cpu().numpy()
-        # (M, B, D) -> (B, M, D); SIR draws of binary pixels are exactly 0 or 1.
-        multiple_x = multiple.imputations.permute(1, 0, 2).round().to(torch.uint8).cpu().numpy()
+        multiple_x = _binary_draws(imputations)
         missing = ~mask
         truth = pixels > 0
         return {
@@ -247,11 +292,24 @@ class ImputeActor:
             "ess": single.effective_sample_size.float().cpu().numpy(),
             "num_missing": missing.sum(axis=1).astype(np.int64),
             "correct_single": (missing & ((single_x > 0.5) == truth)).sum(axis=1).astype(np.int64),
-            "correct_multiple": (missing[:, None] & ((multiple_x > 0) == truth[:, None])).sum(axis=2),
+            "correct_multiple": _correct_draws(multiple_x, pixels, mask),
             "correct_zero": (missing & ~truth).sum(axis=1).astype(np.int64),
             "actor": np.array([self.actor_id] * num_rows),
             "batch_start": np.full(num_rows, int(row_id[0]), dtype=np.int64),
         }
+
+
+def _binary_draws(imputations: Any) -> np.ndarray:
+    """SIR draws of binary pixels (M, B, D), exactly 0 or 1, as (B, M, D) uint8."""
+    import torch
+
+    return imputations.permute(1, 0, 2).round().to(torch.uint8).cpu().numpy()
+
+
+def _correct_draws(draws: np.ndarray, pixels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(B, M) int64: the holes each of the M draws (B, M, D) got right against the true pixels."""
+    truth = pixels > 0
+    return (~mask[:, None] & ((draws > 0) == truth[:, None])).sum(axis=2).astype(np.int64)
 
 
 class RowCounter:

@@ -28,6 +28,8 @@ PAPER_ORDER: tuple[str, ...] = (
     "missiwae_single",
     "missiwae_multiple",
     "missiwae_multiple_pooled",
+    "missiwae_ensemble",
+    "missiwae_ensemble_pooled",
     "complete",
 )
 LABELS: dict[str, str] = {
@@ -36,6 +38,8 @@ LABELS: dict[str, str] = {
     "missiwae_single": "missIWAE single imputation",
     "missiwae_multiple": "missIWAE multiple imputation (union)",
     "missiwae_multiple_pooled": "missIWAE multiple imputation (pooled)",
+    "missiwae_ensemble": "missIWAE bootstrap-ensemble multiple imputation (union)",
+    "missiwae_ensemble_pooled": "missIWAE bootstrap-ensemble multiple imputation (pooled)",
     "complete": "Complete data",
 }
 
@@ -48,7 +52,11 @@ class RunRow:
     """One (dataset, seed) outcome.
 
     For the pooled reading ``best_epoch`` / ``epochs_run`` are means over the M networks,
-    ``seconds`` their sum and ``num_networks`` = M; ``history`` is then empty.
+    ``seconds`` their sum and ``num_networks`` = M; ``history`` is then empty; and the M
+    networks' test accuracies a_m, each with variance a_m (1 - a_m) / n_test, are pooled by
+    Rubin's rules (missiwae.pooling.rubin): ``accuracy_fmi`` is the fraction of missing
+    information about the test accuracy and ``accuracy_interval_width`` the width of its 95%
+    interval -- how much the imputations' spread adds (NaN for the other readings).
     """
 
     dataset: str
@@ -60,6 +68,8 @@ class RunRow:
     seconds: float  # training time inside the task(s), queueing excluded
     num_networks: int = 1
     history: tuple[dict[str, float], ...] = ()  # per epoch, see ClassifierResult.history
+    accuracy_fmi: float = math.nan
+    accuracy_interval_width: float = math.nan
 
     def record(self) -> dict[str, Any]:
         """The row without its history (what the CSV holds)."""
@@ -70,7 +80,8 @@ class RunRow:
 
 @dataclasses.dataclass(frozen=True)
 class SummaryRow:
-    """Table 1 row: mean and sample sd (ddof=1; NaN for one seed) over seeds."""
+    """Table 1 row: mean and sample sd (ddof=1; NaN for one seed) over seeds; for a pooled
+    reading also the mean over seeds of its Rubin FMI and interval width (RunRow)."""
 
     dataset: str
     num_seeds: int
@@ -80,6 +91,8 @@ class SummaryRow:
     cross_entropy_sd: float
     paper_accuracy: float | None
     paper_cross_entropy: float | None
+    accuracy_fmi_mean: float = math.nan
+    accuracy_interval_width_mean: float = math.nan
 
     def record(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -132,6 +145,8 @@ def summarize(runs: Sequence[RunRow]) -> tuple[SummaryRow, ...]:
                 cross_entropy_sd=statistics.stdev(ce) if len(ce) > 1 else math.nan,
                 paper_accuracy=paper[0] if paper else None,
                 paper_cross_entropy=paper[1] if paper else None,
+                accuracy_fmi_mean=statistics.fmean(r.accuracy_fmi for r in group),
+                accuracy_interval_width_mean=statistics.fmean(r.accuracy_interval_width for r in group),
             )
         )
     return tuple(rows)

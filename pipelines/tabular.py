@@ -68,7 +68,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -115,22 +115,25 @@ class TabularImputeResult:
 
 
 def run_tabular_imputation(
-    config: PipelineConfig, ingest: IngestResult, checkpoint_dir: Path
+    config: PipelineConfig, ingest: IngestResult, checkpoint_dir: Path, ensemble_dirs: Sequence[Path] = ()
 ) -> TabularImputeResult:
-    """Impute the splits of `impute_stage.splits` and write the imputed tables (module docstring)."""
+    """Impute the splits of `impute_stage.splits` and write the imputed tables (module docstring).
+    `ensemble_dirs`: the bootstrap members' checkpoints (impute.bootstrap_models > 1), whose
+    draws are then the multiple imputations (proper imputation: pipelines/impute_job.py)."""
 
     assert ingest.table is not None
     started = time.perf_counter()
     splits = list(config.impute_stage.splits)
     files = sorted(Path(p) for split in splits for p in ingest.shards[split])
-    checkpoint_hash = hash_files([Path(checkpoint_dir) / "model.pt", Path(checkpoint_dir) / "config.json"])
+    checkpoints = [Path(checkpoint_dir), *(Path(p) for p in ensemble_dirs)]
+    hashes = [hash_files([path / "model.pt", path / "config.json"]) for path in checkpoints]
     digest = fingerprint(
         {
             "format_version": TABULAR_FORMAT_VERSION,
             "output_version": _OUTPUT_VERSION,
             "impute": to_dict(config.impute),
             "splits": splits,
-            "checkpoint": checkpoint_hash,
+            "checkpoint": hashes[0] if len(hashes) == 1 else hashes,  # one model: as before
             "inputs": hash_files(files),
         }
     )
@@ -146,7 +149,7 @@ def run_tabular_imputation(
             return _impute_result(target, manifest, time.perf_counter() - started, reused=True)
         out.sweep([_OUTPUT_DIR])  # left by a crashed run: never complete by construction
         with out.stage(_OUTPUT_DIR) as staged:
-            manifest = _impute_into(config, ingest, files, Path(checkpoint_dir), staged.path)
+            manifest = _impute_into(config, ingest, files, checkpoints, staged.path)
             manifest["fingerprint"] = digest
             staged.manifest = manifest  # written last, then swapped into place
     return _impute_result(target, manifest, time.perf_counter() - started, reused=False)
@@ -161,9 +164,10 @@ def _impute_result(
 
 
 def _impute_into(
-    config: PipelineConfig, ingest: IngestResult, files: list[Path], checkpoint_dir: Path, staging: Path
+    config: PipelineConfig, ingest: IngestResult, files: list[Path], checkpoints: list[Path], staging: Path
 ) -> dict[str, Any]:
-    """Run the Ray Data job, map back to the file's units, write the tables into `staging`."""
+    """Run the Ray Data job, map back to the file's units, write the tables into `staging`
+    (`checkpoints`: the model's, then the bootstrap members')."""
     import pyarrow.parquet as pq
 
     from pipelines.impute_job import imputation_dataset
@@ -174,9 +178,8 @@ def _impute_into(
     parts: dict[str, list[np.ndarray]] = {
         key: [] for key in ("source_row", "single", "multiple", "ess", "ll")
     }
-    for batch in imputation_dataset(config, files, checkpoint_dir, table=True).iter_batches(
-        batch_format="numpy", batch_size=None
-    ):
+    job = imputation_dataset(config, files, checkpoints[0], ensemble_dirs=checkpoints[1:], table=True)
+    for batch in job.iter_batches(batch_format="numpy", batch_size=None):
         parts["source_row"].append(np.asarray(batch["source_row"]))
         parts["single"].append(np.asarray(batch["single"], np.float64))
         parts["multiple"].append(np.asarray(batch["multiple"], np.float64))
@@ -221,7 +224,8 @@ def _impute_into(
         "seconds": {"impute_job": job_seconds},
         "config": {"impute": to_dict(config.impute), "splits": list(config.impute_stage.splits)},
         "row_columns": row_names,
-        "checkpoint_dir": str(checkpoint_dir),
+        "checkpoint_dir": str(checkpoints[0]),
+        "ensemble_dirs": [str(path) for path in checkpoints[1:]],  # bootstrap members; [] for B = 1
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 

@@ -24,6 +24,12 @@ stop together once the validation bound has not improved for that many epochs (`
 is the cap), the history ends at that epoch (`TrainResult.stopped_at`), and `{run_dir}/model`
 holds the best validation epoch's weights (`TrainResult.best_epoch`), which `load_model` loads.
 
+The bootstrap ensemble (impute.bootstrap_models = B > 1, proper multiple imputation):
+`start_bootstrap_training` runs B more Ray Train runs at once, run b on Poisson bootstrap
+resample b of the training rows (row weights, so every worker keeps its equal shard), each
+published at {run_dir}/bootstrap/model_{b:02d}; pipelines/impute.py draws the M imputations
+from them.
+
 The worker loop and the checkpoint's pipeline state live in `pipelines.train_worker` (with how
 each worker seeds its randomness), the live per-epoch bridge in `pipelines.epoch_stream`.
 """
@@ -31,7 +37,9 @@ each worker seeds its randomness), the live per-epoch bridge in `pipelines.epoch
 from __future__ import annotations
 
 import dataclasses
+import queue
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -58,6 +66,10 @@ from pipelines.train_worker import (
     train_loop_per_worker,
 )
 
+# Bootstrap member b starts from seed train.seed + BOOTSTRAP_SEED_OFFSET + b: its initialisation
+# and importance samples are independent of the model on all rows' (train.seed).
+BOOTSTRAP_SEED_OFFSET = 1000
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainResult:
@@ -74,15 +86,23 @@ class TrainResult:
     stopped_at: int | None = None
 
 
-def training_fingerprint(config: PipelineConfig, ingest: IngestResult) -> str:
-    """sha256 of everything that decides what training produces: the Ray Train run's name."""
-    payload = {
+def training_fingerprint(config: PipelineConfig, ingest: IngestResult, member: int | None = None) -> str:
+    """sha256 of everything that decides what training produces: the Ray Train run's name.
+    `member`: bootstrap member b (run_bootstrap_training), else the model on all rows."""
+    payload: dict[str, Any] = {
         "ingest": ingest.fingerprint,
         "model": to_dict(config.model),
         "train": to_dict(config.train),
         "num_workers": config.scaling.num_workers,
     }
+    if member is not None:
+        payload["bootstrap_member"] = member
     return fingerprint(payload)
+
+
+def bootstrap_model_dir(config: PipelineConfig, member: int) -> Path:
+    """Where bootstrap member b's checkpoint is published: {run_dir}/bootstrap/model_{b:02d}."""
+    return config.run_path / "bootstrap" / f"model_{member:02d}"
 
 
 # ------------------------------------------------------------------------------ driver
@@ -104,19 +124,133 @@ def run_training(
     (entries of epochs restored from an earlier run come first). `_fault_injection` and
     `_valid_bounds` are for tests only (see `train_loop_per_worker`).
     """
+    started = time.perf_counter()
+    model_dir, history, name = _fit(
+        config,
+        ingest,
+        _datasets(config, ingest, bootstrap=False),
+        on_epoch=on_epoch,
+        resume=resume,
+        _fault_injection=_fault_injection,
+        _valid_bounds=_valid_bounds,
+    )
+    test_ll = evaluate_test_log_likelihood(config, ingest, model_dir)
+    best_epoch, stopped_at = early_stopping_outcome(history, config.train.early_stopping_patience)
+    return TrainResult(
+        checkpoint_dir=model_dir,
+        history=history,
+        test_log_likelihood=test_ll,
+        seconds=time.perf_counter() - started,
+        run_name=name,
+        best_epoch=best_epoch,
+        stopped_at=stopped_at,
+    )
+
+
+def run_bootstrap_training(
+    config: PipelineConfig,
+    ingest: IngestResult,
+    *,
+    on_member: Callable[[int, list[dict[str, Any]]], None] | None = None,
+) -> list[Path]:
+    """Train the B = impute.bootstrap_models members of the bootstrap ensemble
+    (missiwae.ensemble) as B Ray Train runs at once; returns their checkpoint directories in
+    member order (bootstrap_model_dir). `start_bootstrap_training`, then its `wait`."""
+    return start_bootstrap_training(config, ingest, on_member=on_member)()
+
+
+def start_bootstrap_training(
+    config: PipelineConfig,
+    ingest: IngestResult,
+    *,
+    on_member: Callable[[int, list[dict[str, Any]]], None] | None = None,
+) -> Callable[[], list[Path]]:
+    """Start the B members' Ray Train runs, all at once, and return `wait`: it blocks until
+    every member has finished and returns their checkpoint directories, member order, or
+    raises the first member's error.
+
+    Member b trains on Poisson bootstrap resample b of the training rows (weights keyed by
+    (train.seed, b, row_id): see train_loop_per_worker) from its own initialisation
+    (train.seed + BOOTSTRAP_SEED_OFFSET + b), with the model, epochs and early stopping of the
+    model on all rows, which can train meanwhile (pipelines/full.py does). Each run resumes like
+    run_training's. `on_member(b, history)` is called as each member finishes (from its
+    thread). The runs share the cluster's CPUs with each other and with that model.
+    """
+    members = range(config.impute.bootstrap_models)
+    datasets = _datasets(config, ingest, bootstrap=True)  # read once; every run splits its own view
+    done: queue.Queue[tuple[int, BaseException | None]] = queue.Queue()
+
+    def train_member(b: int) -> None:
+        try:
+            _, history, _ = _fit(config, ingest, datasets, member=b)
+            if on_member is not None:
+                on_member(b, history)
+            done.put((b, None))
+        except BaseException as error:  # handed to `wait`, raised on the caller's thread
+            done.put((b, error))
+
+    # Train V2's fit() blocks on its controller actor; one thread per member lets the B
+    # controllers run at once (off the main thread fit skips its Ctrl-C handler, as under
+    # Tune). Daemon threads: a Ctrl-C of the job must not wait for them at exit.
+    for b in members:
+        threading.Thread(target=train_member, args=(b,), name=f"bootstrap-{b}", daemon=True).start()
+
+    def wait() -> list[Path]:
+        for _ in members:
+            b, error = done.get()
+            if error is not None:  # its own type, so the console treats it as the job's own
+                error.add_note(f"(in bootstrap member {b} of {len(members)})")
+                raise error
+        return [bootstrap_model_dir(config, b) for b in members]
+
+    return wait
+
+
+def _datasets(config: PipelineConfig, ingest: IngestResult, *, bootstrap: bool) -> dict[str, Any]:
+    """The Ray Datasets a run trains on, materialised once: each epoch then streams blocks from
+    the object store instead of re-running Parquet read tasks on every worker (seconds each on
+    a busy 2-core box). A bootstrap member also needs the training rows' row_id (its weights)."""
+    from pipelines.runtime import ensure_ray
+
+    if config.train.epochs < 1:
+        raise ConfigError("train.epochs must be >= 1 for the training stage")
+    ensure_ray()  # before Ray Data, which would otherwise start a Ray of its own
+    train_columns = ["row_id", "pixels", "mask"] if bootstrap else ["pixels", "mask"]
+    return {
+        "train": read_split(ingest, "train", columns=train_columns).materialize(),
+        "valid": read_split(ingest, "valid", columns=["row_id", "pixels", "mask"]).materialize(),
+    }
+
+
+def _fit(
+    config: PipelineConfig,
+    ingest: IngestResult,
+    datasets: dict[str, Any],
+    *,
+    member: int | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    resume: bool = True,
+    _fault_injection: str | None = None,
+    _valid_bounds: list[float] | None = None,
+) -> tuple[Path, list[dict[str, Any]], str]:
+    """One Ray Train run, its last checkpoint published: (checkpoint dir, history, run name).
+    `member` None: the model on all rows, at {run_dir}/model; b: bootstrap member b."""
     import ray.train
     from ray.train.torch import TorchTrainer
     from ray.util.queue import Queue
 
     from pipelines.runtime import ensure_ray
 
-    started = time.perf_counter()
-    if config.train.epochs < 1:
-        raise ConfigError("train.epochs must be >= 1 for the training stage")
     ensure_ray()
     run_path = config.run_path
     storage = run_path / "ray_train"
-    name = f"missiwae-{training_fingerprint(config, ingest)[:16]}"
+    name = f"missiwae-{training_fingerprint(config, ingest, member)[:16]}"
+    train_config, bootstrap = config.train, None
+    if member is not None:
+        train_config = dataclasses.replace(
+            train_config, seed=train_config.seed + BOOTSTRAP_SEED_OFFSET + member
+        )
+        bootstrap = {"seed": config.train.seed, "member": member}
     if not resume:
         shutil.rmtree(storage / name, ignore_errors=True)
     scaling = config.scaling
@@ -128,9 +262,10 @@ def run_training(
         train_loop_per_worker,
         train_loop_config={
             "model": config.model,
-            "train": config.train,
+            "train": train_config,
             "num_threads": max(1, int(scaling.cpus_per_worker)),
             "shard_in_memory": scaling.shard_in_memory,
+            "bootstrap": bootstrap,
             "_fault_injection": _fault_injection,
             "_valid_bounds": _valid_bounds,
         },
@@ -144,12 +279,7 @@ def run_training(
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=[history_forwarder(queue)],
         ),
-        # Materialised once here: each epoch then streams blocks from the object store instead
-        # of re-running Parquet read tasks on every worker (seconds each on a busy 2-core box).
-        datasets={
-            "train": read_split(ingest, "train", columns=["pixels", "mask"]).materialize(),
-            "valid": read_split(ingest, "valid", columns=["row_id", "pixels", "mask"]).materialize(),
-        },
+        datasets=datasets,
         # Each worker streams its own part of "train"; every worker reads all of "valid" and
         # scores the rows it owns (an exact partition, unlike an equal split that drops rows).
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
@@ -163,23 +293,12 @@ def run_training(
     if result.checkpoint is None:
         raise RuntimeError(f"Ray Train run {name} finished without a checkpoint")
 
-    model_dir = run_path / "model"
+    model_dir = run_path / "model" if member is None else bootstrap_model_dir(config, member)
     _copy_checkpoint(result.checkpoint, model_dir)
     history, _ = read_pipeline_state(model_dir)
     history = [{key: entry[key] for key in HISTORY_KEYS} for entry in history]
     deliver(history)  # epochs whose live delivery was missed
-
-    test_ll = evaluate_test_log_likelihood(config, ingest, model_dir)
-    best_epoch, stopped_at = early_stopping_outcome(history, config.train.early_stopping_patience)
-    return TrainResult(
-        checkpoint_dir=model_dir,
-        history=history,
-        test_log_likelihood=test_ll,
-        seconds=time.perf_counter() - started,
-        run_name=name,
-        best_epoch=best_epoch,
-        stopped_at=stopped_at,
-    )
+    return model_dir, history, name
 
 
 def early_stopping_outcome(
@@ -241,8 +360,11 @@ def evaluate_test_log_likelihood(
 __all__ = [
     "HISTORY_KEYS",  # the keys of TrainResult.history (defined by pipelines.train_worker)
     "TrainResult",
+    "bootstrap_model_dir",
     "early_stopping_outcome",
     "evaluate_test_log_likelihood",
+    "run_bootstrap_training",
     "run_training",
+    "start_bootstrap_training",
     "training_fingerprint",
 ]

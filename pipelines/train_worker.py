@@ -35,6 +35,7 @@ from torch import nn
 from missiwae.allocator import retain_freed_memory
 from missiwae.atomic import write_json_atomic
 from missiwae.config import ModelConfig, TrainConfig
+from missiwae.ensemble import poisson_bootstrap_counts
 from missiwae.evaluation import mean_bound
 from missiwae.model import MissIWAE, make_generator
 from missiwae.training import (
@@ -80,12 +81,18 @@ def epoch_seed(seed: int, rank: int, epoch: int) -> int:
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """One DDP worker. loop_config: model (ModelConfig), train (TrainConfig), num_threads,
-    shard_in_memory (read the training shard once, see ScalingConfig), and two TEST ONLY hooks:
+    shard_in_memory (read the training shard once, see ScalingConfig), bootstrap (None, or
+    {"seed", "member"}: train on Poisson bootstrap resample `member`, below), and two TEST ONLY hooks:
     `_fault_injection`, a marker-file path; when set, the last rank kills its process
     (os._exit(1)) once, after its first step of epoch 2, and creates the marker so the restarted
     group does not die again. `_valid_bounds`, a list of floats; when set, epoch e's validation
     bound is its e-th value instead of the measured one (after the all-reduce, so on every
-    rank), to put a plateau exactly where a test wants it."""
+    rank), to put a plateau exactly where a test wants it.
+
+    A bootstrap resample enters as weights: row i's bound counts c_i times in the loss, c_i =
+    `missiwae.ensemble.poisson_bootstrap_counts` of its row_id, which is the resample's
+    objective (a row drawn c_i times, a row drawn 0 times left out) while every worker keeps
+    its equal shard, hence the same number of DDP steps."""
     import ray.train
     import ray.train.torch
 
@@ -120,7 +127,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     valid_shard = ray.train.get_dataset_shard("valid")
     assert train_shard is not None and valid_shard is not None
     batch_size = train_config.batch_size
-    shard = _read_shard(train_shard) if loop_config["shard_in_memory"] else None
+    bootstrap: dict[str, int] | None = loop_config.get("bootstrap")
+    shard = _read_shard(train_shard, bootstrap) if loop_config["shard_in_memory"] else None
     for epoch in range(len(history) + 1, train_config.epochs + 1):
         # Checked before the epoch, as `train` does: a restored run that had already stopped
         # trains nothing more. The history is the same on every rank, so all ranks stop.
@@ -130,27 +138,35 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         ddp_model.train()
         seed = epoch_seed(train_config.seed, rank, epoch)
         generator = make_generator(seed, device)
-        bound_sum, num_rows = 0.0, 0
+        bound_sum, num_rows = 0.0, 0.0
         if shard is not None:
             batches: Iterable[dict[str, torch.Tensor]] = (
-                {"pixels": shard[0][rows], "mask": shard[1][rows]}
-                for rows in minibatches(shard[0].shape[0], batch_size, make_generator(seed))
+                {key: column[rows] for key, column in shard.items()}
+                for rows in minibatches(shard["pixels"].shape[0], batch_size, make_generator(seed))
             )
         else:
-            batches = train_shard.iter_torch_batches(
-                batch_size=batch_size,
-                local_shuffle_buffer_size=batch_size * _SHUFFLE_BUFFER_BATCHES,
-                local_shuffle_seed=seed % 2**32,
+            batches = (
+                _with_weights(batch, bootstrap)
+                for batch in train_shard.iter_torch_batches(
+                    batch_size=batch_size,
+                    local_shuffle_buffer_size=batch_size * _SHUFFLE_BUFFER_BATCHES,
+                    local_shuffle_seed=seed % 2**32,
+                )
             )
         for step, batch in enumerate(batches):
             x, mask = batch["pixels"].to(device, torch.float32), batch["mask"].to(device)
             bound = ddp_model(x, mask, train_config.K, generator)
+            if "weight" in batch:  # a bootstrap resample: E[c_i] = 1 keeps the loss's scale
+                weight = batch["weight"].to(device)
+                bound, rows_seen = bound * weight, float(weight.sum())
+            else:
+                rows_seen = float(x.shape[0])
             loss = -bound.mean()  # DDP averages gradients over workers: equal shards, equal weight
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             bound_sum += float(bound.detach().sum())
-            num_rows += x.shape[0]
+            num_rows += rows_seen
             if fault_marker and epoch == 2 and step == 0 and rank == world_size - 1:
                 _die_once(fault_marker)
         train_seconds = time.perf_counter() - started
@@ -195,19 +211,32 @@ def epoch_stats(history: list[dict[str, Any]]) -> list[EpochStats]:
     return [EpochStats(e["epoch"], e["train_bound"], e["valid_bound"], e["seconds"]) for e in history]
 
 
-def _read_shard(train_shard: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """This worker's whole training shard, read once: pixels (N_w, D) uint8 and mask (N_w, D).
+def _read_shard(train_shard: Any, bootstrap: dict[str, int] | None) -> dict[str, torch.Tensor]:
+    """This worker's whole training shard, read once: pixels (N_w, D) uint8 and mask (N_w, D),
+    and with `bootstrap` the rows' weights (N_w,) float32.
 
     Streaming it again every epoch cost a tenth of the epoch on a 1-CPU worker (Arrow to
     torch conversion and the local shuffle buffer, per batch: benchmarks/README.md).
     """
-    pixels, masks = [], []
-    for batch in train_shard.iter_torch_batches(batch_size=_SHARD_READ_BATCH):
-        pixels.append(batch["pixels"])
-        masks.append(batch["mask"])
-    if not pixels:
+    batches = [
+        _with_weights(batch, bootstrap)
+        for batch in train_shard.iter_torch_batches(batch_size=_SHARD_READ_BATCH)
+    ]
+    if not batches:
         raise RuntimeError("this worker's training shard is empty: fewer training rows than workers?")
-    return torch.cat(pixels), torch.cat(masks)
+    return {key: torch.cat([batch[key] for batch in batches]) for key in batches[0]}
+
+
+def _with_weights(
+    batch: dict[str, torch.Tensor], bootstrap: dict[str, int] | None
+) -> dict[str, torch.Tensor]:
+    """A training batch's pixels and mask, plus with `bootstrap` each row's weight: how many
+    times its row_id enters that resample."""
+    out = {"pixels": batch["pixels"], "mask": batch["mask"]}
+    if bootstrap is not None:
+        counts = poisson_bootstrap_counts(batch["row_id"].numpy(), bootstrap["seed"], bootstrap["member"])
+        out["weight"] = torch.from_numpy(counts.astype(np.float32))
+    return out
 
 
 @torch.no_grad()

@@ -8,16 +8,23 @@ keys on its parent run, so the UI's runs table and charts put them side by side 
     table1/{dataset}/accuracy_sd          ... sample sd over seeds (absent with one seed)
     table1/{dataset}/cross_entropy_mean   test cross-entropy, mean over seeds
     table1/{dataset}/cross_entropy_sd     ... sample sd over seeds (absent with one seed)
+    table1/{dataset}/accuracy_fmi         for a pooled reading (missiwae_multiple_pooled,
+                                          missiwae_ensemble_pooled): Rubin's fraction of
+                                          missing information about the test accuracy, over
+                                          the M networks (mean over seeds)
+    table1/{dataset}/accuracy_interval_width   ... and the width of its 95% interval
     impute/{method}/accuracy              fraction of missing pixels right (threshold 1/2) on
                                           the split the classifier trains on; method in
                                           missiwae_single, missiwae_multiple (mean over the M
-                                          copies), zero, missforest
+                                          copies), missiwae_ensemble (the bootstrap ensemble's
+                                          M copies, impute.bootstrap_models > 1), zero, missforest
     impute/ess_mean                       mean effective sample size of the SNIS weights
     train/test_log_likelihood             mean log p(x_o) of the test split
     seconds/{stage}                       wall time of ingest, train, impute, classify, total
 
 {dataset} is a Table 1 row: zero, missforest, missiwae_single, missiwae_multiple,
-missiwae_multiple_pooled, complete. Non-finite values are left out (MLflow filters treat NaN
+missiwae_multiple_pooled, missiwae_ensemble, missiwae_ensemble_pooled (the last two with
+impute.bootstrap_models > 1), complete. Non-finite values are left out (MLflow filters treat NaN
 oddly); a name that is absent means "not computed in this run".
 """
 
@@ -28,7 +35,13 @@ from collections.abc import Mapping
 from typing import Any
 
 # The per-copy accuracies (missiwae_multiple_00, ...) stay in the impute stage's own run.
-IMPUTE_METHODS: tuple[str, ...] = ("missiwae_single", "missiwae_multiple", "zero", "missforest")
+IMPUTE_METHODS: tuple[str, ...] = (
+    "missiwae_single",
+    "missiwae_multiple",
+    "missiwae_ensemble",
+    "zero",
+    "missforest",
+)
 
 
 def table1_metrics(summary: Any) -> dict[str, float]:
@@ -38,6 +51,8 @@ def table1_metrics(summary: Any) -> dict[str, float]:
     for row in summary:
         for field in ("accuracy_mean", "accuracy_sd", "cross_entropy_mean", "cross_entropy_sd"):
             out[f"table1/{row.dataset}/{field}"] = float(getattr(row, field))
+        for field in ("accuracy_fmi", "accuracy_interval_width"):  # NaN (dropped) but when pooled
+            out[f"table1/{row.dataset}/{field}"] = float(getattr(row, f"{field}_mean", math.nan))
     return out
 
 

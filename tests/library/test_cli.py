@@ -126,6 +126,15 @@ def test_evaluate(trained: Path, capsys: pytest.CaptureFixture[str], tmp_path: P
         assert repeated[key] == metrics[key]
 
 
+def test_impute_refuses_a_bootstrap_ensemble_it_cannot_train(
+    trained: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(["impute", "--checkpoint", str(trained), "--set", "impute.bootstrap_models=2"], capsys)
+    assert code == 2
+    assert "impute.bootstrap_models=2" in err and "MissIWAEImputer(n_models=B)" in err
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_impute(trained: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     target = tmp_path / "imputed.npz"
     code, out, err = run(["impute", "--checkpoint", str(trained), "--out", str(target)], capsys)

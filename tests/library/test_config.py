@@ -30,6 +30,11 @@ def test_round_trip_through_dict():
         ({"train": {"K": 0}}, "train.K must be >= 1"),
         ({"train": {"K": 2.5}}, "train.K must be an integer"),
         ({"impute": {"num_samples": 0}}, r"impute.num_samples \(L\) must be >= 1"),
+        (
+            {"impute": {"num_imputations": 4, "bootstrap_models": 5}},
+            r"bootstrap_models \(B\) must be between 1 and",
+        ),
+        ({"impute": {"bootstrap_models": 0}}, r"bootstrap_models \(B\) must be between 1 and"),
         ({"model": {"observation": "poisson"}}, "model.observation must be one of"),
         ({"model": {"architecture": "conv", "num_features": 100}}, "image_shape"),
         ({"data": {"missing_rate": 1.5}}, "missing_rate"),

@@ -30,7 +30,8 @@ class Jobs:
 
 @pytest.fixture(scope="module")
 def jobs(tmp_path_factory: pytest.TempPathFactory, data_root: Path, _ray_session: Any) -> Jobs:
-    """Two whole jobs into one sqlite store: 1 training epoch ("full-short") and 6 ("full-long")."""
+    """Two whole jobs into one sqlite store: 1 training epoch ("full-short") and 6 ("full-long",
+    which also trains a bootstrap ensemble of B = 2 models: impute.bootstrap_models)."""
     from pipelines.full import run
     from pipelines.runtime import ensure_ray
 
@@ -43,6 +44,7 @@ def jobs(tmp_path_factory: pytest.TempPathFactory, data_root: Path, _ray_session
         config = dataclasses.replace(
             config,
             train=dataclasses.replace(config.train, epochs=epochs),
+            impute=dataclasses.replace(config.impute, bootstrap_models=2 if name == "long" else 1),
             tracking=TrackingConfig(experiment=EXPERIMENT, tracking_uri=tracking_uri),
         )
         run(config)
@@ -81,6 +83,18 @@ def test_the_better_job_is_found_by_a_metric_filter_and_ordering(jobs: Jobs) -> 
         for stage in ("ingest", "train", "impute", "classify", "total"):
             assert metrics[f"seconds/{stage}"] > 0
         assert run.data.tags["imputer_model_uri"].startswith("models:/")
+
+    # The bootstrap ensemble's proper imputations: their own rows beside the one model's, only
+    # in the run that asked for them (B = 1 is the job as it was).
+    ensemble = ["impute/missiwae_ensemble/accuracy"] + [
+        f"table1/{dataset}/accuracy_mean" for dataset in ("missiwae_ensemble", "missiwae_ensemble_pooled")
+    ]
+    assert all(0 < best.data.metrics[name] <= 1 for name in ensemble)
+    assert not any(name in other.data.metrics for name in ensemble)
+    # Rubin's rules over each pooled reading's M networks: FMI and interval width as metrics.
+    for dataset in ("missiwae_multiple_pooled", "missiwae_ensemble_pooled"):
+        assert 0 <= best.data.metrics[f"table1/{dataset}/accuracy_fmi"] <= 1
+        assert best.data.metrics[f"table1/{dataset}/accuracy_interval_width"] > 0
 
 
 def test_the_logged_model_loads_with_pyfunc_and_imputes_a_frame(jobs: Jobs, data_root: Path) -> None:

@@ -18,6 +18,7 @@ from pipelines.classify import (
     PAPER_TABLE1,
     ClassifyError,
     _gather,
+    _rubin_accuracy,
     _train_task,
     format_table,
     read_imputed,
@@ -82,15 +83,20 @@ def test_read_imputed_sorts_rows_and_reads_both_column_kinds(imputed) -> None:
 
 def test_fan_out_table_and_files(ray_cluster, imputed, tmp_path) -> None:
     datasets, test = imputed
-    result = run_classification(_config(tmp_path), datasets, test)
+    # A second family of copies (the bootstrap ensemble's) gets its own union and pooled rows.
+    ensemble = {f"missiwae_ensemble_{m:02d}": datasets[f"missiwae_multiple_{1 - m:02d}"] for m in range(2)}
+    result = run_classification(_config(tmp_path), {**datasets, **ensemble}, test)
 
-    expected = ["zero", "missiwae_multiple", "missiwae_multiple_pooled", "complete"]
+    pooled = ("missiwae_multiple_pooled", "missiwae_ensemble_pooled")
+    expected = ["zero", "missiwae_multiple", pooled[0], "missiwae_ensemble", pooled[1], "complete"]
     assert [(r.dataset, r.seed) for r in result.runs] == [(d, s) for d in expected for s in (0, 1)]
     assert [row.dataset for row in result.summary] == expected
     for run in result.runs:
         assert 0.0 <= run.test_accuracy <= 1.0 and math.isfinite(run.test_cross_entropy)
         assert run.epochs_run == 1 and run.seconds > 0
-        assert run.num_networks == (2 if run.dataset == "missiwae_multiple_pooled" else 1)
+        assert run.num_networks == (2 if run.dataset in pooled else 1)
+        # Rubin's rules over the M networks' accuracies: for the pooled readings only.
+        assert (0 <= run.accuracy_fmi <= 1 and run.accuracy_interval_width > 0) == (run.dataset in pooled)
     union = result.run("missiwae_multiple", 0)
     # epoch_steps "rows": the union of M=2 copies gets one copy's 3 steps (270 rows, 100 a batch).
     assert union.history[0]["num_train_examples"] == 3 * 100
@@ -108,7 +114,7 @@ def test_fan_out_table_and_files(ray_cluster, imputed, tmp_path) -> None:
     assert len(paths["csv"].read_text().splitlines()) == 1 + len(expected)
     assert paths["markdown"].read_text() == format_table(result)
     assert "0.98663" in format_table(result) and "missiwae_multiple_pooled" in format_table(result)
-    assert len(paths["runs"].read_text().splitlines()) == 1 + 8
+    assert len(paths["runs"].read_text().splitlines()) == 1 + 2 * len(expected)
     assert not [p for p in paths["csv"].parent.iterdir() if p.name.startswith(".")]  # no temp files
 
     # Same seeds, same numbers (a second, smaller run reproduces the first one's rows).
@@ -121,6 +127,24 @@ def test_fan_out_table_and_files(ray_cluster, imputed, tmp_path) -> None:
     )
     assert again.run("zero", 1).test_accuracy == result.run("zero", 1).test_accuracy
     assert again.run("zero", 1).test_cross_entropy == result.run("zero", 1).test_cross_entropy
+
+
+def test_rubin_pooling_of_the_networks_accuracies_treats_each_as_a_binomial_proportion() -> None:
+    """Worked by hand for a = (0.90, 0.92) on n = 1000 test images: U_m = a_m (1 - a_m) / n,
+    W = 8.18e-5, B = 2e-4, T = W + 1.5 B, r = 1.5 B / W, λ = 1.5 B / T, ν = (M - 1) / λ²,
+    FMI = (r + 2 / (ν + 3)) / (1 + r), width = 2 t_{ν, 0.975} √T."""
+    from scipy import stats
+
+    within, between = (0.9 * 0.1 + 0.92 * 0.08) / 2 / 1000, 0.0002
+    total = within + 1.5 * between
+    r, share = 1.5 * between / within, 1.5 * between / total
+    df = 1 / share**2
+    fmi, width = _rubin_accuracy([0.90, 0.92], 1000)
+    assert fmi == pytest.approx((r + 2 / (df + 3)) / (1 + r), rel=1e-9)
+    assert width == pytest.approx(2 * stats.t.ppf(0.975, df) * math.sqrt(total), rel=1e-9)
+    # Networks that agree exactly: nothing is missing, and the interval is the binomial one.
+    fmi, width = _rubin_accuracy([0.9, 0.9], 1000)
+    assert width == pytest.approx(2 * stats.norm.ppf(0.975) * math.sqrt(0.09 / 1000), rel=1e-6)
 
 
 def test_incomplete_dataset_is_refused_by_name(ray_cluster, imputed, tmp_path) -> None:

@@ -21,7 +21,7 @@ from missiwae.data import load_incomplete_mnist, load_static_binarized_mnist
 from missiwae.evaluation import imputation_accuracy
 from missiwae.mnist_files import DataError
 from missiwae.model import MissIWAE
-from missiwae.training import train
+from missiwae.training import load_model, save_checkpoint, train
 from pipelines import impute, impute_job
 from pipelines.config import ImputeStageConfig, MissForestConfig, PipelineConfig
 from pipelines.impute import (
@@ -258,6 +258,53 @@ def test_manifest_is_written(first_run, inputs: Inputs) -> None:
     assert manifest["columns"] == ["row_id", "label", "source_row", "pixels", "mask"]
 
 
+def constant_model_checkpoint(source: Path, target: Path, value: int) -> Path:
+    """The checkpoint at `source` with its decoder's last layer made constant: P(x_j = 1 | z) is
+    1 (value 1) or 0 (value 0) for every pixel and z, so each of its SIR draws fills every hole
+    with `value` -- a member whose draws are recognisable."""
+    model = load_model(source)
+    last = [module for module in model.decoder.modules() if isinstance(module, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.fill_(50.0 if value else -50.0)
+    save_checkpoint(target, model, None, None, [])
+    return target
+
+
+def test_the_bootstrap_ensembles_draws_come_from_its_members_in_order_beside_the_one_models(
+    first_run, inputs: Inputs, tmp_path: Path
+) -> None:
+    """impute.bootstrap_models = B: member b gives split_draws(M, B)[b] of the M
+    missiwae_ensemble_NN copies, in member order; the one model's datasets stay bit-equal."""
+    config, result = first_run
+    ones = constant_model_checkpoint(inputs.checkpoint, tmp_path / "ones", 1)
+    zeros = constant_model_checkpoint(inputs.checkpoint, tmp_path / "zeros", 0)
+    ensemble_config = make_config(
+        tmp_path / "run", impute=dataclasses.replace(config.impute, bootstrap_models=2)
+    )
+    with pytest.raises(ValueError, match="needs that many member checkpoints"):
+        run_imputation(ensemble_config, inputs.shards, inputs.checkpoint)
+    again = run_imputation(ensemble_config, inputs.shards, inputs.checkpoint, ensemble_dirs=[ones, zeros])
+
+    assert list(again.datasets) == dataset_names(M, missforest=True, ensemble=True)
+    holes = ~inputs.mask
+    # M = 3 over B = 2: members draw [2, 1]; the first's draws fill every hole with 1s.
+    for name, fill in (("missiwae_ensemble_00", 1), ("missiwae_ensemble_01", 1), ("missiwae_ensemble_02", 0)):
+        x = read_dataset(again.datasets[name])[2]
+        assert np.all(x[holes] == fill), name
+        assert np.array_equal(x[~holes], inputs.pixels[~holes].astype(np.float32)), name
+    ensemble_accuracy = [again.metrics[f"train/accuracy/missiwae_ensemble_{m:02d}"] for m in range(M)]
+    assert again.metrics["train/accuracy/missiwae_ensemble"] == pytest.approx(np.mean(ensemble_accuracy))
+    for name in ("missiwae_single", *(f"missiwae_multiple_{m:02d}" for m in range(M))):
+        assert np.array_equal(read_dataset(again.datasets[name])[2], read_dataset(result.datasets[name])[2])
+    manifest = json.loads((ensemble_config.run_path / "imputed" / "train" / MANIFEST).read_text())
+    assert [entry["path"] for entry in manifest["ensemble"]] == [str(ones.resolve()), str(zeros.resolve())]
+    # Other members (here: in the other order) are another output, not a reuse.
+    swapped = run_imputation(ensemble_config, inputs.shards, inputs.checkpoint, ensemble_dirs=[zeros, ones])
+    assert swapped.reused == {"train": False}
+    assert np.all(read_dataset(swapped.datasets["missiwae_ensemble_00"])[2][holes] == 0)
+
+
 def test_rerun_reuses_the_output(first_run, inputs: Inputs) -> None:
     config, result = first_run
     split_dir = config.run_path / "imputed" / "train"
@@ -345,7 +392,11 @@ def test_progress_counts_the_rows_imputed_up_to_the_split_without_changing_the_n
 
 
 def test_actor_never_reads_the_truth_in_the_holes(inputs: Inputs) -> None:
-    actor = ImputeActor(str(inputs.checkpoint), num_samples=L, num_imputations=M, chunk_size=None, seed=0)
+    checkpoint = str(inputs.checkpoint)
+    members = [checkpoint, checkpoint]  # a bootstrap ensemble's draws must not read it either
+    actor = ImputeActor(
+        checkpoint, num_samples=L, num_imputations=M, chunk_size=None, seed=0, ensemble_dirs=members
+    )
     rows = slice(0, 8)
     batch = {
         "row_id": inputs.row_id[rows],
@@ -360,6 +411,7 @@ def test_actor_never_reads_the_truth_in_the_holes(inputs: Inputs) -> None:
     # Only the holes of the input differ, and no output does.
     np.testing.assert_array_equal(out["missiwae_single"], out_flipped["missiwae_single"])
     np.testing.assert_array_equal(out["missiwae_multiple"], out_flipped["missiwae_multiple"])
+    np.testing.assert_array_equal(out["missiwae_ensemble"], out_flipped["missiwae_ensemble"])
     np.testing.assert_array_equal(out["ess"], out_flipped["ess"])
     assert out["missiwae_multiple"].shape == (8, M, 784)
     assert (out["num_missing"] == holes.sum(axis=1)).all()

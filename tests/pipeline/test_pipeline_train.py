@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import inspect
 import json
 import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -18,8 +20,21 @@ from missiwae.training import TrainingDiverged, load_model
 from pipelines.config import PipelineConfig
 from pipelines.ingest import run_ingest
 from pipelines.shards import IngestResult, load_split_numpy
-from pipelines.train import HISTORY_KEYS, run_training
-from pipelines.train_worker import PIPELINE_STATE_FILE, BoundModule, epoch_seed, train_loop_per_worker
+from pipelines.train import (
+    BOOTSTRAP_SEED_OFFSET,
+    HISTORY_KEYS,
+    bootstrap_model_dir,
+    run_bootstrap_training,
+    run_training,
+    training_fingerprint,
+)
+from pipelines.train_worker import (
+    PIPELINE_STATE_FILE,
+    BoundModule,
+    epoch_seed,
+    read_pipeline_state,
+    train_loop_per_worker,
+)
 
 
 def make_config(run_dir: Path, data_root: Path) -> PipelineConfig:
@@ -291,3 +306,43 @@ def test_a_worker_dying_after_the_best_epoch_still_publishes_the_best_epochs_wei
     assert _same_weights(published, kept[3]["best_model"])
     assert not _same_weights(published, kept[3]["model"])
     assert not _same_weights(published, kept[2]["model"])
+
+
+def test_a_bootstrap_batch_weighs_each_row_by_its_poisson_count_and_a_plain_one_has_no_weights():
+    from missiwae.ensemble import poisson_bootstrap_counts
+    from pipelines.train_worker import _with_weights
+
+    batch = {
+        "row_id": torch.arange(100, 164),
+        "pixels": torch.ones(64, 3),
+        "mask": torch.ones(64, 3, dtype=torch.bool),
+    }
+    assert set(_with_weights(batch, None)) == {"pixels", "mask"}
+    weighted = _with_weights(batch, {"seed": 4, "member": 1})
+    expected = poisson_bootstrap_counts(np.arange(100, 164), 4, 1)
+    assert torch.equal(weighted["weight"], torch.from_numpy(expected.astype(np.float32)))
+    assert weighted["pixels"] is batch["pixels"]
+
+
+def test_bootstrap_members_each_train_on_their_own_resample_and_publish_loadable_checkpoints(
+    ray_cluster, data_root, ingest_root, tmp_path
+):
+    config, ingest = ingest_for(tmp_path / "run", data_root, ingest_root)
+    config = dataclasses.replace(config, impute=dataclasses.replace(config.impute, bootstrap_models=2))
+    finished: list[int] = []
+    directories = run_bootstrap_training(config, ingest, on_member=lambda b, history: finished.append(b))
+
+    assert directories == [bootstrap_model_dir(config, 0), bootstrap_model_dir(config, 1)]
+    assert sorted(finished) == [0, 1]
+    names = {training_fingerprint(config, ingest, b) for b in (0, 1)} | {training_fingerprint(config, ingest)}
+    assert len(names) == 3  # each member is a Ray Train run of its own, apart from the model on all rows
+    models = [load_model(directory) for directory in directories]
+    for b, directory in enumerate(directories):
+        saved = json.loads((directory / "config.json").read_text())
+        assert saved["train"]["seed"] == config.train.seed + BOOTSTRAP_SEED_OFFSET + b
+        history, _ = read_pipeline_state(directory)
+        assert [entry["epoch"] for entry in history] == [1, 2]
+        assert history[1]["valid_bound"] > history[0]["valid_bound"]  # it learns
+    first, second = (torch.cat([p.flatten() for p in m.parameters()]) for m in models)
+    assert not torch.equal(first, second)
+    assert not (config.run_path / "model").exists()  # the members alone: nothing else published
