@@ -64,7 +64,15 @@ from missiwae.mnist_files import NUM_PIXELS
 from pipelines.config import PipelineConfig
 from pipelines.impute_job import INPUT_COLUMNS, SINGLE, ProgressCallback, imputation_dataset, row_progress
 from pipelines.missforest_job import missforest_task, missing_accuracy
-from pipelines.publish import MANIFEST, Publisher, fingerprint, hash_files
+from pipelines.publish import (
+    CHECKPOINT_FILES,
+    MANIFEST,
+    Publisher,
+    checkpoint_sha256,
+    checkpoints_key,
+    fingerprint,
+    hash_files,
+)
 from pipelines.shards import (
     IMPUTED_COLUMNS,
     batch_matrix,
@@ -88,7 +96,6 @@ ENSEMBLE_PREFIX = "missiwae_ensemble_"  # the bootstrap ensemble's M proper impu
 ZERO, MISSFOREST, COMPLETE = "zero", "missforest", "complete"
 OUTPUT_COLUMNS = IMPUTED_COLUMNS
 _LOCK = ".impute.lock"
-_CHECKPOINT_FILES = ("model.pt", "config.json")  # what missiwae.training.load_model reads
 
 
 @dataclasses.dataclass(frozen=True)
@@ -464,8 +471,8 @@ def _checkpoint_entry(config: PipelineConfig, checkpoint_dir: Path) -> dict[str,
     shown = path.relative_to(config.run_path) if path.is_relative_to(config.run_path) else path
     return {
         "path": str(shown),
-        "sha256": hash_files([checkpoint_dir / name for name in _CHECKPOINT_FILES]),
-        "files": list(_CHECKPOINT_FILES),
+        "sha256": checkpoint_sha256(checkpoint_dir),
+        "files": list(CHECKPOINT_FILES),
         "config": json.loads((checkpoint_dir / "config.json").read_text()),
     }
 
@@ -488,8 +495,7 @@ def _fingerprint(config: PipelineConfig, split: str, inputs_hash: str, checkpoin
             "missforest": {k: v for k, v in to_dict(config.missforest).items() if k != "n_jobs"},
             "device": _device(config),  # CPU and CUDA random streams differ
             "torch": torch.__version__,
-            # One model keeps its fingerprint of before the ensemble (a plain hash, not a list).
-            "checkpoint": checkpoint_hashes[0] if len(checkpoint_hashes) == 1 else checkpoint_hashes,
+            "checkpoint": checkpoints_key(checkpoint_hashes),
             "inputs": inputs_hash,
         }
     )

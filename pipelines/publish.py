@@ -68,6 +68,21 @@ def hash_files(paths: Sequence[str | Path]) -> str:
     return digest.hexdigest()
 
 
+CHECKPOINT_FILES = ("model.pt", "config.json")  # what missiwae.training.load_model reads
+
+
+def checkpoint_sha256(directory: str | Path) -> str:
+    """sha256 of a missiwae checkpoint: hash_files of its CHECKPOINT_FILES."""
+    return hash_files([Path(directory) / name for name in CHECKPOINT_FILES])
+
+
+def checkpoints_key(hashes: Sequence[str]) -> str | list[str]:
+    """The fingerprint entry of the checkpoints an output was computed from (the model's, then
+    any bootstrap members'): one model's hash alone, so outputs made before the ensemble keep
+    their fingerprint; several, the list in order."""
+    return hashes[0] if len(hashes) == 1 else list(hashes)
+
+
 class Staged:
     """A staging directory being filled (``path``); set ``manifest`` for the mechanism to write
     it last, inside, before the swap."""
@@ -153,4 +168,14 @@ class Publisher:
             raise
 
 
-__all__ = ["MANIFEST", "Publisher", "Staged", "file_sha256", "fingerprint", "hash_files"]
+__all__ = [
+    "CHECKPOINT_FILES",
+    "MANIFEST",
+    "Publisher",
+    "Staged",
+    "checkpoint_sha256",
+    "checkpoints_key",
+    "file_sha256",
+    "fingerprint",
+    "hash_files",
+]

@@ -76,7 +76,7 @@ import numpy as np
 
 from missiwae.config import to_dict
 from pipelines.config import PipelineConfig
-from pipelines.publish import MANIFEST, Publisher, fingerprint, hash_files
+from pipelines.publish import MANIFEST, Publisher, checkpoint_sha256, checkpoints_key, fingerprint, hash_files
 from pipelines.shards import IngestResult, imputed_dir, read_shards, tensor_matrix
 from pipelines.table_files import SourceFiles
 from pipelines.table_source import TABULAR_FORMAT_VERSION
@@ -126,14 +126,13 @@ def run_tabular_imputation(
     splits = list(config.impute_stage.splits)
     files = sorted(Path(p) for split in splits for p in ingest.shards[split])
     checkpoints = [Path(checkpoint_dir), *(Path(p) for p in ensemble_dirs)]
-    hashes = [hash_files([path / "model.pt", path / "config.json"]) for path in checkpoints]
     digest = fingerprint(
         {
             "format_version": TABULAR_FORMAT_VERSION,
             "output_version": _OUTPUT_VERSION,
             "impute": to_dict(config.impute),
             "splits": splits,
-            "checkpoint": hashes[0] if len(hashes) == 1 else hashes,  # one model: as before
+            "checkpoint": checkpoints_key([checkpoint_sha256(path) for path in checkpoints]),
             "inputs": hash_files(files),
         }
     )
