@@ -17,10 +17,10 @@ history through a `ray.util.queue.Queue` and the driver hands it over as it arri
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import Any
 
+from pipelines.runtime import start_ray_thread
 from pipelines.train_worker import DIVERGED, read_pipeline_state
 
 __all__ = ["EpochDelivery", "fit_streaming", "history_forwarder"]
@@ -76,7 +76,9 @@ def fit_streaming(trainer: Any, queue: Any, deliver: EpochDelivery) -> Any:
 
     `deliver` runs on the caller's thread: what on_epoch touches may be thread-bound (Tune's
     report in a trial, MLflow's fluent active run). Train V2's fit() supports running off the
-    main thread (that is how Tune runs it).
+    main thread (that is how Tune runs it). Interrupted (Ctrl-C), this returns at once and
+    leaves fit() blocked in Ray: `pipelines.runtime.stop_ray` then knows not to shut Ray down
+    under it.
     """
     from ray.util.queue import Empty
 
@@ -88,8 +90,7 @@ def fit_streaming(trainer: Any, queue: Any, deliver: EpochDelivery) -> Any:
         except BaseException as error:
             outcome["error"] = error
 
-    thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
-    thread.start()
+    thread = start_ray_thread(fit, name="ray-train-fit")
     callback_error: BaseException | None = None
     while True:
         alive = thread.is_alive()

@@ -47,7 +47,7 @@ from pipelines.console import (
     route_library_logs,
     say_interrupted,
 )
-from pipelines.runtime import configure_ray_auth, ray_is_up, set_log_to_driver, stop_ray
+from pipelines.runtime import configure_ray_auth, exit_now, ray_is_up, set_log_to_driver, stop_ray
 
 MANIFEST_NAME = "_MANIFEST.json"
 STAGES = ("ingest", "train", "impute", "classify")
@@ -478,4 +478,6 @@ def _user_error(error: BaseException) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    status = main()
+    exit_now(status)  # Ctrl-C left Ray Train's fit() inside Ray: no ray.shutdown (see stop_ray)
+    raise SystemExit(status)

@@ -37,6 +37,9 @@ import os
 import secrets
 import socket
 import sys
+import threading
+import weakref
+from collections.abc import Callable
 
 # A 2-core machine deadlocks when stages ask for whole CPUs; a local Ray advertises more
 # logical CPUs than there are cores, and stages ask for fractions (see ARCHITECTURE.md).
@@ -55,6 +58,9 @@ GLOO_INTERFACE_ENV = "GLOO_SOCKET_IFNAME"
 # turns it off unless --verbose (set_log_to_driver); the workers' log files in Ray's session
 # directory keep everything either way.
 _START = {"log_to_driver": True}
+# Threads of this process that block inside Ray calls (start_ray_thread); weak, so a finished
+# thread drops out by itself.
+_RAY_THREADS: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
 
 
 class RayAuthError(RuntimeError):
@@ -159,8 +165,11 @@ __all__ = [
     "RayAuthError",
     "configure_ray_auth",
     "ensure_ray",
+    "exit_now",
     "ray_is_up",
+    "ray_threads_alive",
     "set_log_to_driver",
+    "start_ray_thread",
     "stop_ray",
 ]
 
@@ -171,9 +180,47 @@ def ray_is_up() -> bool:
     return ray is not None and bool(ray.is_initialized())
 
 
-def stop_ray() -> None:
+def start_ray_thread(target: Callable[[], object], name: str) -> threading.Thread:
+    """Start `target` on a daemon thread that may block inside Ray (Ray Train's `fit()` waits on
+    its controller actor; a queue's `get` waits on the queue actor). :func:`stop_ray` never
+    shuts Ray down while such a thread is alive. Daemon: a Ctrl-C must not wait for it."""
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    _RAY_THREADS.add(thread)
+    thread.start()
+    return thread
+
+
+def ray_threads_alive() -> bool:
+    """Whether a thread started by :func:`start_ray_thread` is still running (Ctrl-C leaves
+    the ones blocked in Ray Train's `fit()` behind)."""
+    return any(thread.is_alive() for thread in list(_RAY_THREADS))
+
+
+def stop_ray() -> bool:
     """Disconnect from Ray (and stop the embedded local one) if connected. Ray prints the worker
     messages it held back for de-duplication ("(raylet) ...") when it disconnects, so an entry
-    point that routes Ray's output calls this while the routing is still in place."""
+    point that routes Ray's output calls this while the routing is still in place.
+
+    Returns False, and leaves Ray as it is, while a thread of :func:`start_ray_thread` is still
+    inside Ray: `ray.shutdown()` frees the core worker under a thread blocked in a Ray call, and
+    that thread then segfaults the process (ray-project/ray#31145; seen here after a Ctrl-C
+    while training). Such a process ends with `os._exit` (:func:`exit_now`), and the embedded
+    Ray, whose processes share the driver's fate, ends with it; a cluster drops a dead
+    driver's job.
+    """
+    if ray_threads_alive():
+        return False
     if ray_is_up():
         sys.modules["ray"].shutdown()
+    return True
+
+
+def exit_now(code: int) -> None:
+    """End the process with `code` when :func:`stop_ray` had to leave Ray up: after flushing
+    stdout and stderr, without Python's exit handlers (Ray's own calls `ray.shutdown()`, which
+    would segfault under the threads still inside Ray). Otherwise return, for a normal exit."""
+    if not ray_threads_alive():
+        return
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)

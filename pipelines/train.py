@@ -37,9 +37,9 @@ each worker seeds its randomness), the live per-epoch bridge in `pipelines.epoch
 from __future__ import annotations
 
 import dataclasses
+import functools
 import queue
 import shutil
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -56,6 +56,7 @@ from missiwae.training import check_finite, epochs_since_best, load_model, plate
 from pipelines.config import PipelineConfig
 from pipelines.epoch_stream import EpochDelivery, fit_streaming, history_forwarder
 from pipelines.publish import fingerprint
+from pipelines.runtime import ensure_ray, start_ray_thread
 from pipelines.shards import IngestResult, load_split_numpy, read_split
 from pipelines.storage import TEMP_PREFIX, swap_into_place
 from pipelines.train_worker import (
@@ -191,9 +192,9 @@ def start_bootstrap_training(
 
     # Train V2's fit() blocks on its controller actor; one thread per member lets the B
     # controllers run at once (off the main thread fit skips its Ctrl-C handler, as under
-    # Tune). Daemon threads: a Ctrl-C of the job must not wait for them at exit.
+    # Tune). A Ctrl-C of the job must not wait for them (see start_ray_thread).
     for b in members:
-        threading.Thread(target=train_member, args=(b,), name=f"bootstrap-{b}", daemon=True).start()
+        start_ray_thread(functools.partial(train_member, b), name=f"bootstrap-{b}")
 
     def wait() -> list[Path]:
         for _ in members:
@@ -210,8 +211,6 @@ def _datasets(config: PipelineConfig, ingest: IngestResult, *, bootstrap: bool) 
     """The Ray Datasets a run trains on, materialised once: each epoch then streams blocks from
     the object store instead of re-running Parquet read tasks on every worker (seconds each on
     a busy 2-core box). A bootstrap member also needs the training rows' row_id (its weights)."""
-    from pipelines.runtime import ensure_ray
-
     if config.train.epochs < 1:
         raise ConfigError("train.epochs must be >= 1 for the training stage")
     ensure_ray()  # before Ray Data, which would otherwise start a Ray of its own
@@ -238,8 +237,6 @@ def _fit(
     import ray.train
     from ray.train.torch import TorchTrainer
     from ray.util.queue import Queue
-
-    from pipelines.runtime import ensure_ray
 
     ensure_ray()
     run_path = config.run_path
@@ -287,8 +284,15 @@ def _fit(
     deliver = EpochDelivery(on_epoch)
     try:
         result = fit_streaming(trainer, queue, deliver)
-    finally:
+    except KeyboardInterrupt:
+        # fit() is still inside Ray (fit_streaming returned at once) and its controller still
+        # reports to the queue: killing the queue would fail the controller, and Ray would print
+        # that failure over the job's last line. Both end with the process (runtime.stop_ray).
+        raise
+    except BaseException:
         queue.shutdown(force=True)
+        raise
+    queue.shutdown(force=True)
     _raise_if_diverged(deliver.diverged, storage / name)
     if result.checkpoint is None:
         raise RuntimeError(f"Ray Train run {name} finished without a checkpoint")

@@ -13,10 +13,12 @@ import pytest
 from missiwae import allocator
 
 # Each child process runs missIWAE training steps (MLP, K = 50, batch 64) and reports the minor
-# page faults of 25 steps once warm (5 steps): every fault is a page of freed memory that glibc
-# gave back to the OS and a later step had to map, fault in and zero again. Measured: the
-# default refaults 2 000 to 12 000 pages in most steps (90 000 to 130 000 in all); with the
-# memory retained, nearly every step faults none (3 000 to 7 000 in all, when the heap grows).
+# page faults of 50 steps once warm (15 steps): every fault is a page of freed memory that glibc
+# gave back to the OS and a later step had to map, fault in and zero again. Measured (6 runs of
+# each): the default refaults 2 000 to 12 000 pages in most steps, 84 000 to 222 000 in all; with
+# the memory retained, nearly every step faults none (7 to 2 700 in all). Fewer steps were not
+# enough: after 5 warm-up steps the retained heap was still growing, and in 25 steps the default
+# once refaulted in only one step (7 300 pages), which says nothing about either setting.
 _CHILD = textwrap.dedent(
     """
     import json, resource, sys
@@ -39,10 +41,10 @@ _CHILD = textwrap.dedent(
         optimizer.step()
     def faults():
         return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(5):  # the heap grows to its working size during the first steps
+    for _ in range(15):  # the heap grows to its working size during the first steps
         step()
     before = faults()
-    for _ in range(25):
+    for _ in range(50):
         step()
     print(json.dumps({"applied": applied, "faults": faults() - before}))
     """

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ import pandas as pd
 import pytest
 
 from missiwae.mnist_files import DataError
-from pipelines import full
+from pipelines import full, runtime
 from pipelines.console import INTERRUPTED
 from tests.conftest import REPO
 
@@ -124,6 +125,53 @@ def test_ctrl_c_while_training_exits_130_with_one_line_and_no_traceback(tmp_path
     code, out, err = job.interrupt()
     _assert_one_interrupted_line(code, out, err)
     assert (run_dir / "data").is_dir()  # the finished ingest is kept for the rerun
+
+
+class _FakeRay:
+    """Stands in for the `ray` module: connected, and counts ray.shutdown() calls."""
+
+    def __init__(self) -> None:
+        self.shutdowns = 0
+
+    def is_initialized(self) -> bool:
+        return self.shutdowns == 0
+
+    def shutdown(self) -> None:
+        self.shutdowns += 1
+
+
+def test_ray_is_not_shut_down_under_a_thread_still_inside_it(monkeypatch) -> None:
+    """ray.shutdown() under a thread blocked in a Ray call segfaults the process (it did, after
+    a Ctrl-C while Ray Train's fit() was waiting): stop_ray waits for no thread, it declines."""
+    fake = _FakeRay()
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    leave = threading.Event()
+    thread = runtime.start_ray_thread(leave.wait, name="blocked-in-ray")
+    try:
+        assert runtime.ray_threads_alive()
+        assert runtime.stop_ray() is False and fake.shutdowns == 0
+    finally:
+        leave.set()
+        thread.join()
+    assert not runtime.ray_threads_alive()
+    assert runtime.stop_ray() is True and fake.shutdowns == 1
+    runtime.exit_now(3)  # nothing left inside Ray: returns, for a normal exit
+
+
+def test_exit_now_ends_the_process_with_the_status_and_flushed_output_while_a_thread_is_in_ray() -> None:
+    child = textwrap.dedent(
+        """
+        import atexit, sys, threading
+        from pipelines import runtime
+        atexit.register(lambda: print("atexit ran"))  # Ray's own handler would call ray.shutdown()
+        runtime.start_ray_thread(threading.Event().wait, name="blocked-in-ray")
+        print("last words", end="")
+        runtime.exit_now(130)
+        print("never")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", child], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (130, "last words"), done.stderr
 
 
 def test_ctrl_c_while_the_script_starts_exits_130_with_one_line(tmp_path: Path) -> None:
