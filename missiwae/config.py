@@ -17,6 +17,9 @@ from typing import Any, Literal, TypeVar, Union
 
 Architecture = Literal["mlp", "conv"]
 Observation = Literal["bernoulli", "gaussian", "student_t"]
+# What one model column may be: an observation model, or one level's entry of a one-hot
+# categorical column (see ModelConfig.categorical_levels).
+ColumnType = Literal["bernoulli", "gaussian", "student_t", "categorical"]
 Imputation = Literal["zero", "oracle", "learned"]
 
 
@@ -77,7 +80,10 @@ class ModelConfig:
     observation: Observation = "bernoulli"
     # Per-column observation models (a mixed table: e.g. bernoulli for 0/1 columns, gaussian
     # for the rest); empty: every column uses `observation`.
-    column_types: tuple[Observation, ...] = ()
+    column_types: tuple[ColumnType, ...] = ()
+    # A categorical column with k levels is k consecutive "categorical" model columns (its one-hot
+    # encoding); these are the k of each such column, in order.
+    categorical_levels: tuple[int, ...] = ()
     imputation: Imputation = "zero"
 
     def __post_init__(self) -> None:
@@ -86,6 +92,13 @@ class ModelConfig:
             not self.column_types or len(self.column_types) == self.num_features,
             f"model.column_types names {len(self.column_types)} columns, "
             f"model.num_features is {self.num_features}",
+        )
+        one_hot = sum(t == "categorical" for t in self.column_types)
+        levels = self.categorical_levels
+        require(
+            all(k >= 1 for k in levels) and sum(levels) == one_hot,
+            f"model.categorical_levels {list(levels)} must count the levels of the {one_hot} "
+            f"'categorical' model columns (>= 1 each, summing to {one_hot})",
         )
         require(self.latent_dim >= 1, "model.latent_dim must be >= 1")
         require(all(w >= 1 for w in self.hidden), "model.hidden widths must be >= 1")

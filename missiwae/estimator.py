@@ -30,6 +30,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils._set_output import _get_output_config
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from missiwae.categorical import OneHot
 from missiwae.columns import (
     OBSERVATIONS,
     Standardization,
@@ -39,17 +40,25 @@ from missiwae.columns import (
 )
 from missiwae.config import ModelConfig, TrainConfig
 from missiwae.ensemble import BootstrapImputer, fit_bootstrap_ensemble
-from missiwae.frames import check_float64_holds, is_frame, restore_frame, with_column
+from missiwae.frames import (
+    categorical_columns,
+    check_float64_holds,
+    column_as_float64,
+    is_frame,
+    restore_frame,
+    with_column,
+)
 from missiwae.imputation import impute_multiple, impute_single
 from missiwae.model import MissIWAE, make_generator
 from missiwae.training import EpochStats, train
 from missiwae.validation import check_params, reraised
 
 _POSITIVE_INT = Interval(Integral, 1, None, closed="left")
+CATEGORICAL = "categorical"  # a column of labels: one-hot blocks in the model (missiwae.categorical)
 # How a bad value's message states the valid ones, where scikit-learn's description of the
 # constraints reads poorly (the rest: "one of [...]", "an integer >= 1").
 _WORDING = {
-    "column_types": f"'auto', None or a list of {list(OBSERVATIONS)}",
+    "column_types": f"'auto', None or a list of {[*OBSERVATIONS, CATEGORICAL]}",
     "hidden": "a non-empty tuple of integers >= 1",
     "learning_rate": "a positive number",
     "standardize": "a bool",
@@ -88,10 +97,13 @@ class MissIWAEImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         Observation model p_θ(x | z) of the columns `column_types` does not assign otherwise.
         "bernoulli" needs observed values in {0, 1} and imputes probabilities P(x_j = 1 | x_o)
         in [0, 1] (round them for hard labels).
-    column_types : "auto", None or sequence of {"gaussian", "student_t", "bernoulli"}
+    column_types : "auto", None or sequence of {"gaussian", "student_t", "bernoulli", "categorical"}
         Per-column observation models (p_θ(x | z) is then a product over column groups).
-        "auto": columns whose observed values are all 0 or 1 are "bernoulli", the others use
-        `observation`; None: every column uses `observation`; a sequence: one name per column.
+        "auto": columns of labels (a DataFrame's category columns, text that is not numbers)
+        are "categorical", columns whose observed values are all 0 or 1 "bernoulli", the others
+        use `observation`; None: every column uses `observation`; a sequence: one name per
+        column. A categorical column is one-hot in the model (missiwae/categorical.py); its
+        holes get the most probable level (`transform`) or drawn levels (`sample`).
     latent_dim : int
         Dimension d of the latent z.
     hidden : tuple of int
@@ -135,9 +147,12 @@ class MissIWAEImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         `transform` and `sample` refuse a DataFrame whose names or their order differ.
     column_types_ : list of str
         The observation model of each column, as resolved from `column_types` in `fit`.
-    mean_, scale_ : ndarray of shape (D,)
-        The per-column shift and scale applied before training (0 and 1 when not
-        standardising, and for bernoulli columns); std-0 columns get scale 1.
+    onehot_ : OneHot or None
+        The levels of the categorical columns (`onehot_.levels`, None for the others), when
+        X had any; the model then has D' = D - C + Σ k_c columns.
+    mean_, scale_ : ndarray of shape (D',)
+        The per-model-column shift and scale applied before training (0 and 1 when not
+        standardising, and for bernoulli and categorical columns); std-0 columns get scale 1.
     history_ : list of EpochStats
         Per-epoch training bound and time.
     seed_ : int
@@ -152,7 +167,8 @@ class MissIWAEImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     column names and dtypes: observed cells are X's own values (an int64 above 2**53 included),
     imputed cells of an integer column are rounded to the nearest integer (clipped to the
     dtype's range), of a bool column thresholded at 1/2, of a float32 column rounded to
-    float32; columns of other dtypes (object, category) come back as float64. A float64 array
+    float32; numbers held as text come back as float64, and a categorical column keeps its
+    dtype with its holes set to levels. A float64 array
     cannot hold every int64 exactly: where an observed integer would change, the array outputs
     (`transform` by default, `sample` always) raise ValueError naming the column.
     """
@@ -225,7 +241,7 @@ class MissIWAEImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         with no observed value, or (bernoulli) observed values outside {0, 1}.
         """
         self._validate_params()
-        X = self._validate_table(X, reset=True)
+        X = self._read_table(X, reset=True)
         mask = ~np.isnan(X)
         empty = np.flatnonzero(~mask.any(axis=0))
         if empty.size:
@@ -233,11 +249,12 @@ class MissIWAEImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
                 f"column(s) {self._column_labels(empty)} of X have no observed value (all NaN); "
                 "drop them before fitting: nothing can be learned about them"
             )
-        self.column_types_ = self._resolve_column_types(X, mask)
+        model_types = self._resolve_column_types(X, mask)
+        self.column_types_ = self._table_types(model_types)
         self._check_binary(X, mask)
         # The range check the table pipeline shares: no infinite scale, no ±inf imputations.
-        check_column_range(X, mask, names=getattr(self, "feature_names_in_", None))
-        continuous = np.array([t != "bernoulli" for t in self.column_types_])
+        check_column_range(X, mask, names=self._model_column_names())
+        continuous = np.array([t not in ("bernoulli", CATEGORICAL) for t in model_types])
         scaling = (
             Standardization.fit(X, columns=continuous)
             if self.standardize
@@ -250,9 +267,10 @@ class MissIWAEImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         self.seed_ = int(check_random_state(self.random_state).randint(2**31 - 1))
         # One type for every column: the plain model (no Mixed wrapper); otherwise the
         # continuous default stays `observation` and column_types carries the mix.
-        mixed = len(set(self.column_types_)) > 1
-        observation = self.observation if mixed else self.column_types_[0]
-        column_types = tuple(self.column_types_) if mixed else ()
+        mixed = len(set(model_types)) > 1 or CATEGORICAL in model_types
+        observation = self.observation if mixed else model_types[0]
+        column_types = tuple(model_types) if mixed else ()
+        onehot: OneHot | None = self.onehot_
         model_config = ModelConfig(
             num_features=X.shape[1],
             architecture="mlp",
@@ -261,6 +279,7 @@ class MissIWAEImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             activation=self.activation,  # type: ignore[arg-type]  # checked in _validate_params
             observation=observation,  # type: ignore[arg-type]
             column_types=column_types,  # type: ignore[arg-type]
+            categorical_levels=onehot.categorical_levels if onehot is not None else (),
             imputation=self.imputation,  # type: ignore[arg-type]
         )
         train_config = TrainConfig(
@@ -291,6 +310,8 @@ class MissIWAEImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     def transform(self, X: ArrayLike) -> Any:
         """Single imputation: a float64 copy of X (N, D) with each NaN replaced by the SNIS
         estimate of E[x_m | x_o] (L = `num_samples`); observed entries are copied unchanged.
+        A categorical column's hole gets its most probable level (see `level_probabilities`),
+        and the copy is then an object array.
 
         With ``set_output(transform="pandas")`` and a DataFrame X: a DataFrame with X's index,
         names and column dtypes, imputed integers rounded (see "DataFrames and dtypes" in the
@@ -298,30 +319,38 @@ class MissIWAEImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         same X.
         """
         source = X
-        X, mask = self._check_transform_input(X)
         as_frame = is_frame(source) and _get_output_config("transform", self)["dense"] == "pandas"
+        X, mask = self._check_transform_input(X)
         if not as_frame:  # before the imputation's cost: a float64 array must hold X exactly
             check_float64_holds(source, self._column_label, _TRANSFORM_REMEDY)
-        x, mask_t = self._to_tensors(X, mask, self.model_.device)
-        generator = make_generator(self.seed_ + _TRANSFORM_SEED_OFFSET, self.model_.device)
-        result = impute_single(
-            self.model_,
-            x,
-            mask_t,
-            int(self.num_samples),
-            batch_size=_IMPUTE_ROWS,
-            generator=generator,
-        )
-        # Observed entries come from X itself, untouched by the float32 round trip.
-        filled = self._scaling().fill(X, result.imputed.detach().cpu().numpy(), mask)
+        filled = self._snis(X, mask)
+        if getattr(self, "onehot_", None) is not None:  # absent from imputers pickled before
+            return self._table_output(source, filled, mask, as_frame=as_frame)
         return restore_frame(source, filled, mask, self._column_label) if as_frame else filled
 
-    def sample(self, X: ArrayLike, n_imputations: int = 5) -> NDArray[np.float64]:
+    def level_probabilities(self, X: ArrayLike) -> dict[str, NDArray[np.float64]]:
+        """For each categorical column of X (N, D), by name (or index, as a str): its (N, k)
+        level probabilities P(x_c = l | x_o), the levels in `categories_`' order. A missing
+        entry gets the SNIS estimate (the same one `transform` takes the most probable level
+        of); an observed entry, the one-hot vector of its level."""
+        X, mask = self._check_transform_input(X)
+        onehot = getattr(self, "onehot_", None)
+        if onehot is None:
+            return {}
+        filled = self._snis(X, mask)
+        return {
+            self._table_names()[j]: onehot.probabilities(filled, j)
+            for j, found in enumerate(onehot.levels)
+            if found is not None
+        }
+
+    def sample(self, X: ArrayLike, n_imputations: int = 5) -> NDArray[Any]:
         """Multiple imputation by SIR: (n_imputations, N, D) float64 copies of X (N, D).
 
         Each copy fills the NaN entries with a draw from the model's approximate
         p(x_m | x_o) (one resampled particle out of L = `num_samples`, then x_m ~ p_θ(x_m | z));
-        observed entries are those of X in every copy. Deterministic given the fitted seed.
+        observed entries are those of X in every copy. A categorical column's holes get drawn
+        levels, and the copies are then an object array. Deterministic given the fitted seed.
         Always an array (the ensemble stacks them), whatever `set_output` says: an integer
         column that float64 would change is refused (ValueError naming it).
         """
@@ -344,7 +373,10 @@ class MissIWAEImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             generator=generator,
         )
         draws = result.imputations.detach().cpu().numpy()  # (M, N, D), standardised
-        return self._scaling().fill(X, draws, mask)
+        filled = self._scaling().fill(X, draws, mask)
+        if getattr(self, "onehot_", None) is not None:  # absent from imputers pickled before
+            return np.stack([self._table_output(source, copy, mask, as_frame=False) for copy in filled])
+        return filled
 
     def __sklearn_tags__(self) -> Any:
         # Tell scikit-learn (check_estimator, meta-estimators) that NaN input is expected.
@@ -357,6 +389,55 @@ class MissIWAEImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         return {"allow_nan": True}
 
     # ------------------------------------------------------------------ helpers
+
+    def _snis(self, X: NDArray[np.float64], mask: NDArray[np.bool_]) -> NDArray[np.float64]:
+        """(N, D') X in the model's columns with each hole set to its SNIS estimate of
+        E[x_m | x_o], in X's units; observed entries are X's own."""
+        x, mask_t = self._to_tensors(X, mask, self.model_.device)
+        generator = make_generator(self.seed_ + _TRANSFORM_SEED_OFFSET, self.model_.device)
+        result = impute_single(
+            self.model_,
+            x,
+            mask_t,
+            int(self.num_samples),
+            batch_size=_IMPUTE_ROWS,
+            generator=generator,
+        )
+        # Observed entries come from X itself, untouched by the float32 round trip.
+        return self._scaling().fill(X, result.imputed.detach().cpu().numpy(), mask)
+
+    def _table_output(
+        self, source: Any, filled: NDArray[np.float64], mask: NDArray[np.bool_], *, as_frame: bool
+    ) -> Any:
+        """The table X (N, D) with its holes filled from `filled` (N, D') in the model's columns:
+        numbers as `transform` gives them, each categorical hole its block's most probable level
+        (level probabilities or a one-hot draw). A DataFrame (X's dtypes) when `as_frame`, else
+        an object array."""
+        onehot = self.onehot_
+        assert onehot is not None
+        columns = self._raw_columns(source)
+        numbers = np.full((filled.shape[0], len(columns)), np.nan)
+        numbers_mask = np.ones(numbers.shape, dtype=bool)  # a categorical column: "observed"
+        labels: dict[int, NDArray[Any]] = {}
+        for j, (found, span) in enumerate(zip(onehot.levels, onehot.spans(), strict=True)):
+            holes = ~mask[:, span.start]
+            if found is None:
+                numbers[:, j], numbers_mask[:, j] = filled[:, span.start], ~holes
+                continue
+            values = np.array(np.asarray(columns[j], dtype=object))
+            values[holes] = onehot.most_probable(filled[holes], j)
+            labels[j] = values
+        if as_frame:
+            restored = restore_frame(source, numbers, numbers_mask, self._column_label)
+            for j, values in labels.items():
+                column = source.iloc[:, j]
+                series = type(column)(values, index=column.index, name=column.name)
+                restored.isetitem(j, series.astype(column.dtype))
+            return restored
+        table = np.empty(numbers.shape, dtype=object)
+        for j in range(len(columns)):
+            table[:, j] = labels[j] if j in labels else numbers[:, j]
+        return table
 
     def _validate_params(self) -> None:
         """scikit-learn's parameter validation against `_parameter_constraints`, then the
@@ -382,16 +463,7 @@ class MissIWAEImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     def _validate_table(self, X: ArrayLike, *, reset: bool) -> NDArray[np.float64]:
         """X as a fresh float64 (N, D) array with no inf (NaN allowed: missing), through
         scikit-learn's `validate_data` (which sets or checks n_features_in_, feature_names_in_)."""
-        # Our own check first: scikit-learn says "Expected 2D array", this estimator has always
-        # said "must be 2-D" and shown the shape (its callers and tests match on that).
-        shape = getattr(X, "shape", None)
-        if shape is None:  # a list: numpy's reading of it decides its shape
-            shape = np.asarray(X).shape
-        if len(shape) != 2:
-            raise ValueError(
-                f"X must be 2-D (n_samples, n_features), got an array of shape {shape}. "
-                "Reshape your data with X.reshape(-1, 1) for a single feature"
-            )
+        self._check_2d(X)
         try:
             # Sparse input is refused (accept_sparse=False): NaN marks the holes, and a sparse
             # matrix's implicit zeros are observed zeros, so densifying is the caller's call.
@@ -404,45 +476,149 @@ class MissIWAEImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         except (ValueError, TypeError) as error:
             raise reraised(with_column(X, error)) from error
 
+    def _read_table(self, X: ArrayLike, *, reset: bool) -> NDArray[np.float64]:
+        """X (N, D) as the model's float64 (N, D') table, NaN = missing: X itself (D' = D), or,
+        when X has categorical columns, numbers as they are and each categorical column one-hot
+        (`onehot_`, whose levels `fit` finds). Sets or checks n_features_in_ and
+        feature_names_in_ as scikit-learn's `validate_data` does."""
+        if reset:
+            categorical = self._categorical_mask(X)
+            self.onehot_: OneHot | None = None
+            if any(categorical):
+                if self.n_models > 1:
+                    raise ValueError(
+                        "n_models > 1 is not available for tables with categorical columns yet: "
+                        "a bootstrap member could miss a level; use n_models=1"
+                    )
+                self._check_2d(X)
+                validate_data(self, X, reset=True, skip_check_array=True)
+                self.onehot_ = OneHot.fit(self._raw_columns(X), categorical, self._table_names())
+        onehot = getattr(self, "onehot_", None)
+        if onehot is None:
+            return self._validate_table(X, reset=reset)
+        self._check_2d(X)
+        validate_data(self, X, reset=False, skip_check_array=True)
+        columns = [
+            column if found is not None else column_as_float64(X, j, self._column_label(j))
+            for j, (column, found) in enumerate(zip(self._raw_columns(X), onehot.levels, strict=True))
+        ]
+        encoded = onehot.encode(columns, self._table_names())
+        if np.isinf(encoded).any():  # column_as_float64 refuses inf; this is a second guard
+            raise ValueError("X holds inf")
+        return encoded
+
+    def _categorical_mask(self, X: ArrayLike) -> list[bool]:
+        """(D,) which columns of X `fit` models as categorical: those `column_types` names so,
+        or, for "auto", the columns of labels (strings, a DataFrame's category columns)."""
+        spec = self.column_types
+        if spec is None:
+            return []
+        if isinstance(spec, str):  # "auto"
+            return categorical_columns(X)
+        return [name == CATEGORICAL for name in spec]
+
+    @staticmethod
+    def _raw_columns(X: Any) -> list[Any]:
+        """X's columns as they are: a DataFrame's Series, else the (N,) columns of an array."""
+        if is_frame(X):
+            return [X.iloc[:, j] for j in range(X.shape[1])]
+        values = X if isinstance(X, np.ndarray) else np.asarray(X, dtype=object)
+        return [values[:, j] for j in range(values.shape[1])]
+
+    def _table_names(self) -> list[str]:
+        """(D,) the table's column names: fitted names, else the indices as str."""
+        names = getattr(self, "feature_names_in_", None)
+        return [str(n) for n in names] if names is not None else [str(j) for j in range(self.n_features_in_)]
+
+    def _model_column_names(self) -> list[str] | None:
+        """(D',) names of the model's columns for messages: a categorical column's are
+        "name=level"; None for an unnamed table without categorical columns (indices then)."""
+        onehot = getattr(self, "onehot_", None)
+        names = getattr(self, "feature_names_in_", None)
+        if onehot is None:
+            return None if names is None else [str(n) for n in names]
+        table = self._table_names()
+        return [
+            table[j] if found is None else f"{table[j]}={level}"
+            for j, found in enumerate(onehot.levels)
+            for level in (found if found is not None else [None])
+        ]
+
+    def _table_types(self, model_types: list[str]) -> list[str]:
+        """(D,) each table column's type from the model columns' (D'): a block's first."""
+        onehot = getattr(self, "onehot_", None)
+        if onehot is None:
+            return model_types
+        return [model_types[span.start] for span in onehot.spans()]
+
+    @staticmethod
+    def _check_2d(X: ArrayLike) -> None:
+        # Our own check first: scikit-learn says "Expected 2D array", this estimator has always
+        # said "must be 2-D" and shown the shape (its callers and tests match on that).
+        shape = getattr(X, "shape", None)
+        if shape is None:  # a list: numpy's reading of it decides its shape
+            shape = np.asarray(X).shape
+        if len(shape) != 2:
+            raise ValueError(
+                f"X must be 2-D (n_samples, n_features), got an array of shape {shape}. "
+                "Reshape your data with X.reshape(-1, 1) for a single feature"
+            )
+
     def _column_label(self, j: int) -> str:
-        """How messages name column j: its fitted name (quoted) when X had names, else j."""
+        """How messages name table column j: its fitted name (quoted) when X had names, else j."""
         names = getattr(self, "feature_names_in_", None)
         return repr(str(names[j])) if names is not None else str(j)
 
+    def _model_label(self, j: int) -> str:
+        """How messages name model column j (a table column, or one level of a categorical)."""
+        names = self._model_column_names()
+        return repr(names[j]) if names is not None else str(j)
+
     def _column_labels(self, columns: NDArray[np.intp]) -> list[str] | list[int]:
-        """Column indices (k,) as messages list them: fitted names when X had names."""
-        names = getattr(self, "feature_names_in_", None)
-        return [str(names[j]) for j in columns] if names is not None else columns.tolist()
+        """Model column indices (k,) as messages list them: names when there are names."""
+        names = self._model_column_names()
+        return [names[j] for j in columns] if names is not None else columns.tolist()
 
     def _resolve_column_types(self, X: NDArray[np.float64], mask: NDArray[np.bool_]) -> list[str]:
-        """One observation model name per column, from `column_types` and `observation`."""
-        num_features = X.shape[1]
+        """(D',) one type per model column, from `column_types` and `observation`: a
+        categorical column's block is "categorical" throughout."""
+        onehot = getattr(self, "onehot_", None)
+        num_features = self.n_features_in_
         spec = self.column_types
         if spec is None:
             return [self.observation] * num_features
         if isinstance(spec, str):  # "auto": the only string _parameter_constraints lets through
-            return infer_column_types(X, self.observation, mask)
+            types = infer_column_types(X, self.observation, mask)
+            if onehot is not None:
+                for found, span in zip(onehot.levels, onehot.spans(), strict=True):
+                    if found is not None:
+                        types[span] = [CATEGORICAL] * (span.stop - span.start)
+            return types
         types = list(spec)
         if len(types) != num_features:
             raise ValueError(f"column_types names {len(types)} columns, but X has {num_features} features")
         for name in types:
-            if name not in OBSERVATIONS:  # scikit-learn constrains the list, not its entries
-                raise ValueError(f"column_types entry must be one of {list(OBSERVATIONS)}, got {name!r}")
-        return types
+            if name not in (*OBSERVATIONS, CATEGORICAL):  # scikit-learn constrains the list, not its entries
+                raise ValueError(
+                    f"column_types entry must be one of {[*OBSERVATIONS, CATEGORICAL]}, got {name!r}"
+                )
+        return list(onehot.model_column_types(types)) if onehot is not None else types
 
     def _check_binary(self, X: NDArray[np.float64], mask: NDArray[np.bool_]) -> None:
-        bernoulli = np.array([name == "bernoulli" for name in self.column_types_])
+        onehot = getattr(self, "onehot_", None)
+        types = self.column_types_ if onehot is None else onehot.model_column_types(self.column_types_)
+        bernoulli = np.array([name == "bernoulli" for name in types])
         wrong = np.flatnonzero(bernoulli & ~binary_columns(X, mask))
         if wrong.size:
             raise ValueError(
-                f"column {self._column_label(int(wrong[0]))} is modelled as bernoulli "
+                f"column {self._model_label(int(wrong[0]))} is modelled as bernoulli "
                 "(observation / column_types) and needs observed values in {0, 1}; "
                 "use 'gaussian' or 'student_t' for continuous data"
             )
 
     def _check_transform_input(self, X: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
         check_is_fitted(self, "model_")
-        X = self._validate_table(X, reset=False)
+        X = self._read_table(X, reset=False)
         mask = ~np.isnan(X)
         self._check_binary(X, mask)
         return X, mask

@@ -122,6 +122,51 @@ def restore_frame(
     return restored
 
 
+def categorical_columns(X: Any) -> list[bool]:
+    """(D,) True for each column of X (N, D) that holds labels rather than numbers: a
+    DataFrame's category columns, and the object or string columns (of a DataFrame or an array)
+    with a string that is not a number ("red"; "1.5" is a number held as text, read as 1.5).
+    Dates and durations are not labels: they keep their own error."""
+    if is_frame(X):
+        columns = [X.iloc[:, j] for j in range(X.shape[1])]
+        return [
+            _kind(c.dtype) not in "biufmM" and (_is_category(c.dtype) or _has_label(c.to_numpy(dtype=object)))
+            for c in columns
+        ]
+    values = X if isinstance(X, np.ndarray) else np.asarray(X, dtype=object)
+    if values.ndim != 2 or values.dtype.kind not in "OUS":
+        return [False] * (values.shape[1] if values.ndim == 2 else 0)
+    return [_has_label(column) for column in values.T]
+
+
+def _is_category(dtype: Any) -> bool:
+    return getattr(dtype, "categories", None) is not None
+
+
+def _has_label(column: NDArray[Any]) -> bool:
+    """Whether a column holds a string that does not read as a number. (Anything else that
+    is not a number, a dict say, is left to the numeric reading, which refuses it.)"""
+    for value in column.tolist():
+        if isinstance(value, str):
+            try:
+                float(value)
+            except ValueError:
+                return True
+    return False
+
+
+def column_as_float64(X: Any, j: int, label: str) -> NDArray[np.float64]:
+    """(N,) column j of X (N, D) as float64, NaN / pd.NA as NaN; ValueError naming the column
+    when it is not numbers or holds inf."""
+    column = X.iloc[:, [j]] if is_frame(X) else np.asarray(X, dtype=object)[:, [j]]
+    try:
+        with np.errstate(invalid="ignore", over="ignore"):
+            values = check_array(column, dtype=np.float64, ensure_all_finite="allow-nan", input_name="X")
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"column {label} of X: {error}") from error
+    return np.asarray(values[:, 0], dtype=np.float64)
+
+
 def _kind(dtype: Any) -> str:
     """numpy's one-letter kind of a column dtype, numpy or pandas ("b", "i", "u", "f", ...);
     pandas' nullable Int64 / boolean / Float64 report theirs, category and strings "O"."""
@@ -158,4 +203,11 @@ def _float_within(bound: int) -> float:
     return nearest
 
 
-__all__ = ["check_float64_holds", "is_frame", "restore_frame", "with_column"]
+__all__ = [
+    "categorical_columns",
+    "check_float64_holds",
+    "column_as_float64",
+    "is_frame",
+    "restore_frame",
+    "with_column",
+]

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from missiwae import kernels
-from missiwae.config import Observation
+from missiwae.config import ColumnType, Observation
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -169,6 +169,56 @@ class StudentT(ObservationModel):
         return loc + scale * normal / torch.sqrt(chi2 / df)
 
 
+class Categorical(ObservationModel):
+    """Categorical columns, one-hot encoded: column c with k_c levels owns k_c consecutive
+    entries (one-hot x_c, observed or missing as a whole), and params[..., 0, :] hold the logits
+    of its levels. log p(x_c | z) = Σ_l x_{c,l} · log softmax(logits_c)_l: written per entry, so
+    the masked sum over a column's entries is the column's log-probability, and `mean` is the
+    vector of level probabilities (SNIS then imputes P(x_c = l | x_o) for every level l).
+
+    `levels` (C,): k_c for each column, in order; they cover the D entries exactly.
+    """
+
+    num_params = 1
+
+    def __init__(self, levels: Sequence[int]) -> None:
+        if not levels or any(k < 1 for k in levels):
+            raise ValueError(f"Categorical needs at least one column with >= 1 level, got {list(levels)}")
+        self.levels = tuple(int(k) for k in levels)
+
+    def _blocks(self, values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if values.shape[-1] != sum(self.levels):
+            raise ValueError(
+                f"categorical levels {list(self.levels)} cover {sum(self.levels)} entries, "
+                f"got {values.shape[-1]}"
+            )
+        return torch.split(values, list(self.levels), dim=-1)
+
+    def log_softmax(self, params: torch.Tensor) -> torch.Tensor:
+        """log P(x_c = l | z) per entry, each column's block normalised. (..., P, D) -> (..., D)."""
+        return torch.cat([F.log_softmax(block, dim=-1) for block in self._blocks(params[..., 0, :])], dim=-1)
+
+    def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return x * self.log_softmax(params)
+
+    def log_prob_observed(self, params: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # The definition itself: a fast path that scores observed entries one by one would
+        # lose the normalisation over each column's block.
+        return torch.where(mask, self.log_prob(params, x), 0.0).sum(-1)
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        return self.log_softmax(params).exp()
+
+    def sample(self, params: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A one-hot draw per column, by the Gumbel-max trick: argmax_l (logit_l + G_l)."""
+        logits = self.log_softmax(params)
+        uniform = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
+        tiny = torch.finfo(logits.dtype).tiny
+        gumbel = -torch.log(-torch.log(uniform.clamp(min=tiny, max=1.0 - 1e-7)))
+        blocks = self._blocks(logits + gumbel)
+        return torch.cat([F.one_hot(b.argmax(-1), b.shape[-1]).to(logits.dtype) for b in blocks], dim=-1)
+
+
 class Mixed(ObservationModel):
     """A product over column groups, each with its own model: p(x | z) = Π_g p_g(x_{G_g} | z).
 
@@ -178,13 +228,16 @@ class Mixed(ObservationModel):
     method is per entry, so log_prob_observed is the sum of the groups' log p(x_o | z).
     """
 
-    def __init__(self, column_types: Sequence[Observation]) -> None:
+    def __init__(self, column_types: Sequence[ColumnType], categorical_levels: Sequence[int] = ()) -> None:
         if not column_types:
             raise ValueError("Mixed needs at least one column type")
         self.column_types = tuple(column_types)
         names = sorted(set(self.column_types))
         self.groups: list[tuple[ObservationModel, list[int]]] = [
-            (observation_model(name), [j for j, t in enumerate(self.column_types) if t == name])
+            (
+                _single_model(name, categorical_levels),
+                [j for j, t in enumerate(self.column_types) if t == name],
+            )
             for name in names
         ]
         self.num_params = max(model.num_params for model, _ in self.groups)
@@ -222,19 +275,31 @@ class Mixed(ObservationModel):
         )
 
 
-def observation_model(name: Observation, column_types: Sequence[Observation] = ()) -> ObservationModel:
-    """The observation model a config names; `column_types` (one per column) makes it Mixed.
+def observation_model(
+    name: Observation, column_types: Sequence[ColumnType] = (), categorical_levels: Sequence[int] = ()
+) -> ObservationModel:
+    """The observation model a config names; `column_types` (one per model column) makes it
+    Mixed, and `categorical_levels` gives the level counts of its "categorical" columns' blocks.
 
     A column_types list naming a single model is that model, not a one-group Mixed.
     """
-    models: dict[str, type[ObservationModel]] = {
-        "bernoulli": Bernoulli,
-        "gaussian": Gaussian,
-        "student_t": StudentT,
-    }
     for each in (name, *column_types):
-        if each not in models:
-            raise ValueError(f"unknown observation model {each!r}; choose from {sorted(models)}")
+        if each not in _MODELS:
+            raise ValueError(f"unknown observation model {each!r}; choose from {sorted(_MODELS)}")
     if len(set(column_types)) > 1:
-        return Mixed(column_types)
-    return models[column_types[0] if column_types else name]()
+        return Mixed(column_types, categorical_levels)
+    return _single_model(column_types[0] if column_types else name, categorical_levels)
+
+
+_MODELS: dict[str, type[ObservationModel]] = {
+    "bernoulli": Bernoulli,
+    "categorical": Categorical,
+    "gaussian": Gaussian,
+    "student_t": StudentT,
+}
+
+
+def _single_model(name: str, categorical_levels: Sequence[int]) -> ObservationModel:
+    if name == "categorical":
+        return Categorical(categorical_levels)
+    return _MODELS[name]()

@@ -67,7 +67,7 @@ class MissIWAE(nn.Module):
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> MissIWAE:
-        likelihood = observation_model(config.observation, config.column_types)
+        likelihood = observation_model(config.observation, config.column_types, config.categorical_levels)
         encoder, decoder = build_networks(config, likelihood.num_params)
         iota = imputation_function(config.imputation, config.num_features)
         return cls(encoder, decoder, likelihood, iota, config.num_features, config.latent_dim, config)

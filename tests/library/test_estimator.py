@@ -448,8 +448,9 @@ def test_a_column_numpy_cannot_read_is_named_in_the_error(
 ) -> None:
     frame = labelled_frame()
     frame.insert(1, "bad", column)
+    # column_types=None: every column numbers ("auto" would take the strings as a categorical)
     with pytest.raises(error, match=message.format(name="bad")):
-        MissIWAEImputer(**TINY).fit(frame)
+        MissIWAEImputer(**TINY, column_types=None).fit(frame)
     fitted = MissIWAEImputer(**TINY, random_state=0).fit(frame.drop(columns="bad"))
     with pytest.raises(error, match=message.format(name="b")):  # at transform as well
         fitted.transform(frame.drop(columns="b").rename(columns={"bad": "b"})[list("abcd")])
