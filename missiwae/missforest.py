@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from numbers import Integral
 from typing import Any, ClassVar, Literal
@@ -112,13 +113,15 @@ class MissForest(BaseEstimator):
         like ``n_estimators * max_samples * log(max_samples)``, so e.g. ``max_samples=2000``
         keeps every per-column fit cheap on 50 000 MNIST rows, while all rows are still
         imputed and every tree still sees a fresh subsample.
-    feature_types : {"auto", "continuous", "categorical"}
+    feature_types : {"auto", "continuous", "categorical"} or sequence of them
         "auto": a column whose observed values are all in {0, 1} is categorical (random forest
         classifier, mode initialisation, counted in ΔF), any other column is continuous
         (regressor, mean initialisation, ΔN). "continuous"/"categorical" force one type for
-        every column. Categorical columns are imputed with one of their observed values; as
-        predictors they enter with their numeric codes (scikit-learn forests have no native
-        categorical splits), which is exact for binary columns.
+        every column; a sequence names "continuous" or "categorical" for each column
+        (integer-coded categorical columns of a mixed table). Categorical columns are imputed
+        with one of their observed values; as predictors they enter with their numeric codes
+        (scikit-learn forests have no native categorical splits), which is exact for binary
+        columns.
     n_jobs : int or None
         Parallel workers for the per-column forests of a sweep, passed to ``joblib.Parallel``
         (-1 = all cores). None defers to an enclosing ``joblib.parallel_config`` /
@@ -170,7 +173,7 @@ class MissForest(BaseEstimator):
         ],
         "min_samples_leaf": [_POSITIVE_INT, Interval(RealNotInt, 0.0, 1.0, closed="neither")],
         "max_samples": [None, _POSITIVE_INT, Interval(RealNotInt, 0.0, 1.0, closed="right")],
-        "feature_types": [StrOptions({"auto", "continuous", "categorical"})],
+        "feature_types": [StrOptions({"auto", "continuous", "categorical"}), list, tuple],
         "n_jobs": [Integral, None],
         "parallel_backend": [str, None],
         # Not "random_state": a RandomState cannot seed the per-forest SeedSequence streams.
@@ -185,7 +188,7 @@ class MissForest(BaseEstimator):
         max_features: str | int | float | None = "sqrt",
         min_samples_leaf: int | float = 1,
         max_samples: float | int | None = None,
-        feature_types: FeatureTypes = "auto",
+        feature_types: FeatureTypes | Sequence[FeatureTypes] = "auto",
         n_jobs: int | None = 1,
         parallel_backend: str | None = None,
         random_state: int | None = None,
@@ -375,8 +378,16 @@ class MissForest(BaseEstimator):
     def _column_types(self, x: NDArray[np.float64], observed: NDArray[np.bool_]) -> NDArray[np.bool_]:
         """Boolean (D,) mask of categorical columns."""
         n_cols = x.shape[1]
-        if self.feature_types == "continuous":
+        spec = self.feature_types
+        if not isinstance(spec, str):  # one type per column
+            if len(spec) != n_cols or not set(spec) <= {"continuous", "categorical"}:
+                raise ValueError(
+                    f"feature_types must name 'continuous' or 'categorical' for each of the {n_cols} "
+                    f"columns, got {list(spec)}"
+                )
+            return np.array([t == "categorical" for t in spec], dtype=bool)
+        if spec == "continuous":
             return np.zeros(n_cols, dtype=bool)
-        if self.feature_types == "categorical":
+        if spec == "categorical":
             return np.ones(n_cols, dtype=bool)
         return binary_columns(x, observed)  # "auto": observed values all in {0, 1}
