@@ -98,6 +98,20 @@ def test_mixed_types_binary_columns_get_observed_classes() -> None:
     assert not np.isin(out_c[:, 2:][~observed[:, 2:]], (0.0, 1.0)).all()
 
 
+def test_per_column_types_make_an_integer_coded_column_categorical() -> None:
+    rng = np.random.default_rng(3)
+    codes = rng.integers(0, 3, 200).astype(float)  # three levels, coded 0, 1, 2
+    x = np.column_stack([codes + 0.1 * rng.standard_normal(200), codes])
+    holed = x.copy()
+    holed[rng.random(200) < 0.3, 1] = np.nan
+    mf = MissForest(n_estimators=20, max_iter=3, feature_types=["continuous", "categorical"], random_state=0)
+    out = mf.fit_transform(holed)
+    assert mf.categorical_.tolist() == [False, True]
+    assert np.isin(out[:, 1], (0.0, 1.0, 2.0)).all()  # a level, never a regression value
+    with pytest.raises(ValueError, match="feature_types must name 'continuous' or 'categorical' for each"):
+        MissForest(feature_types=["continuous"]).fit_transform(holed)
+
+
 def test_binarized_mnist_crop_beats_thresholded_mean(data_root: Path) -> None:
     ds = load_incomplete_mnist("test", missing_rate=0.5, seed=0, num_rows=300, data_dir=data_root)
     side = np.arange(7, 21)
