@@ -82,15 +82,32 @@ class OneHot:
 
     @classmethod
     def fit(
-        cls, columns: Sequence[Any], categorical: Sequence[bool], names: Sequence[str] | None = None
+        cls,
+        columns: Sequence[Any],
+        categorical: Sequence[bool],
+        names: Sequence[str] | None = None,
+        given: Sequence[Sequence[Any]] | None = None,
     ) -> OneHot:
-        """The levels of each categorical column: a pandas categorical's categories, else the
-        distinct observed values, sorted. ValueError naming the column when it has more than
-        MAX_LEVELS levels. `columns`: one (N,) array or Series per table column."""
+        """The levels of each categorical column: `given` (one sequence per categorical column,
+        in order), else a pandas categorical's categories, else the distinct observed values,
+        sorted. ValueError naming the column when it has more than MAX_LEVELS levels, or an
+        observed value outside its given levels. `columns`: one (N,) array or Series per table
+        column."""
+        if given is not None and len(given) != sum(categorical):
+            raise ValueError(
+                f"categories lists {len(given)} columns' levels, but X has {sum(categorical)} "
+                "categorical columns"
+            )
         levels: list[tuple[Any, ...] | None] = []
         for j, (column, is_categorical) in enumerate(zip(columns, categorical, strict=True)):
             if not is_categorical:
                 levels.append(None)
+                continue
+            if given is not None:
+                chosen = tuple(given[sum(categorical[:j])])
+                if not chosen:
+                    raise ValueError(f"categories gives column {_label(names, j)} no level")
+                levels.append(chosen)
                 continue
             values = np.asarray(column, dtype=object)
             observed = values[~is_missing(values)]
@@ -99,10 +116,10 @@ class OneHot:
                     f"column {_label(names, j)} of X has no observed value (all missing); drop it "
                     "before fitting: nothing can be learned about it"
                 )
-            found = _declared_levels(column)
-            if found is None:
+            declared = _declared_levels(column)
+            if declared is None:
                 _check_one_kind(observed, _label(names, j))
-                found = _sorted_levels(observed)
+            found = declared if declared is not None else _sorted_levels(observed)
             if len(found) > MAX_LEVELS:
                 raise ValueError(
                     f"column {_label(names, j)} has {len(found)} distinct values, more than the "

@@ -35,6 +35,8 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from sklearn.base import clone
 
+from missiwae.frames import is_frame
+
 
 class SamplingImputer(Protocol):
     """What the ensemble needs of an imputer."""
@@ -128,13 +130,17 @@ class BootstrapImputer:
         self.members: list[SamplingImputer] = []
 
     def fit(self, X: ArrayLike) -> BootstrapImputer:
-        table = np.asarray(X, dtype=np.float64)
+        """X: a float array (N, D), or a table with labels (a DataFrame, an object array), whose
+        rows the resamples then take as they are."""
+        table: Any = X if is_frame(X) else np.asarray(X)
+        if not is_frame(table) and table.dtype != object:
+            table = np.asarray(table, dtype=np.float64)
         self.members = []
         for b, rows in enumerate(bootstrap_rows(table.shape[0], self.num_models, self.seed)):
             member = clone(self.imputer)
             if "random_state" in member.get_params(deep=False):
                 member.set_params(random_state=self.seed + b)
-            member.fit(table[rows])
+            member.fit(table.iloc[rows] if is_frame(table) else table[rows])
             self.members.append(member)
         return self
 

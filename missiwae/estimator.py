@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from numpy.typing import ArrayLike, NDArray
-from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
+from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin, clone
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils._set_output import _get_output_config
@@ -65,6 +65,7 @@ _WORDING = {
     "random_state": "None, an integer in [0, 2**32 - 1] or a numpy RandomState",
     "device": "a torch device (a str such as 'cpu' or 'cuda', or a torch.device)",
     "verbose": "a bool or an integer >= 0",
+    "categories": "'auto' or a list with the levels of each categorical column",
 }
 
 # Imputation runs over rows in batches of this size (and the library chunks the L importance
@@ -135,6 +136,11 @@ class MissIWAEImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         the uncertainty of the fitted parameters (proper multiple imputation; prefer
         B = n_imputations). 1: every draw from the one model. `transform` always uses the
         model fitted to all rows.
+    categories : "auto" or list of sequences
+        The levels of the categorical columns. "auto": a pandas categorical's own categories,
+        else the distinct values seen in `fit`, sorted. A list: one sequence of levels per
+        categorical column, in column order (as scikit-learn's OneHotEncoder takes them), e.g.
+        to allow a level that the training rows lack; `transform` refuses any other level.
 
     Attributes
     ----------
@@ -192,6 +198,7 @@ class MissIWAEImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         "device": [str, torch.device],
         "verbose": ["verbose"],
         "n_models": [_POSITIVE_INT],
+        "categories": [StrOptions({"auto"}), list, tuple],
     }
 
     def __init__(
@@ -212,6 +219,7 @@ class MissIWAEImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         device: str = "cpu",
         verbose: bool = False,
         n_models: int = 1,
+        categories: str | list[Any] | tuple[Any, ...] = "auto",
     ) -> None:
         # scikit-learn convention: store the parameters untouched (clone and set_params rely on
         # it); all checking happens in `fit`.
@@ -231,6 +239,7 @@ class MissIWAEImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         self.device = device
         self.verbose = verbose
         self.n_models = n_models
+        self.categories = categories
 
     # ------------------------------------------------------------------ fitting
 
@@ -241,6 +250,7 @@ class MissIWAEImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         with no observed value, or (bernoulli) observed values outside {0, 1}.
         """
         self._validate_params()
+        source = X
         X = self._read_table(X, reset=True)
         mask = ~np.isnan(X)
         empty = np.flatnonzero(~mask.any(axis=0))
@@ -298,11 +308,15 @@ class MissIWAEImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         x, mask_t = self._to_tensors(X, mask, torch.device("cpu"))
         self.history_: list[EpochStats] = train(model, x, mask_t, train_config, progress=bool(self.verbose))
         self.model_ = model.eval()  # n_features_in_ was set by validate_data
-        self.ensemble_: BootstrapImputer | None = (
-            fit_bootstrap_ensemble(self, X, int(self.n_models), self.seed_ + _ENSEMBLE_SEED_OFFSET)
-            if self.n_models > 1
-            else None
-        )
+        self.ensemble_: BootstrapImputer | None = None
+        if self.n_models > 1:
+            # With labels, every member resamples the table itself and is given its levels:
+            # a resample that misses a level still knows it.
+            members = self if onehot is None else clone(self).set_params(categories=self._fitted_levels())
+            table = X if onehot is None else source
+            self.ensemble_ = fit_bootstrap_ensemble(
+                members, table, int(self.n_models), self.seed_ + _ENSEMBLE_SEED_OFFSET
+            )
         return self
 
     # ------------------------------------------------------------------ imputing
@@ -360,7 +374,8 @@ class MissIWAEImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         check_float64_holds(source, self._column_label, _SAMPLE_REMEDY)
         ensemble = getattr(self, "ensemble_", None)  # absent from imputers pickled before n_models
         if ensemble is not None:  # n_models > 1: the bootstrap members draw
-            return ensemble.sample(X, int(n_imputations))
+            with_labels = getattr(self, "onehot_", None) is not None  # members read the table itself
+            return ensemble.sample(source if with_labels else X, int(n_imputations))
         x, mask_t = self._to_tensors(X, mask, self.model_.device)
         generator = make_generator(self.seed_ + _SAMPLE_SEED_OFFSET, self.model_.device)
         result = impute_multiple(
@@ -485,14 +500,10 @@ class MissIWAEImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             categorical = self._categorical_mask(X)
             self.onehot_: OneHot | None = None
             if any(categorical):
-                if self.n_models > 1:
-                    raise ValueError(
-                        "n_models > 1 is not available for tables with categorical columns yet: "
-                        "a bootstrap member could miss a level; use n_models=1"
-                    )
                 self._check_2d(X)
                 validate_data(self, X, reset=True, skip_check_array=True)
-                self.onehot_ = OneHot.fit(self._raw_columns(X), categorical, self._table_names())
+                given = None if isinstance(self.categories, str) else self.categories
+                self.onehot_ = OneHot.fit(self._raw_columns(X), categorical, self._table_names(), given)
         onehot = getattr(self, "onehot_", None)
         if onehot is None:
             return self._validate_table(X, reset=reset)
@@ -506,6 +517,11 @@ class MissIWAEImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         if np.isinf(encoded).any():  # column_as_float64 refuses inf; this is a second guard
             raise ValueError("X holds inf")
         return encoded
+
+    def _fitted_levels(self) -> list[list[Any]]:
+        """The levels of each categorical column, as the `categories` parameter takes them."""
+        assert self.onehot_ is not None
+        return [list(found) for found in self.onehot_.levels if found is not None]
 
     def _categorical_mask(self, X: ArrayLike) -> list[bool]:
         """(D,) which columns of X `fit` models as categorical: those `column_types` names so,

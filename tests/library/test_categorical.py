@@ -12,6 +12,7 @@ import torch
 
 from missiwae.categorical import MAX_LEVELS, OneHot
 from missiwae.config import ColumnType, ConfigError, ModelConfig
+from missiwae.ensemble import bootstrap_rows
 from missiwae.estimator import MissIWAEImputer
 from missiwae.likelihoods import Categorical, Gaussian, observation_model
 from missiwae.model import MissIWAE
@@ -227,10 +228,33 @@ def test_an_object_array_and_integer_codes_named_categorical_work_too() -> None:
     assert set(imputer.transform(codes)[:, 1]) <= {0.0, 1.0, 2.0}
 
 
-def test_a_level_unseen_in_fit_and_an_ensemble_are_refused_in_one_clear_line(shop_fit: Any) -> None:
+def test_a_level_unseen_in_fit_is_refused_in_one_clear_line(shop_fit: Any) -> None:
     imputer, _, holed, _ = shop_fit
     later = holed.assign(size=holed["size"].replace("L", "XL"))
     with pytest.raises(ValueError, match="column 'size' holds the level 'XL', which the imputer did not see"):
         imputer.transform(later)
-    with pytest.raises(ValueError, match="n_models > 1 is not available for tables with categorical"):
-        MissIWAEImputer(n_models=2).fit(holed)
+
+
+def test_given_categories_allow_a_level_the_training_rows_lack() -> None:
+    _, holed, _ = _shop(num_rows=200)
+    levels = [["blue", "green", "purple", "red"], ["L", "S"]]
+    imputer = MissIWAEImputer(epochs=2, num_samples=10, random_state=0, categories=levels)
+    imputer.fit(holed.assign(colour=holed["colour"].astype(object)))
+    later = holed.assign(colour=holed["colour"].astype(object).where(holed.index != 100, "purple"))
+    assert imputer.level_probabilities(later)["colour"].shape == (200, 4)
+    with pytest.raises(ValueError, match="categories lists 1 columns' levels, but X has 2 categorical"):
+        MissIWAEImputer(categories=[["L", "S"]]).fit(holed)
+
+
+def test_an_ensemble_gives_every_member_all_levels_even_when_its_resample_lacks_one() -> None:
+    _, holed, _ = _shop(num_rows=120)
+    seed = MissIWAEImputer(epochs=0, random_state=0).fit(holed).seed_  # what random_state=0 draws
+    missed = np.setdiff1d(np.arange(len(holed)), bootstrap_rows(len(holed), 3, seed + 5)[1])[0]
+    # A level on one row only, a row that member 1's resample does not draw:
+    holed = holed.assign(size=holed["size"].astype(object).where(np.arange(len(holed)) != missed, "XS"))
+    imputer = MissIWAEImputer(epochs=2, num_samples=10, random_state=0, n_models=3).fit(holed)
+    assert imputer.ensemble_ is not None and imputer.onehot_ is not None and imputer.seed_ == seed
+    for member in imputer.ensemble_.members:
+        assert member.onehot_.levels == imputer.onehot_.levels  # type: ignore[attr-defined]
+    copies = imputer.sample(holed, 6)
+    assert copies.shape == (6, *holed.shape) and set(copies[:, :, 3].ravel()) <= {"L", "S", "XS"}
