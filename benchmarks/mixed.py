@@ -44,7 +44,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.uci import mcar_holes
+from benchmarks.uci import add_protocol_arguments, mcar_holes
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -266,17 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="benchmarks/mixed.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--repetitions", type=int, default=5)
-    parser.add_argument("--missing-rate", type=float, default=0.3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=2000, help="missIWAE Adam steps (batches of 64)")
-    parser.add_argument("--num-samples", type=int, default=1000, help="missIWAE L for SNIS imputation")
-    parser.add_argument("--trees", type=int, default=100, help="missForest trees per column")
+    add_protocol_arguments(parser, DATASETS, METHODS, missing_rate=0.3, out="benchmarks/results/mixed")
     parser.add_argument("--mice-iterations", type=int, default=10, help="MICE rounds over the columns")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--out", default="benchmarks/results/mixed", help="output path without suffix")
     args = parser.parse_args(argv)
     if args.repetitions < 1:
         parser.error("--repetitions must be >= 1")

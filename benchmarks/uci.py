@@ -27,7 +27,7 @@ import platform
 import sys
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -192,21 +192,35 @@ def write_outputs(results: dict[str, Any], args: argparse.Namespace, wall_second
     return f"{caption}\n\n{table}"
 
 
+def add_protocol_arguments(
+    parser: argparse.ArgumentParser,
+    datasets: Sequence[str],
+    methods: Sequence[str],
+    *,
+    missing_rate: float,
+    out: str,
+) -> None:
+    """The settings of an imputation benchmark over bundled tables (this script's and
+    benchmarks/mixed.py's): which tables and methods, the repetitions, the MCAR rate, the seed,
+    missIWAE's steps and L, missForest's trees, torch's threads and the output path."""
+    parser.add_argument("--datasets", nargs="+", default=list(datasets), help="bundled sklearn tables")
+    parser.add_argument("--methods", nargs="+", default=list(methods), choices=methods)
+    parser.add_argument("--repetitions", type=int, default=5)
+    parser.add_argument("--missing-rate", type=float, default=missing_rate)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=2000, help="missIWAE Adam steps (batches of 64)")
+    parser.add_argument("--num-samples", type=int, default=1000, help="missIWAE L for SNIS imputation")
+    parser.add_argument("--trees", type=int, default=100, help="missForest trees per column")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--out", default=out, help="output path without suffix")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="benchmarks/uci.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), help="bundled sklearn tables")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--repetitions", type=int, default=5)
-    parser.add_argument("--missing-rate", type=float, default=0.5)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=2000, help="missIWAE Adam steps (batches of 64)")
-    parser.add_argument("--num-samples", type=int, default=1000, help="missIWAE L for SNIS imputation")
+    add_protocol_arguments(parser, DATASETS, METHODS, missing_rate=0.5, out="benchmarks/results/uci")
     parser.add_argument("--observation", default="student_t", choices=("gaussian", "student_t"))
-    parser.add_argument("--trees", type=int, default=100, help="missForest trees per column")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--out", default="benchmarks/results/uci", help="output path without suffix")
     args = parser.parse_args(argv)
     if args.repetitions < 1:
         parser.error("--repetitions must be >= 1")
