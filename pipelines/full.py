@@ -181,7 +181,8 @@ def run_table(config: PipelineConfig, console: Console | None = None) -> dict[st
         assert ingest.table is not None
         info = ingest.table
         tracker.log_imputer(
-            trained.checkpoint_dir, _features(config, info["columns"], info["mean"], info["scale"])
+            trained.checkpoint_dir,
+            _features(config, info["columns"], info["mean"], info["scale"], info.get("levels")),
         )
         seconds["total"] = time.perf_counter() - started
         tracker.log_headline(test_log_likelihood=trained.test_log_likelihood, seconds=seconds)
@@ -337,12 +338,14 @@ def _advance(bar: Any, done: int, total: int) -> None:
     bar.update(done - bar.n)
 
 
-def _features(config: PipelineConfig, columns: Any, mean: Any = None, scale: Any = None) -> Any:
+def _features(
+    config: PipelineConfig, columns: Any, mean: Any = None, scale: Any = None, levels: Any = None
+) -> Any:
     """What the logged MLflow model needs besides the checkpoint: the frame's columns, the
-    table's standardisation, and L and the seed of its SNIS imputation."""
+    table's standardisation and its columns' levels, and L and the seed of its SNIS imputation."""
     from pipelines.tracking import Features
 
-    return Features.for_table(columns, config.impute.num_samples, config.impute.seed, mean, scale)
+    return Features.for_table(columns, config.impute.num_samples, config.impute.seed, mean, scale, levels)
 
 
 def _log_figures(stage: Any, ingest: Any, checkpoint_dir: Path, single_dir: Path) -> None:

@@ -163,7 +163,13 @@ def _read_csv(path: Path, name: str) -> pa.Table:
     # One block for the whole file: pyarrow infers a column's type from the first block only, so
     # a column of integers that turns float further down would otherwise fail to parse.
     block_size = min(max(size + 1, 1 << 20), 2**31 - 1)
-    return pa_csv.read_csv(path, read_options=pa_csv.ReadOptions(block_size=block_size))
+    # strings_can_be_null: in a column of labels too, an empty cell (and pyarrow's other null
+    # spellings, "NA", "NaN", "null" ...) marks a missing entry, as it does in a column of numbers.
+    return pa_csv.read_csv(
+        path,
+        read_options=pa_csv.ReadOptions(block_size=block_size),
+        convert_options=pa_csv.ConvertOptions(strings_can_be_null=True),
+    )
 
 
 def _read_parquet(path: Path, name: str) -> pa.Table:

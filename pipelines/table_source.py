@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from missiwae.categorical import OneHot
 from missiwae.columns import (
     Standardization,
     check_column_range,
@@ -31,7 +32,9 @@ if TYPE_CHECKING:
 # Bump when the tabular shard layout or standardisation changes (part of the ingest fingerprint).
 # 2: the `source` column (the file's cells in their own types), bookkeeping-safe output names.
 # 3: several files (data.path a folder or a glob); the manifest's `sources`.
-TABULAR_FORMAT_VERSION = 3
+# 4: columns of labels, one-hot in the shards; the manifest's `levels`.
+TABULAR_FORMAT_VERSION = 4
+CATEGORICAL = "categorical"  # a column of labels' type in the manifest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +47,9 @@ class SourceTable:
     array (N,) with fields ``label`` (when there is a label column) and ``c0`` ... ``c{D-1}``, each
     in the file's type (int64, bool, float32 ...), null or NaN in the holes. Observed cells of
     every output are copied from `source`, never through float64. files: where the rows came
-    from (pipelines.table_files; rows in source order: file after file).
+    from (pipelines.table_files; rows in source order: file after file). texts: per column, the
+    (N,) object array of a column of labels (strings, None in the holes; its `values` column is
+    then 0 where observed, NaN in the holes), or None for a numeric column.
     """
 
     name: str
@@ -53,6 +58,7 @@ class SourceTable:
     labels: np.ndarray | None
     source: pa.StructArray
     files: SourceFiles
+    texts: list[np.ndarray | None] = dataclasses.field(default_factory=list)
 
 
 def read_table(
@@ -90,18 +96,30 @@ def load_table(path: str | Path, label_column: str | None = None) -> SourceTable
     if arrow.num_rows < 3 or arrow.num_columns < 1:
         raise ConfigError(f"{name} has {arrow.num_rows} rows and {arrow.num_columns} columns; need >= 3 x 1")
     columns = list(arrow.column_names)
-    non_numeric = [c for c, field in zip(columns, arrow.schema, strict=True) if not _is_numeric(field.type)]
-    if non_numeric:
+    unusable = [
+        f"{c} ({field.type})"
+        for c, field in zip(columns, arrow.schema, strict=True)
+        if not (_is_numeric(field.type) or _is_text(field.type))
+    ]
+    if unusable:
         raise ConfigError(
-            f"column(s) {non_numeric} of {name} are not numeric: encode them as numbers "
-            "(e.g. one-hot 0/1 columns, which are modelled as Bernoulli) or drop them"
+            f"column(s) {unusable} of {name} are neither numbers nor text: convert them (dates to "
+            "days since a reference date, say) or drop them"
         )
-    values = np.column_stack([_as_float(column) for column in arrow.columns])
+    texts = [_as_text(column) if _is_text(column.type) else None for column in arrow.columns]
+    values = np.column_stack(
+        [
+            _as_float(column) if text is None else np.where(_missing_text(text), np.nan, 0.0)
+            for column, text in zip(arrow.columns, texts, strict=True)
+        ]
+    )
     _check_values(values, columns, name)
     fields = ([label_array] if label_array is not None else []) + list(arrow.columns)
     field_names = (["label"] if label_array is not None else []) + [f"c{j}" for j in range(len(columns))]
     source = _struct(fields, field_names)
-    return SourceTable(name=name, values=values, columns=columns, labels=labels, source=source, files=files)
+    return SourceTable(
+        name=name, values=values, columns=columns, labels=labels, source=source, files=files, texts=texts
+    )
 
 
 def _is_numeric(kind: pa.DataType) -> bool:
@@ -115,6 +133,26 @@ def _is_numeric(kind: pa.DataType) -> bool:
         or pa.types.is_boolean(kind)
         or pa.types.is_null(kind)
     )
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    """Strings (and dictionary-encoded strings, as Parquet stores categories): a column of labels."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind))
+
+
+def _as_text(column: pa.ChunkedArray) -> np.ndarray:
+    """(N,) object: the column's strings, None in the holes."""
+    import pyarrow as pa
+
+    return np.asarray(column.cast(pa.string()).to_pylist(), dtype=object)
+
+
+def _missing_text(text: np.ndarray) -> np.ndarray:
+    return np.array([value is None for value in text.tolist()], dtype=bool)
 
 
 def _as_float(column: pa.ChunkedArray) -> np.ndarray:
@@ -200,20 +238,30 @@ def tabular_split_tables(config: PipelineConfig) -> tuple[dict[str, pa.Table], d
     data = config.data
     assert data.path is not None
     table = load_table(data.path, data.label_column)
-    values, labels = table.values, table.labels
-    types = column_types(values, config.model.observation)
-    rows = split_rows(values.shape[0], data.seed, data.valid_fraction, data.test_fraction)
+    labels = table.labels
+    rows = split_rows(table.values.shape[0], data.seed, data.valid_fraction, data.test_fraction)
+    check_observed_in_training(~np.isnan(table.values), rows["train"], table.columns, table.name)
+    onehot = _levels(table, rows["train"])
+    types = [
+        CATEGORICAL if text is not None else kind
+        for text, kind in zip(table.texts, column_types(table.values, config.model.observation), strict=True)
+    ]
+    # The model's columns: numbers as they are, a column of labels one-hot (missiwae.categorical).
+    values = onehot.encode(
+        [table.values[:, j] if text is None else text for j, text in enumerate(table.texts)]
+    )
+    model_types = onehot.model_column_types(types)
+    model_names = model_column_names(table.columns, onehot.levels)
     observed = ~np.isnan(values)
-    check_observed_in_training(observed, rows["train"], table.columns, table.name)
 
-    continuous = [t != "bernoulli" for t in types]
+    continuous = [t not in ("bernoulli", CATEGORICAL) for t in model_types]
     try:
         scaling = fit_scaling(values, rows["train"], continuous)
     except ValueError as error:
         raise ConfigError(f"{table.name}: {error}") from error
     standardised = scaling.transform(values, observed)
     try:  # held-out rows far from the train rows' scaling would overflow the float32 model
-        check_standardised_range(standardised, names=table.columns, where=table.name)
+        check_standardised_range(standardised, names=model_names, where=table.name)
     except ValueError as error:
         raise ConfigError(str(error)) from error
 
@@ -236,13 +284,54 @@ def tabular_split_tables(config: PipelineConfig) -> tuple[dict[str, pa.Table], d
         "sources": table.files.to_manifest(),
         "columns": table.columns,
         "column_types": types,
+        # Per column: its levels (a column of labels, one-hot in the model) or None.
+        "levels": [None if found is None else list(found) for found in onehot.levels],
         "mean": scaling.mean.tolist(),
         "scale": scaling.scale.tolist(),
         "label_column": data.label_column,
         "num_rows": int(values.shape[0]),
-        "num_missing": int((~observed).sum()),
+        "num_missing": int(np.isnan(table.values).sum()),
     }
     return tables, info
+
+
+def _levels(table: SourceTable, train_rows: np.ndarray) -> OneHot:
+    """The levels of each column of labels, from its TRAINING rows (sorted); ConfigError naming
+    the file, column and level when a held-out row holds a level no training row has: the model
+    could not learn it, and its row's cell must come back as the file's own."""
+    names = table.columns
+    try:
+        onehot = OneHot.fit(
+            [
+                text[train_rows] if text is not None else table.values[train_rows, j]
+                for j, text in enumerate(table.texts)
+            ],
+            [text is not None for text in table.texts],
+            names,
+        )
+    except ValueError as error:
+        raise ConfigError(f"{table.name}: {error}") from error
+    for j, (text, found) in enumerate(zip(table.texts, onehot.levels, strict=True)):
+        if text is None or found is None:
+            continue
+        unseen = sorted({v for v in text.tolist() if v is not None} - set(found))
+        if unseen:
+            raise ConfigError(
+                f"column {names[j]!r} of {table.name} holds the level {unseen[0]!r} only in held-out "
+                f"rows (valid / test), never among the {len(train_rows)} training rows: the model "
+                "could not learn it. Change data.seed or data.valid_fraction / data.test_fraction, "
+                "or merge the rare level into another"
+            )
+    return onehot
+
+
+def model_column_names(columns: list[str], levels: list[list[Any] | None] | tuple[Any, ...]) -> list[str]:
+    """(D',) the model's column names: a column of labels is one "name=level" per level."""
+    return [
+        name if found is None else f"{name}={level}"
+        for name, found in zip(columns, levels, strict=True)
+        for level in (found if found is not None else [None])
+    ]
 
 
 def check_observed_in_training(
@@ -271,13 +360,16 @@ def tabular_model_config(config: PipelineConfig, ingest: IngestResult) -> Pipeli
         raise ValueError("the ingest result holds no table (data.path was not set)")
     if config.model.architecture != "mlp":
         raise ConfigError("model.architecture must be 'mlp' for a table (the conv pair is for 28x28 images)")
-    types = list(ingest.table["column_types"])
-    mixed = len(set(types)) > 1
+    info = ingest.table
+    levels = info.get("levels") or [None] * len(info["column_types"])
+    types = [t for t, found in zip(info["column_types"], levels, strict=True) for _ in (found or [None])]
+    mixed = len(set(types)) > 1 or CATEGORICAL in types
     model = dataclasses.replace(
         config.model,
         num_features=len(types),
         observation=config.model.observation if mixed else types[0],
         column_types=tuple(types) if mixed else (),
+        categorical_levels=tuple(len(found) for found in levels if found is not None),
     )
     workers = max(1, min(config.scaling.num_workers, ingest.num_rows["train"]))
     scaling = dataclasses.replace(config.scaling, num_workers=workers)
@@ -285,12 +377,14 @@ def tabular_model_config(config: PipelineConfig, ingest: IngestResult) -> Pipeli
 
 
 __all__ = [
+    "CATEGORICAL",
     "TABULAR_FORMAT_VERSION",
     "SourceTable",
     "check_observed_in_training",
     "column_types",
     "fit_scaling",
     "load_table",
+    "model_column_names",
     "read_table",
     "split_rows",
     "tabular_model_config",

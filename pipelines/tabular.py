@@ -7,7 +7,8 @@ Ingest (``table_source.tabular_split_tables``, called by ``ingest.run_ingest`` w
 ``data.path`` is set). ``data.path`` is a file, a folder or a glob (pipelines.table_files: which
 files, in which order, and how their columns must agree). Each file is read with pyarrow
 (``.csv`` / ``.parquet``), each column in its own type; an empty cell, NaN or null marks a
-missing entry. Every column must be integer, float or boolean; ``data.label_column``, when
+missing entry. Every column must be integer, float, boolean or text (a column of labels, one
+model column per level: missiwae/categorical.py); ``data.label_column``, when
 given, is set aside as the label (not modelled, not imputed). What is refused (rc 2, one line
 naming the file and column) is listed in docs/tables.md. Rows are split into train / valid /
 test by a permutation seeded with ``data.seed`` (``data.valid_fraction``,
@@ -28,11 +29,13 @@ split's rows (3 rows is enough). The shards have the MNIST layout plus two colum
                          from here, bit for bit (pipelines/shards.py)
 
 Columns whose observed values are all 0 or 1 are modelled as Bernoulli and left as they are;
-the others get ``model.observation`` (gaussian or student_t) and are standardised with the
-mean and standard deviation of their observed TRAIN-split entries (the decoder's scales start
-near 1; ``table_source.fit_scaling``). The manifest's ``table`` entry records columns, types,
-mean and scale; ``table_source.tabular_model_config`` turns it into the model's
-``num_features`` / ``column_types`` (and clamps the Train workers to the training rows).
+text columns are categorical, one-hot over the levels of their TRAIN-split rows (so pixels,
+mask and values are D' = D - C + Σ k_c wide); the others get ``model.observation`` (gaussian
+or student_t) and are standardised with the mean and standard deviation of their observed
+TRAIN-split entries (the decoder's scales start near 1; ``table_source.fit_scaling``). The
+manifest's ``table`` entry records columns, types, levels, mean and scale (D');
+``table_source.tabular_model_config`` turns it into the model's ``num_features`` /
+``column_types`` / ``categorical_levels`` (and clamps the Train workers to the training rows).
 
 Impute (:func:`run_tabular_imputation`). One Ray Data job over the shards of
 ``impute_stage.splits`` (the ``table`` preset: all three, so the whole file is completed): the
@@ -74,6 +77,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from missiwae.categorical import OneHot
 from missiwae.config import to_dict
 from pipelines.config import PipelineConfig
 from pipelines.publish import MANIFEST, Publisher, checkpoint_sha256, checkpoints_key, fingerprint, hash_files
@@ -94,7 +98,7 @@ ROW_COLUMNS = ("source_file", "source_row", "split", "mask")
 # The output mask's letters (module docstring). Part of the fingerprint: an output written
 # before the mask column existed (or with other letters) is never reused.
 OBSERVED, IMPUTED = "o", "i"
-_OUTPUT_VERSION = 3  # 3: source_file, and source_row counted within it
+_OUTPUT_VERSION = 4  # 3: source_file, and source_row counted within it; 4: columns of labels
 _LOCK = ".tabular.lock"
 
 
@@ -194,7 +198,9 @@ def _impute_into(
     source_row = shards.column("source_row").to_numpy()
     if not np.array_equal(source_row, imputed["source_row"]):
         raise RuntimeError("the imputation job lost or duplicated rows")
-    mask = tensor_matrix(shards.column("mask"), np.bool_, what="the table's shards", name="mask")
+    mask = table_mask(
+        tensor_matrix(shards.column("mask"), np.bool_, what="the table's shards", name="mask"), info
+    )
     split_names = np.asarray(shards.column("split").to_pylist(), dtype=object)
     row_names = row_columns(info)
     table = table_maker(shards, info)
@@ -237,7 +243,11 @@ def table_maker(shards: pa.Table, info: dict[str, Any]) -> Callable[[np.ndarray]
     import pyarrow as pa
 
     mean, scale = np.asarray(info["mean"], np.float64), np.asarray(info["scale"], np.float64)
-    mask = tensor_matrix(shards.column("mask"), np.bool_, what="the table's shards", name="mask")
+    onehot = _onehot(info)
+    spans = onehot.spans()
+    mask = table_mask(
+        tensor_matrix(shards.column("mask"), np.bool_, what="the table's shards", name="mask"), info
+    )
     struct = shards.column("source").combine_chunks()
     source = dict(zip(struct.type.names, struct.flatten(), strict=True))
     row_names = row_columns(info)
@@ -256,10 +266,26 @@ def table_maker(shards: pa.Table, info: dict[str, Any]) -> Callable[[np.ndarray]
         if info["label_column"] is not None:
             columns[info["label_column"]] = source["label"]
         for j, name in enumerate(info["columns"]):
-            columns[name] = completed_column(source[f"c{j}"], mask[:, j], imputed_values[:, j])
+            if onehot.levels[j] is None:
+                imputed = imputed_values[:, spans[j].start]
+            else:  # a column of labels: its most probable (single) or drawn (multiple) level
+                imputed = onehot.most_probable(imputed_values, j)
+            columns[name] = completed_column(source[f"c{j}"], mask[:, j], imputed)
         return pa.table(columns)
 
     return table
+
+
+def _onehot(info: dict[str, Any]) -> OneHot:
+    """The ingested table's model columns: a column of labels one-hot (the manifest's levels)."""
+    levels = info.get("levels") or [None] * len(info["columns"])
+    return OneHot(tuple(None if found is None else tuple(found) for found in levels))
+
+
+def table_mask(model_mask: np.ndarray, info: dict[str, Any]) -> np.ndarray:
+    """(N, D) True = observed, one per table column, from the shards' (N, D') model mask (a
+    column of labels is observed or missing across its whole one-hot block)."""
+    return model_mask[:, [span.start for span in _onehot(info).spans()]]
 
 
 def mask_strings(mask: np.ndarray) -> list[str]:
@@ -303,12 +329,15 @@ def row_columns(info: dict[str, Any]) -> dict[str, str]:
 
 def completed_column(original: pa.Array, observed: np.ndarray, imputed: np.ndarray) -> pa.Array:
     """One output column (N,) of `original`'s type: the observed cells (`observed` (N,) True)
-    copied from `original` itself, the holes from `imputed` (N,) float64 cast to that type
-    (:func:`cast_imputed`)."""
+    copied from `original` itself, the holes from `imputed` (N,): float64 cast to that type
+    (:func:`cast_imputed`), or, for a column of labels, the levels themselves (objects)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    fill = pa.array(cast_imputed(imputed, original.type.to_pandas_dtype()), type=original.type)
+    if imputed.dtype == object:
+        fill = pa.array(imputed.tolist(), type=pa.string()).cast(original.type)
+    else:
+        fill = pa.array(cast_imputed(imputed, original.type.to_pandas_dtype()), type=original.type)
     return pc.if_else(pa.array(observed, pa.bool_()), original, fill)
 
 
@@ -344,4 +373,5 @@ __all__ = [
     "row_columns",
     "run_tabular_imputation",
     "table_maker",
+    "table_mask",
 ]

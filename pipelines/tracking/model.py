@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from missiwae.categorical import OneHot
 from missiwae.columns import Standardization
 from missiwae.imputation import impute_single
 from missiwae.model import MissIWAE, make_generator
@@ -56,9 +57,11 @@ def pixel_columns(num_features: int) -> list[str]:
 class Features:
     """What a frame must hold and how the model sees it.
 
-    columns: the D feature names, in the model's order. mean, scale: (D,) the standardisation
+    columns: the D feature names, in the model's order. mean, scale: (D',) the standardisation
     the model was trained in (None: the frame's units are the model's). num_samples: L of the
     SNIS estimate; seed: the generator's seed, so the same frame always gets the same output.
+    levels: per column, the levels of a column of labels (one-hot in the model, so D' model
+    columns in all; missiwae.categorical) or None for a number; None: every column a number.
     """
 
     columns: tuple[str, ...]
@@ -66,6 +69,7 @@ class Features:
     seed: int = 0
     mean: tuple[float, ...] | None = None
     scale: tuple[float, ...] | None = None
+    levels: tuple[tuple[Any, ...] | None, ...] | None = None
 
     @classmethod
     def for_table(
@@ -75,6 +79,7 @@ class Features:
         seed: int = 0,
         mean: Sequence[float] | None = None,
         scale: Sequence[float] | None = None,
+        levels: Sequence[Sequence[Any] | None] | None = None,
     ) -> Features:
         return cls(
             tuple(str(c) for c in columns),
@@ -82,7 +87,14 @@ class Features:
             int(seed),
             None if mean is None else tuple(float(v) for v in mean),
             None if scale is None else tuple(float(v) for v in scale),
+            None if levels is None else tuple(None if found is None else tuple(found) for found in levels),
         )
+
+    def onehot(self) -> OneHot | None:
+        """The model's view of the columns of labels, None when every column is a number."""
+        if self.levels is None or all(found is None for found in self.levels):
+            return None
+        return OneHot(self.levels)
 
     def write(self, path: Path) -> Path:
         path.write_text(json.dumps(dataclasses.asdict(self)))
@@ -105,10 +117,12 @@ class FrameImputer:
     """A trained missIWAE that fills NaN cells of a DataFrame (N rows, ``features.columns``)."""
 
     def __init__(self, model: MissIWAE, features: Features) -> None:
-        if model.num_features != len(features.columns):
+        onehot = features.onehot()
+        width = len(features.columns) if onehot is None else onehot.num_model_columns
+        if model.num_features != width:
             raise ValueError(
                 f"the model has {model.num_features} features but the features file names "
-                f"{len(features.columns)} columns"
+                f"{len(features.columns)} columns ({width} model columns)"
             )
         self.model = model.eval()
         self.features = features
@@ -132,7 +146,15 @@ class FrameImputer:
                 f"the frame's columns do not match the model's: missing {missing[:5]}, extra {extra[:5]}"
                 + (" (and more)" if len(missing) > 5 or len(extra) > 5 else "")
             )
-        values = frame[columns].to_numpy(dtype=np.float64, copy=True)  # (N, D), NaN = missing
+        onehot = self.features.onehot()
+        if onehot is None:
+            values = frame[columns].to_numpy(dtype=np.float64, copy=True)  # (N, D), NaN = missing
+        else:  # (N, D'): a column of labels one-hot, NaN across its block where missing
+            raw = [
+                frame[c].to_numpy(dtype=object if found is not None else np.float64)
+                for c, found in zip(columns, onehot.levels, strict=True)
+            ]
+            values = onehot.encode(raw, columns)
         observed = ~np.isnan(values)
         scaling = self.features.standardization()
         x = torch.as_tensor(scaling.transform(values, observed).astype(np.float32))  # the model's dtype
@@ -146,7 +168,17 @@ class FrameImputer:
             generator=make_generator(self.features.seed),
         )
         filled = scaling.fill(values, result.imputed.detach().cpu().numpy(), observed)
-        return pd.DataFrame(filled, columns=columns, index=frame.index)
+        if onehot is None:
+            return pd.DataFrame(filled, columns=columns, index=frame.index)
+        out: dict[str, Any] = {}
+        for j, (name, found, span) in enumerate(zip(columns, onehot.levels, onehot.spans(), strict=True)):
+            if found is None:
+                out[name] = filled[:, span.start]
+                continue
+            labels, holes = raw[j].copy(), ~observed[:, span.start]
+            labels[holes] = onehot.most_probable(filled[holes], j)  # the most probable level
+            out[name] = labels
+        return pd.DataFrame(out, index=frame.index)
 
 
 def stage_model_code(folder: Path, packages: Mapping[str, Sequence[str]] = MODEL_CODE) -> list[str]:

@@ -51,10 +51,14 @@ def write_csv(path: Path, seed: int = 0, num_rows: int = 200) -> pd.DataFrame:
     return frame
 
 
-def test_read_table_rejects_non_numeric_and_empty_columns_by_name(tmp_path: Path) -> None:
+def test_read_table_rejects_columns_of_neither_numbers_nor_text_and_empty_ones_by_name(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "t.csv"
-    pd.DataFrame({"x": [1.0, 2.0, 3.0], "city": ["a", "b", "c"]}).to_csv(path, index=False)
-    with pytest.raises(ConfigError, match=r"column\(s\) \['city'\] of t.csv are not numeric"):
+    pd.DataFrame({"x": [1.0, 2.0, 3.0], "day": ["2020-01-01", "2020-01-02", None]}).to_csv(path, index=False)
+    with pytest.raises(
+        ConfigError, match=r"column\(s\) \['day \(date32\[day\]\)'\] of t.csv are neither numbers"
+    ):
         read_table(path)
     pd.DataFrame({"x": [1.0, 2.0, 3.0], "y": [np.nan] * 3}).to_csv(path, index=False)
     with pytest.raises(ConfigError, match=r"column\(s\) \['y'\] of t.csv have no observed value"):
@@ -66,14 +70,50 @@ def test_read_table_rejects_non_numeric_and_empty_columns_by_name(tmp_path: Path
         read_table(tmp_path / "t.txt")
 
 
-def test_full_job_on_a_table_with_text_column_exits_with_the_column_named(
+def test_a_level_found_only_in_held_out_rows_stops_the_job_naming_column_and_level(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    path = tmp_path / "bad.csv"
+    path = tmp_path / "rare.csv"
     pd.DataFrame({"x": [1.0, np.nan, 3.0, 4.0], "city": ["a", "b", None, "d"]}).to_csv(path, index=False)
     assert full.main(["--data", str(path), "--set", f"run_dir={tmp_path / 'run'}"]) == 2
-    assert "column(s) ['city'] of bad.csv are not numeric" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "column 'city' of rare.csv holds the level" in err and "only in held-out rows" in err
+
+
+def test_a_column_of_labels_comes_back_as_its_levels_in_every_output_and_the_logged_model(
+    ray_cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal(120)
+    colour = np.where(z > 0.5, "red", np.where(z < -0.5, "blue", "green")).astype(object)
+    frame = pd.DataFrame({"x": 3 * z + 10, "colour": colour, "y": -z})
+    frame.loc[rng.random(120) < 0.25, "colour"] = None
+    frame.loc[rng.random(120) < 0.2, "x"] = np.nan
+    csv = tmp_path / "shop.csv"
+    frame.to_csv(csv, index=False)
+    assert full.main(["--data", str(csv), *tiny_table_job(tmp_path / "run")]) == 0
+
+    table = json.loads((tmp_path / "run" / "data" / "_MANIFEST.json").read_text())["table"]
+    types = table["column_types"]  # the numbers: the table preset's observation (student_t)
+    assert types[1] == "categorical" and types[0] == types[2] == "student_t"
+    assert table["levels"] == [None, ["blue", "green", "red"], None] and len(table["mean"]) == 5
+    observed = frame["colour"].notna().to_numpy()
+    out = tmp_path / "run" / "imputed" / "table"
+    for name in ("missiwae_single", "missiwae_multiple_00", "missiwae_multiple_01"):
+        imputed = pd.read_parquet(out / f"{name}.parquet")
+        assert imputed["colour"].notna().all() and set(imputed["colour"]) <= {"blue", "green", "red"}, name
+        assert imputed["colour"][observed].tolist() == frame["colour"][observed].tolist(), name
+        assert read_table_mask(imputed["mask"])[:, 1].tolist() == observed.tolist(), name
+
+    from missiwae.training import load_model
+    from pipelines.tracking.model import Features, FrameImputer
+
+    features = Features.for_table(frame.columns, 8, 0, table["mean"], table["scale"], table["levels"])
+    filled = FrameImputer(load_model(tmp_path / "run" / "model"), features).impute(frame)
+    assert filled["colour"].notna().all() and filled["colour"][observed].equals(frame["colour"][observed])
+    assert filled["x"][frame["x"].notna()].equals(frame["x"][frame["x"].notna()])
 
 
 def test_parquet_reads_like_csv_and_binary_columns_are_bernoulli(tmp_path: Path) -> None:
