@@ -107,6 +107,9 @@ def load_table(path: str | Path, label_column: str | None = None) -> SourceTable
             "days since a reference date, say) or drop them"
         )
     texts = [_as_text(column) if _is_text(column.type) else None for column in arrow.columns]
+    for column_name, text in zip(columns, texts, strict=True):
+        if text is not None:
+            _check_not_mixed(text, column_name, name)
     values = np.column_stack(
         [
             _as_float(column) if text is None else np.where(_missing_text(text), np.nan, 0.0)
@@ -149,6 +152,25 @@ def _as_text(column: pa.ChunkedArray) -> np.ndarray:
     import pyarrow as pa
 
     return np.asarray(column.cast(pa.string()).to_pylist(), dtype=object)
+
+
+def _check_not_mixed(text: np.ndarray, column: str, name: str) -> None:
+    """ConfigError when a text column holds numbers beside words ("3" and "abc"): a CSV reader
+    makes such a column text, and taking its numbers as labels would be a guess."""
+    numbers, words = [], []
+    for value in text.tolist():
+        if value is None:
+            continue
+        try:
+            float(value)
+            numbers.append(value)
+        except ValueError:
+            words.append(value)
+        if numbers and words:
+            raise ConfigError(
+                f"column {column!r} of {name} mixes numbers and text (e.g. {numbers[0]!r} and "
+                f"{words[0]!r}): make it all numbers (a number column) or all labels"
+            )
 
 
 def _missing_text(text: np.ndarray) -> np.ndarray:

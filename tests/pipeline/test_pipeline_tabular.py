@@ -51,7 +51,7 @@ def write_csv(path: Path, seed: int = 0, num_rows: int = 200) -> pd.DataFrame:
     return frame
 
 
-def test_read_table_rejects_columns_of_neither_numbers_nor_text_and_empty_ones_by_name(
+def test_read_table_rejects_dates_numbers_mixed_with_text_and_empty_columns_by_name(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "t.csv"
@@ -62,6 +62,11 @@ def test_read_table_rejects_columns_of_neither_numbers_nor_text_and_empty_ones_b
         read_table(path)
     pd.DataFrame({"x": [1.0, 2.0, 3.0], "y": [np.nan] * 3}).to_csv(path, index=False)
     with pytest.raises(ConfigError, match=r"column\(s\) \['y'\] of t.csv have no observed value"):
+        read_table(path)
+    pd.DataFrame({"x": [1.0, 2.0, 3.0], "size": ["12", "S", None]}).to_csv(path, index=False)
+    with pytest.raises(
+        ConfigError, match=r"column 'size' of t.csv mixes numbers and text \(e.g. '12' and 'S'\)"
+    ):
         read_table(path)
     with pytest.raises(ConfigError, match=r"data\.label_column 'nope' is not a column"):
         read_table(path, label_column="nope")
