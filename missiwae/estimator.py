@@ -344,7 +344,7 @@ class MissIWAEImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
 
     def level_probabilities(self, X: ArrayLike) -> dict[str, NDArray[np.float64]]:
         """For each categorical column of X (N, D), by name (or index, as a str): its (N, k)
-        level probabilities P(x_c = l | x_o), the levels in `categories_`' order. A missing
+        level probabilities P(x_c = l | x_o), the levels in `onehot_.levels[j]`'s order. A missing
         entry gets the SNIS estimate (the same one `transform` takes the most probable level
         of); an observed entry, the one-hot vector of its level."""
         X, mask = self._check_transform_input(X)
@@ -513,10 +513,7 @@ class MissIWAEImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             column if found is not None else column_as_float64(X, j, self._column_label(j))
             for j, (column, found) in enumerate(zip(self._raw_columns(X), onehot.levels, strict=True))
         ]
-        encoded = onehot.encode(columns, self._table_names())
-        if np.isinf(encoded).any():  # column_as_float64 refuses inf; this is a second guard
-            raise ValueError("X holds inf")
-        return encoded
+        return onehot.encode(columns, self._table_names())  # inf: refused by column_as_float64
 
     def _fitted_levels(self) -> list[list[Any]]:
         """The levels of each categorical column, as the `categories` parameter takes them."""
