@@ -62,7 +62,14 @@ import numpy as np
 from missiwae.config import to_dict
 from missiwae.mnist_files import NUM_PIXELS
 from pipelines.config import PipelineConfig
-from pipelines.impute_job import INPUT_COLUMNS, SINGLE, ProgressCallback, imputation_dataset, row_progress
+from pipelines.impute_job import (
+    INPUT_COLUMNS,
+    SINGLE,
+    ProgressCallback,
+    imputation_dataset,
+    row_progress,
+    run_surviving_node_loss,
+)
 from pipelines.missforest_job import missforest_task, missing_accuracy
 from pipelines.publish import (
     CHECKPOINT_FILES,
@@ -279,14 +286,17 @@ def _impute_split(
 
             clock = time.perf_counter()
             with row_progress(on_progress, _num_rows(files)) as counter:
-                imputed = imputation_dataset(
-                    config,
-                    files,
-                    checkpoint_dir,
-                    ensemble_dirs=ensemble_dirs,
-                    fault_marker=fault_marker,
-                    progress=counter,
-                ).materialize()
+                imputed = run_surviving_node_loss(
+                    lambda: imputation_dataset(
+                        config,
+                        files,
+                        checkpoint_dir,
+                        ensemble_dirs=ensemble_dirs,
+                        fault_marker=fault_marker,
+                        progress=counter,
+                    ).materialize(),
+                    f"the {split} split's imputation job",
+                )
             job_seconds = time.perf_counter() - clock
             stats = _summarise(imputed, config.impute.num_imputations, bool(ensemble_dirs))
 

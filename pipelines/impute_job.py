@@ -37,12 +37,13 @@ A batch retried after its actor died may be counted twice; the count is clamped 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -52,6 +53,7 @@ from pipelines.shards import batch_matrix
 if TYPE_CHECKING:
     import ray.data
 
+_LOG = logging.getLogger(__name__)
 SINGLE = "missiwae_single"  # the image job's single-imputation column (and dataset name)
 INPUT_COLUMNS = ("row_id", "label", "source_row", "pixels", "mask")
 TABLE_INPUT_COLUMNS = ("row_id", "source_row", "pixels", "mask")
@@ -62,6 +64,11 @@ WAIT_FOR_ACTORS_S = 600  # the actor pool must be up within this time (model loa
 # row per input row because a batch's output only counts once its task returns). Bounded, so a
 # batch that kills every actor it touches fails the job instead of looping.
 ACTOR_MAX_RESTARTS = 3
+# How many times a whole imputation job runs again when Ray lost a process or a node under it:
+# the imputation actors restart on their own (ACTOR_MAX_RESTARTS), but Ray Data's own helpers do
+# not (read_parquet's footer readers, an actor pool on the lost node). Every batch is seeded by
+# its own first row, so a rerun gives the same numbers.
+NODE_LOSS_RETRIES = 2
 POLL_S = 0.5  # how often the driver asks the RowCounter (a bar's refresh rate)
 # At the end of a job, how long the driver waits for the actors' last increments (sent just
 # before their batches returned) to reach the counter.
@@ -121,6 +128,44 @@ def imputation_dataset(
             max_restarts=ACTOR_MAX_RESTARTS,
             max_task_retries=ACTOR_MAX_RESTARTS,
         )
+
+
+T = TypeVar("T")
+
+
+def lost_a_node(error: BaseException | None) -> bool:
+    """Whether `error`, or an error it wraps (Ray's RayTaskError carries the remote one as
+    `cause`), is Ray's report of a process or node that died: not a bug, not bad input."""
+    from ray import exceptions
+
+    lost = (
+        exceptions.ActorDiedError,
+        exceptions.ActorUnavailableError,
+        exceptions.NodeDiedError,
+        exceptions.ObjectLostError,
+        exceptions.WorkerCrashedError,
+    )
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, lost):
+            return True
+        seen.add(id(error))
+        error = getattr(error, "cause", None) or error.__cause__
+    return False
+
+
+def run_surviving_node_loss(job: Callable[[], T], what: str) -> T:
+    """`job()`, run again (NODE_LOSS_RETRIES times at most) when it fails because Ray lost a
+    process or a node (:func:`lost_a_node`); any other error propagates at once. `job` must
+    start from nothing each time (no partial output kept from a failed attempt)."""
+    for attempt in range(NODE_LOSS_RETRIES + 1):
+        try:
+            return job()
+        except Exception as error:
+            if attempt == NODE_LOSS_RETRIES or not lost_a_node(error):
+                raise
+            _LOG.warning("%s lost a Ray process or node (%s); running it again", what, type(error).__name__)
+    raise AssertionError("unreachable")
 
 
 class ImputeActor:
@@ -431,11 +476,14 @@ def _job_context() -> Iterator[None]:
 
 __all__ = [
     "ACTOR_MAX_RESTARTS",
+    "NODE_LOSS_RETRIES",
     "SINGLE",
     "ImputeActor",
     "ProgressCallback",
     "RowCounter",
     "batch_seed",
     "imputation_dataset",
+    "lost_a_node",
     "row_progress",
+    "run_surviving_node_loss",
 ]

@@ -173,21 +173,26 @@ def _impute_into(
     (`checkpoints`: the model's, then the bootstrap members')."""
     import pyarrow.parquet as pq
 
-    from pipelines.impute_job import imputation_dataset
+    from pipelines.impute_job import imputation_dataset, run_surviving_node_loss
 
     assert ingest.table is not None
     info = ingest.table
     clock = time.perf_counter()
-    parts: dict[str, list[np.ndarray]] = {
-        key: [] for key in ("source_row", "single", "multiple", "ess", "ll")
-    }
-    job = imputation_dataset(config, files, checkpoints[0], ensemble_dirs=checkpoints[1:], table=True)
-    for batch in job.iter_batches(batch_format="numpy", batch_size=None):
-        parts["source_row"].append(np.asarray(batch["source_row"]))
-        parts["single"].append(np.asarray(batch["single"], np.float64))
-        parts["multiple"].append(np.asarray(batch["multiple"], np.float64))
-        parts["ess"].append(np.asarray(batch["ess"], np.float64))
-        parts["ll"].append(np.asarray(batch["log_likelihood"], np.float64))
+
+    def collect() -> dict[str, list[np.ndarray]]:
+        parts: dict[str, list[np.ndarray]] = {
+            key: [] for key in ("source_row", "single", "multiple", "ess", "ll")
+        }
+        job = imputation_dataset(config, files, checkpoints[0], ensemble_dirs=checkpoints[1:], table=True)
+        for batch in job.iter_batches(batch_format="numpy", batch_size=None):
+            parts["source_row"].append(np.asarray(batch["source_row"]))
+            parts["single"].append(np.asarray(batch["single"], np.float64))
+            parts["multiple"].append(np.asarray(batch["multiple"], np.float64))
+            parts["ess"].append(np.asarray(batch["ess"], np.float64))
+            parts["ll"].append(np.asarray(batch["log_likelihood"], np.float64))
+        return parts
+
+    parts = run_surviving_node_loss(collect, "the table's imputation job")
     job_seconds = time.perf_counter() - clock
     imputed = {key: np.concatenate(value) for key, value in parts.items()}
     order = np.argsort(imputed["source_row"], kind="stable")

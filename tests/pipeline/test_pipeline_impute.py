@@ -32,7 +32,13 @@ from pipelines.impute import (
     read_inputs,
     run_imputation,
 )
-from pipelines.impute_job import ImputeActor, batch_seed
+from pipelines.impute_job import (
+    NODE_LOSS_RETRIES,
+    ImputeActor,
+    batch_seed,
+    lost_a_node,
+    run_surviving_node_loss,
+)
 from pipelines.publish import hash_files
 from pipelines.shards import batch_matrix, read_imputed_rows, tensor_matrix
 
@@ -491,3 +497,39 @@ def test_missforest_fanned_out_to_ray_actors_imputes_exactly_what_one_sequential
     assert len(pool) >= 2  # the forests really ran in a pool of Ray actors
     assert not np.isnan(fanned_out).any()
     np.testing.assert_array_equal(fanned_out, sequential)
+
+
+def test_a_job_that_lost_a_ray_node_runs_again_and_any_other_error_propagates_at_once() -> None:
+    """The imputation job is rerun when Ray lost a process or node under it (a multi-node run
+    lost Ray Data's Parquet footer reader with the node), never for a bug or bad input."""
+    from ray.exceptions import ActorDiedError, RayTaskError
+
+    lost = RayTaskError("ListFiles", "Traceback ...", ActorDiedError()).as_instanceof_cause()
+    assert lost_a_node(lost) and not lost_a_node(ValueError("bad rows"))
+    calls: list[int] = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise lost
+        return "imputed"
+
+    assert run_surviving_node_loss(flaky, "the job") == "imputed" and len(calls) == 2
+
+    def broken() -> str:
+        calls.append(1)
+        raise ValueError("bad rows")
+
+    calls.clear()
+    with pytest.raises(ValueError, match="bad rows"):
+        run_surviving_node_loss(broken, "the job")
+    assert len(calls) == 1
+
+    def always_lost() -> str:
+        calls.append(1)
+        raise lost
+
+    calls.clear()
+    with pytest.raises(ActorDiedError):
+        run_surviving_node_loss(always_lost, "the job")
+    assert len(calls) == 1 + NODE_LOSS_RETRIES
