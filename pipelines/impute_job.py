@@ -135,7 +135,8 @@ T = TypeVar("T")
 
 def lost_a_node(error: BaseException | None) -> bool:
     """Whether `error`, or an error it wraps (Ray's RayTaskError carries the remote one as
-    `cause`), is Ray's report of a process or node that died: not a bug, not bad input."""
+    `cause`; an UnserializableException only its text), is Ray's report of a process or node
+    that died: not a bug, not bad input."""
     from ray import exceptions
 
     lost = (
@@ -149,6 +150,10 @@ def lost_a_node(error: BaseException | None) -> bool:
     while error is not None and id(error) not in seen:
         if isinstance(error, lost):
             return True
+        if isinstance(error, exceptions.UnserializableException):
+            # Ray could not bring the remote error back (it did so when the node of Ray Data's
+            # Parquet footer reader was lost under its listing task): only its text names it.
+            return any(f"ray.exceptions.{kind.__name__}" in str(error) for kind in lost)
         seen.add(id(error))
         error = getattr(error, "cause", None) or error.__cause__
     return False

@@ -502,10 +502,14 @@ def test_missforest_fanned_out_to_ray_actors_imputes_exactly_what_one_sequential
 def test_a_job_that_lost_a_ray_node_runs_again_and_any_other_error_propagates_at_once() -> None:
     """The imputation job is rerun when Ray lost a process or node under it (a multi-node run
     lost Ray Data's Parquet footer reader with the node), never for a bug or bad input."""
-    from ray.exceptions import ActorDiedError, RayTaskError
+    from ray.exceptions import ActorDiedError, RayTaskError, UnserializableException
 
     lost = RayTaskError("ListFiles", "Traceback ...", ActorDiedError()).as_instanceof_cause()
     assert lost_a_node(lost) and not lost_a_node(ValueError("bad rows"))
+    # What the two-node test's driver got: the listing task's error, not deserializable.
+    text = "ray.exceptions.RayTaskError: ray::ListFiles()\n...\nray.exceptions.ActorDiedError: The actor died"
+    assert lost_a_node(UnserializableException(text))
+    assert not lost_a_node(UnserializableException("ray.exceptions.RayTaskError: ValueError: bad rows"))
     calls: list[int] = []
 
     def flaky() -> str:
