@@ -148,6 +148,15 @@ class OneHot:
         type repeated over its block."""
         return tuple(t for t, width in zip(types, self.widths, strict=True) for _ in range(width))
 
+    def model_column_names(self, names: Sequence[str]) -> list[str]:
+        """(D',) the model columns' names from the table columns' (D,): a categorical column
+        is one "name=level" per level."""
+        return [
+            name if found is None else f"{name}={level}"
+            for name, found in zip(names, self.levels, strict=True)
+            for level in (found if found is not None else [None])
+        ]
+
     def spans(self) -> list[slice]:
         """(D,) the model columns of each table column."""
         ends = np.cumsum(self.widths).tolist()

@@ -550,12 +550,7 @@ class MissIWAEImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         names = getattr(self, "feature_names_in_", None)
         if onehot is None:
             return None if names is None else [str(n) for n in names]
-        table = self._table_names()
-        return [
-            table[j] if found is None else f"{table[j]}={level}"
-            for j, found in enumerate(onehot.levels)
-            for level in (found if found is not None else [None])
-        ]
+        return onehot.model_column_names(self._table_names())
 
     def _table_types(self, model_types: list[str]) -> list[str]:
         """(D,) each table column's type from the model columns' (D'): a block's first."""

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from missiwae.categorical import OneHot
+from missiwae.categorical import OneHot, is_missing
 from missiwae.columns import (
     Standardization,
     check_column_range,
@@ -112,7 +112,7 @@ def load_table(path: str | Path, label_column: str | None = None) -> SourceTable
             _check_not_mixed(text, column_name, name)
     values = np.column_stack(
         [
-            _as_float(column) if text is None else np.where(_missing_text(text), np.nan, 0.0)
+            _as_float(column) if text is None else np.where(is_missing(text), np.nan, 0.0)
             for column, text in zip(arrow.columns, texts, strict=True)
         ]
     )
@@ -171,10 +171,6 @@ def _check_not_mixed(text: np.ndarray, column: str, name: str) -> None:
                 f"column {column!r} of {name} mixes numbers and text (e.g. {numbers[0]!r} and "
                 f"{words[0]!r}): make it all numbers (a number column) or all labels"
             )
-
-
-def _missing_text(text: np.ndarray) -> np.ndarray:
-    return np.array([value is None for value in text.tolist()], dtype=bool)
 
 
 def _as_float(column: pa.ChunkedArray) -> np.ndarray:
@@ -273,7 +269,7 @@ def tabular_split_tables(config: PipelineConfig) -> tuple[dict[str, pa.Table], d
         [table.values[:, j] if text is None else text for j, text in enumerate(table.texts)]
     )
     model_types = onehot.model_column_types(types)
-    model_names = model_column_names(table.columns, onehot.levels)
+    model_names = onehot.model_column_names(table.columns)
     observed = ~np.isnan(values)
 
     continuous = [t not in ("bernoulli", CATEGORICAL) for t in model_types]
@@ -347,13 +343,11 @@ def _levels(table: SourceTable, train_rows: np.ndarray) -> OneHot:
     return onehot
 
 
-def model_column_names(columns: list[str], levels: list[list[Any] | None] | tuple[Any, ...]) -> list[str]:
-    """(D',) the model's column names: a column of labels is one "name=level" per level."""
-    return [
-        name if found is None else f"{name}={level}"
-        for name, found in zip(columns, levels, strict=True)
-        for level in (found if found is not None else [None])
-    ]
+def table_onehot(info: dict[str, Any]) -> OneHot:
+    """The ingested table's model columns (the manifest's ``table`` entry): a column of labels
+    one-hot over its ``levels``, every other column one model column."""
+    levels = info.get("levels") or [None] * len(info["columns"])
+    return OneHot(tuple(None if found is None else tuple(found) for found in levels))
 
 
 def check_observed_in_training(
@@ -382,16 +376,15 @@ def tabular_model_config(config: PipelineConfig, ingest: IngestResult) -> Pipeli
         raise ValueError("the ingest result holds no table (data.path was not set)")
     if config.model.architecture != "mlp":
         raise ConfigError("model.architecture must be 'mlp' for a table (the conv pair is for 28x28 images)")
-    info = ingest.table
-    levels = info.get("levels") or [None] * len(info["column_types"])
-    types = [t for t, found in zip(info["column_types"], levels, strict=True) for _ in (found or [None])]
+    onehot = table_onehot(ingest.table)
+    types: list[Any] = list(onehot.model_column_types(ingest.table["column_types"]))  # JSON names
     mixed = len(set(types)) > 1 or CATEGORICAL in types
     model = dataclasses.replace(
         config.model,
         num_features=len(types),
         observation=config.model.observation if mixed else types[0],
         column_types=tuple(types) if mixed else (),
-        categorical_levels=tuple(len(found) for found in levels if found is not None),
+        categorical_levels=onehot.categorical_levels,
     )
     workers = max(1, min(config.scaling.num_workers, ingest.num_rows["train"]))
     scaling = dataclasses.replace(config.scaling, num_workers=workers)
@@ -406,9 +399,9 @@ __all__ = [
     "column_types",
     "fit_scaling",
     "load_table",
-    "model_column_names",
     "read_table",
     "split_rows",
+    "table_onehot",
     "tabular_model_config",
     "tabular_split_tables",
 ]

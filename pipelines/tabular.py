@@ -77,13 +77,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from missiwae.categorical import OneHot
 from missiwae.config import to_dict
 from pipelines.config import PipelineConfig
 from pipelines.publish import MANIFEST, Publisher, checkpoint_sha256, checkpoints_key, fingerprint, hash_files
 from pipelines.shards import IngestResult, imputed_dir, read_shards, tensor_matrix
 from pipelines.table_files import SourceFiles
-from pipelines.table_source import TABULAR_FORMAT_VERSION
+from pipelines.table_source import TABULAR_FORMAT_VERSION, table_onehot
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -248,7 +247,7 @@ def table_maker(shards: pa.Table, info: dict[str, Any]) -> Callable[[np.ndarray]
     import pyarrow as pa
 
     mean, scale = np.asarray(info["mean"], np.float64), np.asarray(info["scale"], np.float64)
-    onehot = _onehot(info)
+    onehot = table_onehot(info)
     spans = onehot.spans()
     mask = table_mask(
         tensor_matrix(shards.column("mask"), np.bool_, what="the table's shards", name="mask"), info
@@ -281,16 +280,10 @@ def table_maker(shards: pa.Table, info: dict[str, Any]) -> Callable[[np.ndarray]
     return table
 
 
-def _onehot(info: dict[str, Any]) -> OneHot:
-    """The ingested table's model columns: a column of labels one-hot (the manifest's levels)."""
-    levels = info.get("levels") or [None] * len(info["columns"])
-    return OneHot(tuple(None if found is None else tuple(found) for found in levels))
-
-
 def table_mask(model_mask: np.ndarray, info: dict[str, Any]) -> np.ndarray:
     """(N, D) True = observed, one per table column, from the shards' (N, D') model mask (a
     column of labels is observed or missing across its whole one-hot block)."""
-    return model_mask[:, [span.start for span in _onehot(info).spans()]]
+    return model_mask[:, [span.start for span in table_onehot(info).spans()]]
 
 
 def mask_strings(mask: np.ndarray) -> list[str]:
