@@ -210,6 +210,17 @@ def test_read_amat_accepts_crlf_trailing_spaces_and_blank_lines(tmp_path: Path) 
     np.testing.assert_array_equal(out, rows)
 
 
+def test_values_per_line_are_counted_the_same_across_block_boundaries() -> None:
+    rng = np.random.default_rng(0)
+    lines = [" ".join("01"[b] for b in rng.integers(0, 2, rng.integers(0, 9))) + "\n" for _ in range(11)]
+    buf = np.frombuffer("".join(lines).encode(), dtype=np.uint8)
+    starts = np.concatenate(([0], np.flatnonzero(buf == ord("\n"))[:-1] + 1))
+    expected = [len(line.split()) for line in lines]
+    for block in (1, 2, 3, 4096):  # lines per block
+        counts = M._count_per_line((buf & 0xFE) == ord("0"), starts, lines_per_block=block)
+        assert counts.tolist() == expected, block
+
+
 # ------------------------------------------------------------ corrupt inputs
 
 

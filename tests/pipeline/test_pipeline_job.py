@@ -139,8 +139,10 @@ def test_smoke_job_submitted_to_a_ray_head_succeeds_and_is_tracked_in_mlflow(ray
                     RAY, "job", "submit", "--address", address, "--submission-id", submission_id, "--no-wait",
                     "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env),
                     "--", "python", "pipelines/full.py", "--config", "smoke", "--set", f"run_dir={run_dir}",
-                    # What is tested is the submission and the tracking: a shorter classifier.
-                    "classify.epochs=3", "classify.num_seeds=2",
+                    # What is tested is the submission and the tracking, not the preset's
+                    # numbers (`make run` shows those): fewer images, epochs and samples.
+                    "data.num_train=600", "train.epochs=4", "evaluate.num_samples=20",
+                    "impute.num_samples=20", "classify.epochs=2", "classify.num_seeds=2",
                 ],
                 env=environment, capture_output=True, text=True, timeout=300,
             )  # fmt: skip
