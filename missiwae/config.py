@@ -50,6 +50,10 @@ class DataConfig:
     label_column: str | None = None  # kept aside as the label; not modelled, not imputed
     valid_fraction: float = 0.1
     test_fraction: float = 0.1
+    # A table column's model instead of the inferred one (text: categorical; numbers whose
+    # observed values are all 0/1: bernoulli; other numbers: model.observation), by name, e.g.
+    # {zip_code: categorical, has_pet: gaussian} (pipelines/table_source.py says what is allowed).
+    column_types: dict[str, ColumnType] = dataclasses.field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         require(0.0 <= self.missing_rate <= 1.0, "data.missing_rate must lie in [0, 1]")
@@ -64,6 +68,9 @@ class DataConfig:
         for name in ("num_train", "num_valid", "num_test"):
             value = getattr(self, name)
             require(value is None or value >= 1, f"data.{name} must be >= 1 or null")
+        for column, kind in self.column_types.items():
+            kinds = list(typing.get_args(ColumnType))
+            require(kind in kinds, f"data.column_types.{column} must be one of {kinds}, got {kind!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,6 +267,13 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     if origin is Literal:
         require(value in args, f"{where} must be one of {list(args)}, got {value!r}")
         return value
+    if origin is dict:
+        require(isinstance(value, Mapping), f"{where} must be a mapping, got {value!r}")
+        key_type, item_type = args
+        return {
+            _coerce(key, key_type, f"{where} key"): _coerce(item, item_type, f"{where}.{key}")
+            for key, item in value.items()
+        }
     if origin is tuple:
         require(isinstance(value, list | tuple), f"{where} must be a list, got {value!r}")
         item_type = args[0]

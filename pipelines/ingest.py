@@ -69,9 +69,12 @@ _LOCK = ".ingest.lock"
 
 def ingest_fingerprint(config: PipelineConfig) -> str:
     """sha256 of the settings that decide the shards' content and layout."""
+    data = to_dict(config.data)
+    if not data["column_types"]:  # unset changes nothing: shards made before it existed still count
+        del data["column_types"]
     payload: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
-        "data": to_dict(config.data),
+        "data": data,
         "ingest": to_dict(config.ingest),
     }
     if config.data.path is not None:  # the table's bytes, not only its name, decide the shards

@@ -9,6 +9,7 @@ shards and the rules for columns are described in pipelines/tabular.py's docstri
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,8 +49,9 @@ class SourceTable:
     in the file's type (int64, bool, float32 ...), null or NaN in the holes. Observed cells of
     every output are copied from `source`, never through float64. files: where the rows came
     from (pipelines.table_files; rows in source order: file after file). texts: per column, the
-    (N,) object array of a column of labels (strings, None in the holes; its `values` column is
-    then 0 where observed, NaN in the holes), or None for a numeric column.
+    (N,) object array of a column of labels (strings, or the numbers of a column that
+    data.column_types makes categorical: :func:`table_column_types`; None or NaN in the holes;
+    its `values` column is then 0 where observed, NaN in the holes), or None for a numeric column.
     """
 
     name: str
@@ -214,6 +216,54 @@ def column_types(values: np.ndarray, observation: str) -> list[str]:
     return infer_column_types(values, observation)
 
 
+def table_column_types(
+    table: SourceTable, chosen: Mapping[str, str], observation: str
+) -> tuple[SourceTable, list[str]]:
+    """Each column's model (D,) and the table as the model takes it.
+
+    Inferred unless ``data.column_types`` (`chosen`, column name -> type) names the column: text
+    is categorical; numbers are :func:`column_types`' (bernoulli when every observed value is 0
+    or 1, else `observation`). Chosen: any number column may be gaussian, student_t or
+    categorical (its distinct values are its levels, and its imputed cells come back as one of
+    them, in the column's own type: codes, ratings, years), and bernoulli when it holds only 0
+    and 1; a text column can only be categorical. ConfigError naming the file and column for
+    anything else, and for a name that is not a modelled column.
+    """
+    inferred = column_types(table.values, observation)
+    unknown = sorted(set(chosen) - set(table.columns))
+    if unknown:
+        raise ConfigError(
+            f"data.column_types names {unknown}, not modelled column(s) of {table.name} (its columns: "
+            f"{table.columns}; data.label_column is not modelled)"
+        )
+    types, texts, values = [], list(table.texts), table.values.copy()
+    for j, column in enumerate(table.columns):
+        kind = chosen.get(column)
+        if texts[j] is not None:
+            if kind not in (None, CATEGORICAL):
+                raise ConfigError(
+                    f"data.column_types.{column}={kind}: column {column!r} of {table.name} holds text, "
+                    "which can only be 'categorical'"
+                )
+            types.append(CATEGORICAL)
+        elif kind is None:
+            types.append(inferred[j])
+        elif kind == CATEGORICAL:  # its values become labels, the model sees a one-hot block
+            texts[j] = np.asarray(table.source.field(f"c{j}").to_pylist(), dtype=object)
+            values[:, j] = np.where(np.isnan(values[:, j]), np.nan, 0.0)
+            types.append(kind)
+        else:
+            observed = values[~np.isnan(values[:, j]), j]
+            other = observed[(observed != 0.0) & (observed != 1.0)]
+            if kind == "bernoulli" and other.size:
+                raise ConfigError(
+                    f"data.column_types.{column}=bernoulli: column {column!r} of {table.name} holds "
+                    f"{other[0]:g}; a Bernoulli column holds 0 and 1 only"
+                )
+            types.append(kind)
+    return dataclasses.replace(table, texts=texts, values=values), types
+
+
 def split_rows(
     num_rows: int, seed: int, valid_fraction: float, test_fraction: float
 ) -> dict[str, np.ndarray]:
@@ -255,15 +305,13 @@ def tabular_split_tables(config: PipelineConfig) -> tuple[dict[str, pa.Table], d
     """The three splits' Arrow tables (module docstring layout) and the manifest's `table` entry."""
     data = config.data
     assert data.path is not None
-    table = load_table(data.path, data.label_column)
+    table, types = table_column_types(
+        load_table(data.path, data.label_column), data.column_types, config.model.observation
+    )
     labels = table.labels
     rows = split_rows(table.values.shape[0], data.seed, data.valid_fraction, data.test_fraction)
     check_observed_in_training(~np.isnan(table.values), rows["train"], table.columns, table.name)
     onehot = _levels(table, rows["train"])
-    types = [
-        CATEGORICAL if text is not None else kind
-        for text, kind in zip(table.texts, column_types(table.values, config.model.observation), strict=True)
-    ]
     # The model's columns: numbers as they are, a column of labels one-hot (missiwae.categorical).
     values = onehot.encode(
         [table.values[:, j] if text is None else text for j, text in enumerate(table.texts)]
@@ -401,6 +449,7 @@ __all__ = [
     "load_table",
     "read_table",
     "split_rows",
+    "table_column_types",
     "table_onehot",
     "tabular_model_config",
     "tabular_split_tables",

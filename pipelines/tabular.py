@@ -32,7 +32,10 @@ Columns whose observed values are all 0 or 1 are modelled as Bernoulli and left 
 text columns are categorical, one-hot over the levels of their TRAIN-split rows (so pixels,
 mask and values are D' = D - C + Σ k_c wide); the others get ``model.observation`` (gaussian
 or student_t) and are standardised with the mean and standard deviation of their observed
-TRAIN-split entries (the decoder's scales start near 1; ``table_source.fit_scaling``). The
+TRAIN-split entries (the decoder's scales start near 1; ``table_source.fit_scaling``).
+``data.column_types`` sets a column's model by name instead (``--set
+data.column_types.zip=categorical``: a number column of codes one-hot over its values;
+``table_source.table_column_types`` says what may be chosen). The
 manifest's ``table`` entry records columns, types, levels, mean and scale (D');
 ``table_source.tabular_model_config`` turns it into the model's ``num_features`` /
 ``column_types`` / ``categorical_levels`` (and clamps the Train workers to the training rows).
@@ -332,8 +335,8 @@ def completed_column(original: pa.Array, observed: np.ndarray, imputed: np.ndarr
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    if imputed.dtype == object:
-        fill = pa.array(imputed.tolist(), type=pa.string()).cast(original.type)
+    if imputed.dtype == object:  # levels: strings, or a categorical number column's values
+        fill = pa.array(imputed.tolist()).cast(original.type)
     else:
         fill = pa.array(cast_imputed(imputed, original.type.to_pandas_dtype()), type=original.type)
     return pc.if_else(pa.array(observed, pa.bool_()), original, fill)

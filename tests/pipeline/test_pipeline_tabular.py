@@ -89,36 +89,80 @@ def test_a_level_found_only_in_held_out_rows_stops_the_job_naming_column_and_lev
 def test_a_column_of_labels_comes_back_as_its_levels_in_every_output_and_the_logged_model(
     ray_cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Two columns of labels: text (inferred) and integer star ratings that data.column_types
+    makes categorical (their imputed cells are ratings, in the column's integer type); a 0/1
+    column chosen gaussian."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     rng = np.random.default_rng(0)
     z = rng.standard_normal(120)
     colour = np.where(z > 0.5, "red", np.where(z < -0.5, "blue", "green")).astype(object)
-    frame = pd.DataFrame({"x": 3 * z + 10, "colour": colour, "y": -z})
+    stars = pd.array(np.clip(np.rint(z + 3), 1, 5).astype(int), dtype="Int64")
+    frame = pd.DataFrame({"x": 3 * z + 10, "colour": colour, "y": -z, "stars": stars, "vip": (z > 1) * 1.0})
     frame.loc[rng.random(120) < 0.25, "colour"] = None
     frame.loc[rng.random(120) < 0.2, "x"] = np.nan
+    frame.loc[rng.random(120) < 0.2, "stars"] = pd.NA
     csv = tmp_path / "shop.csv"
     frame.to_csv(csv, index=False)
-    assert full.main(["--data", str(csv), *tiny_table_job(tmp_path / "run")]) == 0
+    chosen = ["--set", "data.column_types.stars=categorical", "--set", "data.column_types.vip=gaussian"]
+    assert full.main(["--data", str(csv), *tiny_table_job(tmp_path / "run"), *chosen]) == 0
 
     table = json.loads((tmp_path / "run" / "data" / "_MANIFEST.json").read_text())["table"]
     types = table["column_types"]  # the numbers: the table preset's observation (student_t)
-    assert types[1] == "categorical" and types[0] == types[2] == "student_t"
-    assert table["levels"] == [None, ["blue", "green", "red"], None] and len(table["mean"]) == 5
-    observed = frame["colour"].notna().to_numpy()
+    assert types == ["student_t", "categorical", "student_t", "categorical", "gaussian"]
+    levels = sorted(set(frame["stars"].dropna()))
+    assert table["levels"] == [None, ["blue", "green", "red"], None, levels, None]
+    assert len(table["mean"]) == 3 + 3 + len(levels)
     out = tmp_path / "run" / "imputed" / "table"
     for name in ("missiwae_single", "missiwae_multiple_00", "missiwae_multiple_01"):
         imputed = pd.read_parquet(out / f"{name}.parquet")
+        assert imputed["stars"].dtype == np.int64 and set(imputed["stars"]) <= set(levels), name
         assert imputed["colour"].notna().all() and set(imputed["colour"]) <= {"blue", "green", "red"}, name
-        assert imputed["colour"][observed].tolist() == frame["colour"][observed].tolist(), name
-        assert read_table_mask(imputed["mask"])[:, 1].tolist() == observed.tolist(), name
+        mask = read_table_mask(imputed["mask"])
+        for column, j in (("colour", 1), ("stars", 3)):
+            observed = frame[column].notna().to_numpy()
+            assert imputed[column][observed].tolist() == frame[column][observed].tolist(), (name, column)
+            assert mask[:, j].tolist() == observed.tolist(), (name, column)
 
     from missiwae.training import load_model
     from pipelines.tracking.model import Features, FrameImputer
 
     features = Features.for_table(frame.columns, 8, 0, table["mean"], table["scale"], table["levels"])
     filled = FrameImputer(load_model(tmp_path / "run" / "model"), features).impute(frame)
+    observed = frame["colour"].notna()
     assert filled["colour"].notna().all() and filled["colour"][observed].equals(frame["colour"][observed])
     assert filled["x"][frame["x"].notna()].equals(frame["x"][frame["x"].notna()])
+    assert set(filled["stars"]) <= set(levels)
+
+
+def test_data_column_types_may_choose_a_number_columns_model_and_refuses_the_rest(tmp_path: Path) -> None:
+    from pipelines.config import load_pipeline_config
+    from pipelines.table_source import tabular_split_tables
+
+    frame = pd.DataFrame(
+        {"code": [7, 7, 3, None, 9, 3] * 5, "flag": [0, 1, 1, 0, None, 1] * 5, "word": list("abcab") * 6}
+    )
+    csv = tmp_path / "t.csv"
+    frame.to_csv(csv, index=False)
+
+    def ingest(**chosen: str) -> dict:
+        settings = [f"data.path={csv}"] + [f"data.column_types.{c}={kind}" for c, kind in chosen.items()]
+        return tabular_split_tables(load_pipeline_config("table", settings))[1]
+
+    inferred = ingest()
+    assert inferred["column_types"] == ["student_t", "bernoulli", "categorical"]
+    chosen = ingest(code="categorical", flag="gaussian", word="categorical")
+    assert chosen["column_types"] == ["categorical", "gaussian", "categorical"]
+    assert chosen["levels"] == [[3, 7, 9], None, ["a", "b", "c"]]
+    assert ingest(flag="bernoulli")["column_types"][1] == "bernoulli"
+    for settings, message in (
+        ({"code": "bernoulli"}, r"data.column_types.code=bernoulli: column 'code' of t.csv holds 7"),
+        ({"word": "gaussian"}, r"column 'word' of t.csv holds text, which can only be 'categorical'"),
+        ({"cod": "gaussian"}, r"data.column_types names \['cod'\], not modelled column\(s\) of t.csv"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            ingest(**settings)
+    with pytest.raises(ConfigError, match=r"data.column_types.code must be one of"):
+        ingest(code="poisson")
 
 
 def test_parquet_reads_like_csv_and_binary_columns_are_bernoulli(tmp_path: Path) -> None:
