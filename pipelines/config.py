@@ -9,7 +9,7 @@ import argparse
 import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from missiwae.classifier import EPOCH_STEPS
 from missiwae.config import (
@@ -45,10 +45,12 @@ class ScalingConfig:
     use_gpu: bool = False
     cpus_per_worker: float = 0.5  # fractional: whole-CPU requests deadlock 2-core machines
     max_failures: int = 2  # worker deaths survived by restarting from the last checkpoint
-    # Each worker reads its training shard once into memory and reshuffles it every epoch (as
-    # the one-process loop does); false streams it through Ray Data every epoch instead, for
-    # shards larger than a worker's memory. Row order only: not part of a run's fingerprint.
-    shard_in_memory: bool = True
+    # true: each worker reads its training shard once into memory and reshuffles it every epoch
+    # (as the one-process loop does); false: streams it through Ray Data every epoch instead,
+    # for shards larger than a worker's memory; "auto": true when the shards fit in a stated
+    # fraction of each node's memory (pipelines.train.shards_fit_in_memory). Row order only:
+    # not part of a run's fingerprint.
+    shard_in_memory: bool | Literal["auto"] = "auto"
 
     def __post_init__(self) -> None:
         require(self.num_workers >= 1, "scaling.num_workers must be >= 1")

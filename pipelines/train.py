@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import queue
 import shutil
 import time
@@ -53,7 +54,7 @@ from missiwae.config import ConfigError, to_dict
 from missiwae.evaluation import estimate_log_likelihood
 from missiwae.model import make_generator
 from missiwae.training import check_finite, epochs_since_best, load_model, plateaued
-from pipelines.config import PipelineConfig
+from pipelines.config import PipelineConfig, ScalingConfig
 from pipelines.epoch_stream import EpochDelivery, fit_streaming, history_forwarder
 from pipelines.publish import fingerprint
 from pipelines.runtime import ensure_ray, start_ray_thread
@@ -221,6 +222,54 @@ def _datasets(config: PipelineConfig, ingest: IngestResult, *, bootstrap: bool) 
     }
 
 
+# scaling.shard_in_memory "auto": the workers read their shards into memory when, on every node,
+# the shards of all the workers it can host take at most this fraction of the memory Ray gives it.
+SHARD_MEMORY_FRACTION = 0.25
+
+
+def shards_fit_in_memory(
+    num_rows: int,
+    num_features: int,
+    scaling: ScalingConfig,
+    nodes: list[dict[str, float]],
+    *,
+    bootstrap: bool = False,
+) -> bool:
+    """Whether `num_rows` training rows of `num_features` model columns, split over
+    `scaling.num_workers` workers, fit in memory on every node of `nodes` (each node's Ray
+    resources: "CPU", "memory" in bytes, "GPU").
+
+    A node hosts at most as many workers as its CPUs (and GPUs, with use_gpu) allow; their
+    shards, read into memory, take 2 x (4 + 1) bytes per row and model column (float32 values
+    and a bool mask, twice while the read batches are concatenated), plus a float32 weight per
+    row for a bootstrap member. Nodes that can host no worker are left out."""
+    per_worker_rows = math.ceil(num_rows / scaling.num_workers)
+    bytes_per_row = 2 * (num_features * (4 + 1) + (4 if bootstrap else 0))
+    for node in nodes:
+        hosted = math.floor(node.get("CPU", 0.0) / scaling.cpus_per_worker + 1e-9)
+        if scaling.use_gpu:
+            hosted = min(hosted, math.floor(node.get("GPU", 0.0)))
+        hosted = min(hosted, scaling.num_workers)
+        if hosted < 1:
+            continue
+        if hosted * per_worker_rows * bytes_per_row > SHARD_MEMORY_FRACTION * node.get("memory", 0.0):
+            return False
+    return True
+
+
+def resolve_shard_in_memory(config: PipelineConfig, ingest: IngestResult, *, bootstrap: bool) -> bool:
+    """scaling.shard_in_memory, with "auto" decided by :func:`shards_fit_in_memory` on the
+    running cluster's live nodes."""
+    choice = config.scaling.shard_in_memory
+    if choice != "auto":
+        return bool(choice)
+    import ray
+
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    rows, features = ingest.num_rows["train"], config.model.num_features
+    return shards_fit_in_memory(rows, features, config.scaling, nodes, bootstrap=bootstrap)
+
+
 def _fit(
     config: PipelineConfig,
     ingest: IngestResult,
@@ -261,7 +310,7 @@ def _fit(
             "model": config.model,
             "train": train_config,
             "num_threads": max(1, int(scaling.cpus_per_worker)),
-            "shard_in_memory": scaling.shard_in_memory,
+            "shard_in_memory": resolve_shard_in_memory(config, ingest, bootstrap=member is not None),
             "bootstrap": bootstrap,
             "_fault_injection": _fault_injection,
             "_valid_bounds": _valid_bounds,
@@ -363,12 +412,15 @@ def evaluate_test_log_likelihood(
 
 __all__ = [
     "HISTORY_KEYS",  # the keys of TrainResult.history (defined by pipelines.train_worker)
+    "SHARD_MEMORY_FRACTION",
     "TrainResult",
     "bootstrap_model_dir",
     "early_stopping_outcome",
     "evaluate_test_log_likelihood",
+    "resolve_shard_in_memory",
     "run_bootstrap_training",
     "run_training",
+    "shards_fit_in_memory",
     "start_bootstrap_training",
     "training_fingerprint",
 ]

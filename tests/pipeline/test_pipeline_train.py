@@ -17,15 +17,17 @@ import torch
 from missiwae.evaluation import estimate_log_likelihood
 from missiwae.model import MissIWAE, make_generator
 from missiwae.training import TrainingDiverged, load_model
-from pipelines.config import PipelineConfig
+from pipelines.config import PipelineConfig, ScalingConfig
 from pipelines.ingest import run_ingest
 from pipelines.shards import IngestResult, load_split_numpy
 from pipelines.train import (
     BOOTSTRAP_SEED_OFFSET,
     HISTORY_KEYS,
+    SHARD_MEMORY_FRACTION,
     bootstrap_model_dir,
     run_bootstrap_training,
     run_training,
+    shards_fit_in_memory,
     training_fingerprint,
 )
 from pipelines.train_worker import (
@@ -123,6 +125,30 @@ def test_ddp_training_on_two_workers_improves_the_bound_and_leaves_a_loadable_ch
 
     assert math.isfinite(result.test_log_likelihood) and result.test_log_likelihood < 0
     assert (config.run_path / "ray_train" / result.run_name).is_dir()
+
+
+def test_auto_reads_shards_that_fit_a_quarter_of_each_nodes_memory_and_streams_the_rest() -> None:
+    two = ScalingConfig(num_workers=2, cpus_per_worker=0.5)
+    laptop = {"CPU": 2.0, "memory": 8e9}
+    # Binarized MNIST's 50 000 training rows: both shards on the laptop, 2 x 25 000 x 784 x 10 bytes.
+    assert shards_fit_in_memory(50_000, 784, two, [laptop])
+    assert not shards_fit_in_memory(10**6, 784, two, [laptop])  # 7.8 GB
+    # At the line: the two shards' bytes against the fraction of the node's memory.
+    rows = int(SHARD_MEMORY_FRACTION * laptop["memory"] / (784 * 10))
+    assert shards_fit_in_memory(rows, 784, two, [laptop])
+    assert not shards_fit_in_memory(rows + 2, 784, two, [laptop])
+    # A node hosts what its CPUs (and GPUs) allow: 1-CPU nodes hold one shard each.
+    small = {"CPU": 1.0, "memory": 4e9}
+    one_each = ScalingConfig(num_workers=2, cpus_per_worker=1.0)
+    assert shards_fit_in_memory(2 * rows // 2, 784, one_each, [small, small])
+    assert not shards_fit_in_memory(2 * rows // 2, 784, two, [small, small])  # 2 per node
+    gpu = ScalingConfig(num_workers=8, cpus_per_worker=1.0, use_gpu=True)
+    assert shards_fit_in_memory(8 * rows // 2, 784, gpu, [{"CPU": 16.0, "GPU": 1.0, "memory": 4e9}] * 8)
+    # A node that can host no worker (a head with no CPU for them) does not count.
+    head = {"CPU": 0.0, "memory": 1e6}
+    assert shards_fit_in_memory(50_000, 784, two, [head, laptop])
+    # A bootstrap member's shard carries its rows' weights too.
+    assert not shards_fit_in_memory(rows, 784, two, [laptop], bootstrap=True)
 
 
 def test_streaming_the_shard_every_epoch_trains_too(ray_cluster, data_root, ingest_root, tmp_path):
