@@ -66,6 +66,9 @@ class ImputeStageConfig:
     cpus_per_actor: float = 0.5
     gpus_per_actor: float = 0.0
     splits: tuple[str, ...] = ("train",)  # the classifier is trained on imputed training data
+    # A table's single imputation also as CSV (beside the Parquet files): "auto" up to
+    # pipelines.tabular.CSV_MAX_ROWS rows (a CSV of millions of rows is slow to write and read).
+    table_csv: bool | Literal["auto"] = "auto"
 
     def __post_init__(self) -> None:
         require(self.num_actors >= 1, "impute_stage.num_actors must be >= 1")

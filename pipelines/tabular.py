@@ -47,7 +47,9 @@ imputation (L = ``impute.num_samples``) and M = ``impute.num_imputations`` SIR d
 seeded per batch as in impute.py.
 The driver maps them back to the file's units and writes, under ``{run_dir}/imputed/table``::
 
-    missiwae_single.parquet (+ .csv)      the file's rows in its order, holes = E[x_m | x_o]
+    missiwae_single.parquet (+ .csv)      the file's rows in its order, holes = E[x_m | x_o];
+                                          the CSV up to CSV_MAX_ROWS rows, or as
+                                          impute_stage.table_csv says
     missiwae_multiple_00.parquet ...      holes = one SIR draw each
     _MANIFEST.json                        fingerprint, metrics, seconds
 
@@ -101,6 +103,8 @@ ROW_COLUMNS = ("source_file", "source_row", "split", "mask")
 # before the mask column existed (or with other letters) is never reused.
 OBSERVED, IMPUTED = "o", "i"
 _OUTPUT_VERSION = 4  # 3: source_file, and source_row counted within it; 4: columns of labels
+# impute_stage.table_csv "auto": the single imputation also as CSV up to this many rows.
+CSV_MAX_ROWS = 1_000_000
 _LOCK = ".tabular.lock"
 
 
@@ -132,16 +136,18 @@ def run_tabular_imputation(
     splits = list(config.impute_stage.splits)
     files = sorted(Path(p) for split in splits for p in ingest.shards[split])
     checkpoints = [Path(checkpoint_dir), *(Path(p) for p in ensemble_dirs)]
-    digest = fingerprint(
-        {
-            "format_version": TABULAR_FORMAT_VERSION,
-            "output_version": _OUTPUT_VERSION,
-            "impute": to_dict(config.impute),
-            "splits": splits,
-            "checkpoint": checkpoints_key([checkpoint_sha256(path) for path in checkpoints]),
-            "inputs": hash_files(files),
-        }
-    )
+    csv = write_csv(config, ingest)
+    payload: dict[str, Any] = {
+        "format_version": TABULAR_FORMAT_VERSION,
+        "output_version": _OUTPUT_VERSION,
+        "impute": to_dict(config.impute),
+        "splits": splits,
+        "checkpoint": checkpoints_key([checkpoint_sha256(path) for path in checkpoints]),
+        "inputs": hash_files(files),
+    }
+    if not csv:  # only then: outputs written before the choice existed (all with CSV) still count
+        payload["csv"] = False
+    digest = fingerprint(payload)
     out = Publisher(imputed_dir(config), _LOCK, "the imputed table {!r}")
     target = out.root / _OUTPUT_DIR
     with out.locked():
@@ -154,7 +160,7 @@ def run_tabular_imputation(
             return _impute_result(target, manifest, time.perf_counter() - started, reused=True)
         out.sweep([_OUTPUT_DIR])  # left by a crashed run: never complete by construction
         with out.stage(_OUTPUT_DIR) as staged:
-            manifest = _impute_into(config, ingest, files, checkpoints, staged.path)
+            manifest = _impute_into(config, ingest, files, checkpoints, staged.path, csv=csv)
             manifest["fingerprint"] = digest
             staged.manifest = manifest  # written last, then swapped into place
     return _impute_result(target, manifest, time.perf_counter() - started, reused=False)
@@ -168,11 +174,26 @@ def _impute_result(
     return TabularImputeResult(directory, datasets, metrics, seconds, reused)
 
 
+def write_csv(config: PipelineConfig, ingest: IngestResult) -> bool:
+    """Whether the single imputation is also written as CSV: impute_stage.table_csv, "auto"
+    meaning up to CSV_MAX_ROWS rows in the imputed splits."""
+    choice = config.impute_stage.table_csv
+    if choice != "auto":
+        return bool(choice)
+    return sum(ingest.num_rows[split] for split in config.impute_stage.splits) <= CSV_MAX_ROWS
+
+
 def _impute_into(
-    config: PipelineConfig, ingest: IngestResult, files: list[Path], checkpoints: list[Path], staging: Path
+    config: PipelineConfig,
+    ingest: IngestResult,
+    files: list[Path],
+    checkpoints: list[Path],
+    staging: Path,
+    *,
+    csv: bool,
 ) -> dict[str, Any]:
     """Run the Ray Data job, map back to the file's units, write the tables into `staging`
-    (`checkpoints`: the model's, then the bootstrap members')."""
+    (`checkpoints`: the model's, then the bootstrap members'; `csv`: the single one as CSV too)."""
     import pyarrow.parquet as pq
 
     from pipelines.impute_job import imputation_dataset, run_surviving_node_loss
@@ -212,10 +233,12 @@ def _impute_into(
     row_names = row_columns(info)
     table = table_maker(shards, info)
 
-    names = [f"{SINGLE}.parquet", f"{SINGLE}.csv"]
+    names = [f"{SINGLE}.parquet"]
     single = table(imputed["single"])
     pq.write_table(single, staging / names[0])
-    single.to_pandas().to_csv(staging / names[1], index=False)
+    if csv:
+        names.append(f"{SINGLE}.csv")
+        single.to_pandas().to_csv(staging / names[-1], index=False)
     for m in range(imputed["multiple"].shape[1]):
         name = f"{MULTIPLE_PREFIX}{m:02d}.parquet"
         pq.write_table(table(imputed["multiple"][:, m]), staging / name)
@@ -362,6 +385,7 @@ def cast_imputed(imputed: np.ndarray, dtype: Any) -> np.ndarray:
 
 
 __all__ = [
+    "CSV_MAX_ROWS",
     "IMPUTED",
     "OBSERVED",
     "OUTPUT_SOURCE_COLUMNS",
@@ -375,4 +399,5 @@ __all__ = [
     "run_tabular_imputation",
     "table_maker",
     "table_mask",
+    "write_csv",
 ]

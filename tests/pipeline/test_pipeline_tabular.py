@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -163,6 +164,23 @@ def test_data_column_types_may_choose_a_number_columns_model_and_refuses_the_res
             ingest(**settings)
     with pytest.raises(ConfigError, match=r"data.column_types.code must be one of"):
         ingest(code="poisson")
+
+
+def test_the_single_imputation_comes_as_csv_too_up_to_a_million_rows_unless_told() -> None:
+    from types import SimpleNamespace
+
+    from pipelines.config import load_pipeline_config
+    from pipelines.tabular import CSV_MAX_ROWS, write_csv
+
+    def ingest(train: int) -> Any:
+        return SimpleNamespace(num_rows={"train": train, "valid": 10, "test": 10})
+
+    auto = load_pipeline_config("table", [])
+    assert write_csv(auto, ingest(CSV_MAX_ROWS - 20)) and not write_csv(auto, ingest(CSV_MAX_ROWS - 19))
+    train_only = load_pipeline_config("table", ["impute_stage.splits=[train]"])
+    assert write_csv(train_only, ingest(CSV_MAX_ROWS))  # only the imputed splits' rows count
+    assert write_csv(load_pipeline_config("table", ["impute_stage.table_csv=true"]), ingest(10**8))
+    assert not write_csv(load_pipeline_config("table", ["impute_stage.table_csv=false"]), ingest(10))
 
 
 def test_parquet_reads_like_csv_and_binary_columns_are_bernoulli(tmp_path: Path) -> None:
