@@ -1,0 +1,42 @@
+"""benchmarks/bench_tables.py: the generated table, the job's settings and the report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from benchmarks import bench_tables
+from pipelines.config import load_pipeline_config
+from pipelines.table_source import load_table, table_column_types
+
+
+def test_the_generated_table_has_every_kind_of_column_and_its_holes(tmp_path: Path) -> None:
+    paths = bench_tables.make_table(3000, tmp_path, num_files=3)
+    assert [pq.read_metadata(p).num_rows for p in paths] == [1000, 1000, 1000]
+    table, types = table_column_types(load_table(tmp_path), {}, "gaussian")
+    assert types == ["gaussian"] * 5 + ["bernoulli"] * 2 + ["categorical"] * 2
+    missing = (table.values != table.values).mean()  # NaN: a hole
+    assert abs(missing - bench_tables.MISSING_RATE) < 0.02
+
+
+def test_the_jobs_settings_are_a_valid_table_config(tmp_path: Path) -> None:
+    config = load_pipeline_config("table", bench_tables.job_settings(tmp_path, tmp_path / "run", 5_000_000))
+    assert config.ingest.num_shards == 20 and config.impute_stage.table_csv is False
+    assert config.impute_stage.splits == ("train", "valid", "test")
+
+
+def test_the_report_gives_each_stage_its_rate_per_cpu() -> None:
+    result = {
+        "seconds": {"ingest": 2.0, "train": 4.0, "impute": 10.0},
+        "num_rows": {"train": 800, "valid": 100, "test": 100},
+        "driver_peak_mib": 500.0,
+        "worker_peak_mib": 300.0,
+        "worker_peak_title": "ray::ImputeActor",
+        "cpus": 2,
+    }
+    assert bench_tables.stage_rows(result) == {"ingest": 1000, "train": 800, "impute": 1000}
+    text = bench_tables.render({1000: result}, "python -m benchmarks.bench_tables --rows 1000")
+    assert (
+        "| 1,000 | train | 4.0 | 200 | 100 |" in text and "| 1,000 | 500 | 300 (ray::ImputeActor) |" in text
+    )
