@@ -10,7 +10,7 @@ missing completely at random. Each size is written as `--files` Parquet files in
 folder, and the job runs in a fresh process (the driver) with the `table` preset made small and
 fast: an MLP of width 32, latent 4, K = 1, one epoch of batches of 1024 rows on each of 2 Ray
 Train workers, L = 10, M = 1, 2 imputation actors, no CSV. While it runs, a thread in the driver
-samples every Ray process under it twice a second; a worker's memory is its private resident
+samples every Ray worker process twice a second; a worker's memory is its private resident
 memory (RSS less shared pages, so the object store's mapped blocks are not counted against
 every process that reads them).
 
@@ -109,7 +109,9 @@ def job_settings(data: Path, run_dir: Path, num_rows: int) -> list[str]:
 
 
 class RaySampler:
-    """Samples the private resident memory (RSS - shared) of every Ray process under this one."""
+    """Samples the private resident memory (RSS - shared) of every Ray worker process on the
+    machine (their titles start with ``ray::``; the embedded Ray's raylet starts them detached
+    from the driver, so they are found by title, and the benchmark assumes no other Ray runs)."""
 
     def __init__(self, interval: float = 0.5) -> None:
         self.interval = interval
@@ -128,19 +130,14 @@ class RaySampler:
     def _run(self) -> None:
         import psutil
 
-        me = psutil.Process()
         while not self._stop.is_set():
-            for child in me.children(recursive=True):
-                try:
-                    title = child.cmdline()[0] if child.cmdline() else child.name()
-                    info = child.memory_info()
-                except (psutil.NoSuchProcess, psutil.AccessDenied, IndexError):
-                    continue
-                if not title.startswith("ray::"):
-                    continue  # Ray's own servers (GCS, raylet, dashboard) are not workers
+            for process in psutil.process_iter(["cmdline", "memory_info"]):
+                command, info = process.info["cmdline"], process.info["memory_info"]
+                if not command or info is None or not command[0].startswith("ray::"):
+                    continue  # not a Ray worker (the driver, Ray's own servers), or gone meanwhile
                 private = (info.rss - getattr(info, "shared", 0)) / _MIB
-                if private > self.peaks.get(child.pid, (0.0, ""))[0]:
-                    self.peaks[child.pid] = (private, title)
+                if private > self.peaks.get(process.pid, (0.0, ""))[0]:
+                    self.peaks[process.pid] = (private, command[0])
             self._stop.wait(self.interval)
 
 
