@@ -128,16 +128,22 @@ class RaySampler:
         self._thread.join()
 
     def _run(self) -> None:
-        import psutil
-
+        page_mib = os.sysconf("SC_PAGE_SIZE") / _MIB
         while not self._stop.is_set():
-            for process in psutil.process_iter(["cmdline", "memory_info"]):
-                command, info = process.info["cmdline"], process.info["memory_info"]
-                if not command or info is None or not command[0].startswith("ray::"):
-                    continue  # not a Ray worker (the driver, Ray's own servers), or gone meanwhile
-                private = (info.rss - getattr(info, "shared", 0)) / _MIB
-                if private > self.peaks.get(process.pid, (0.0, ""))[0]:
-                    self.peaks[process.pid] = (private, command[0])
+            for entry in Path("/proc").iterdir():  # Linux; no psutil in the project's environment
+                if not entry.name.isdigit():
+                    continue
+                try:
+                    title = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+                    resident, shared = (int(v) for v in (entry / "statm").read_text().split()[1:3])
+                except (OSError, ValueError):
+                    continue  # gone meanwhile
+                if not title.startswith("ray::"):
+                    continue  # not a Ray worker: the driver, Ray's own servers
+                private = (resident - shared) * page_mib
+                pid = int(entry.name)
+                if private > self.peaks.get(pid, (0.0, ""))[0]:
+                    self.peaks[pid] = (private, title)
             self._stop.wait(self.interval)
 
 
