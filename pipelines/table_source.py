@@ -253,9 +253,9 @@ def table_column_types(
             values[:, j] = np.where(np.isnan(values[:, j]), np.nan, 0.0)
             types.append(kind)
         else:
-            observed = values[~np.isnan(values[:, j]), j]
-            other = observed[(observed != 0.0) & (observed != 1.0)]
-            if kind == "bernoulli" and other.size:
+            if kind == "bernoulli" and inferred[j] != "bernoulli":  # not all 0/1 (binary_columns)
+                observed = values[~np.isnan(values[:, j]), j]
+                other = observed[(observed != 0.0) & (observed != 1.0)]
                 raise ConfigError(
                     f"data.column_types.{column}=bernoulli: column {column!r} of {table.name} holds "
                     f"{other[0]:g}; a Bernoulli column holds 0 and 1 only"
