@@ -53,6 +53,20 @@ CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 # torch.distributed's Gloo backend (Ray Train's DDP on CPUs) listens on this interface for its
 # peers; by default on the address the host name resolves to, which may face the network.
 GLOO_INTERFACE_ENV = "GLOO_SOCKET_IFNAME"
+# Settings of Ray's own (environment variables) for the Ray that ensure_ray embeds on one
+# machine, where Ray's defaults are sized for clusters; a value the user exported wins. Read by
+# Ray's processes, which inherit the environment of the process that starts Ray.
+LOCAL_RAY_ENV = {
+    # Ray Data reads Parquet footers through a pool of actors started anew for every read, 32 by
+    # default: on 2 cores, 7 of the 8 s that materialising two small shards took were spent
+    # starting them (Ray 2.60's datasource_v2 FooterFileIndexer).
+    "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1",
+    # Ray Train's controller polls its workers every 2 s by default, and every epoch's report and
+    # the end of a run wait for a poll.
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+    # One actor less per training run: a single machine is not a preemptible cloud instance.
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+}
 # Whether the Ray this process starts streams its workers' stdout/stderr (Ray Train's
 # controller and workers, Ray Data's actors) to this console: Ray's `log_to_driver`. The job
 # turns it off unless --verbose (set_log_to_driver); the workers' log files in Ray's session
@@ -118,6 +132,13 @@ def _loopback_interface() -> str | None:
     return next((name for name in ("lo", "lo0") if name in names), None)
 
 
+def use_local_ray_env() -> None:
+    """Set LOCAL_RAY_ENV's variables the user has not set, for a Ray started on this machine
+    after the call (ensure_ray's embedded one; a test's multi-node cluster)."""
+    for name, value in LOCAL_RAY_ENV.items():
+        os.environ.setdefault(name, value)
+
+
 def set_log_to_driver(enabled: bool) -> None:
     """Whether a Ray started later by :func:`ensure_ray` streams worker output to this
     console (default True, Ray's own default). An entry point's choice; a Ray already
@@ -148,6 +169,7 @@ def ensure_ray(address: str | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=log_to_driver)
     else:
+        use_local_ray_env()
         # "local": a fresh embedded Ray, even when a `ray start` head runs on this machine. No
         # dashboard, so no Jobs API; every server on loopback (CLUSTER_ENV) and the token
         # required besides, for other users of this machine (tests/pipeline/test_security.py).
@@ -162,6 +184,7 @@ def ensure_ray(address: str | None = None) -> None:
 __all__ = [
     "CLUSTER_ENV",
     "LOCAL_LOGICAL_CPUS",
+    "LOCAL_RAY_ENV",
     "RayAuthError",
     "configure_ray_auth",
     "ensure_ray",
@@ -171,6 +194,7 @@ __all__ = [
     "set_log_to_driver",
     "start_ray_thread",
     "stop_ray",
+    "use_local_ray_env",
 ]
 
 

@@ -53,10 +53,11 @@ def two_nodes(_ray_session: Any) -> Iterator[tuple[Any, Any, str]]:
     import ray
     from ray.cluster_utils import Cluster
 
-    from pipelines.runtime import configure_ray_auth
+    from pipelines.runtime import configure_ray_auth, use_local_ray_env
 
     ray.shutdown()
     configure_ray_auth()  # the token and loopback settings, before any node starts
+    use_local_ray_env()  # Ray's settings for a cluster on one machine, as the embedded Ray's
     dashboard_port = _free_port()
     cluster = Cluster(
         initialize_head=True,
