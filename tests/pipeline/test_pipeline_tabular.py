@@ -421,12 +421,25 @@ def test_imputed_tables_carry_which_cells_were_imputed_in_parquet_and_csv(tmp_pa
     imputations drawn here; the ``mask`` column reads back the file's holes from Parquet and
     from CSV (letters, so a CSV reader keeps ``iooi`` a string), and steps aside for a user
     column called ``mask``."""
-    from pipelines.table_output import table_maker
+    from pipelines.config import load_pipeline_config
+    from pipelines.shards import read_shards
+    from pipelines.table_output import OUTPUT_SOURCE_COLUMNS, table_maker
+    from pipelines.table_source import tabular_split_tables
 
     frame = write_csv(tmp_path / "t.csv", num_rows=40).rename(columns={"e": "mask"})
     frame.to_csv(tmp_path / "t.csv", index=False)
     names = [*COLUMNS[:-1], "mask"]
-    make = table_maker(*shard_rows(tmp_path / "t.csv", tmp_path, "data.label_column=target"))
+    overrides = [
+        f"data.path={json.dumps(str(tmp_path / 't.csv'))}",
+        f"run_dir={json.dumps(str(tmp_path / 'run'))}",
+        "data.label_column=target",
+    ]
+    tables, info = tabular_split_tables(load_pipeline_config("table", overrides))
+    files = []
+    for split, split_table in tables.items():
+        files.append(tmp_path / f"{split}.parquet")
+        pq.write_table(split_table, files[-1])
+    make = table_maker(read_shards(files, OUTPUT_SOURCE_COLUMNS, order_by="source_row"), info)
     output = make(np.zeros((40, len(names)), np.float32))
 
     observed = frame[names].notna().to_numpy()
@@ -437,27 +450,6 @@ def test_imputed_tables_carry_which_cells_were_imputed_in_parquet_and_csv(tmp_pa
     from_csv = pd.read_csv(tmp_path / "out.csv")
     assert np.array_equal(read_table_mask(from_csv["_mask"]), observed)
     assert np.array_equal(from_csv["mask"].isna(), np.zeros(40, bool))  # the user's column, completed
-
-
-def shard_rows(
-    path: Path, folder: Path, *overrides: str, order_by: str | None = "source_row"
-) -> tuple[pa.Table, dict[str, Any]]:
-    """Ingest's shard tables of the table at `path` (no Ray: written with plain pyarrow into
-    `folder`, test / train / valid, the order the imputation job reads them), read back as the
-    output's OUTPUT_SOURCE_COLUMNS (sorted by `order_by`, or in that order when None), and the
-    ingest manifest's ``table`` entry."""
-    from pipelines.config import load_pipeline_config
-    from pipelines.shards import read_shards
-    from pipelines.table_output import OUTPUT_SOURCE_COLUMNS
-    from pipelines.table_source import tabular_split_tables
-
-    settings = [f"data.path={json.dumps(str(path))}", f"run_dir={json.dumps(str(folder / 'run'))}"]
-    tables, info = tabular_split_tables(load_pipeline_config("table", [*settings, *overrides]))
-    files = []
-    for split in sorted(tables):
-        files.append(folder / f"{split}.parquet")
-        pq.write_table(tables[split], files[-1])
-    return read_shards(files, OUTPUT_SOURCE_COLUMNS, order_by=order_by), info
 
 
 def test_table_mask_letters_round_trip_and_refuse_anything_else() -> None:

@@ -9,10 +9,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from pipelines.table_output import (
     IMPUTED_TABLE_COLUMNS,
+    OUTPUT_SOURCE_COLUMNS,
     SINGLE,
     check_partitions,
     dataset_names,
@@ -25,7 +27,7 @@ from pipelines.table_output import (
     table_maker,
     write_partitions,
 )
-from tests.pipeline.test_pipeline_tabular import COLUMNS, shard_rows, write_csv
+from tests.pipeline.test_pipeline_tabular import COLUMNS, write_csv
 
 NUM_ROWS, M = 90, 2
 
@@ -52,8 +54,22 @@ def test_merging_sorted_streams_gives_every_row_once_in_order_in_bounded_batches
 def _shards(tmp_path: Path) -> tuple[pa.Table, dict[str, Any]]:
     """A 90-row table's shard rows (OUTPUT_SOURCE_COLUMNS, in the job's order: split after
     split) and the ingest manifest's ``table`` entry."""
+    from pipelines.config import load_pipeline_config
+    from pipelines.shards import read_shards
+    from pipelines.table_source import tabular_split_tables
+
     write_csv(tmp_path / "t.csv", num_rows=NUM_ROWS)
-    return shard_rows(tmp_path / "t.csv", tmp_path, "data.label_column=target", order_by=None)
+    overrides = [
+        f"data.path={json.dumps(str(tmp_path / 't.csv'))}",
+        f"run_dir={json.dumps(str(tmp_path / 'run'))}",
+        "data.label_column=target",
+    ]
+    tables, info = tabular_split_tables(load_pipeline_config("table", overrides))
+    files = []
+    for split in ("test", "train", "valid"):  # the job reads the shards in sorted path order
+        files.append(tmp_path / f"{split}.parquet")
+        pq.write_table(tables[split], files[-1])
+    return read_shards(files, OUTPUT_SOURCE_COLUMNS, order_by=None), info
 
 
 def _imputed_batch(rows: pa.Table, single: np.ndarray, multiple: np.ndarray) -> pa.Table:
