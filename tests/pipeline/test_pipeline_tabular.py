@@ -15,14 +15,8 @@ from mlflow.tracking import MlflowClient
 
 from missiwae.config import ConfigError
 from pipelines import full
-from pipelines.table_output import (
-    completed_column,
-    load_imputed_table,
-    mask_strings,
-    read_table_mask,
-    row_columns,
-)
 from pipelines.table_source import column_types, load_table, read_table, split_rows
+from pipelines.tabular import completed_column, mask_strings, read_table_mask, row_columns
 
 COLUMNS = ["a", "b", "flag", "c", "d", "e"]
 
@@ -121,7 +115,7 @@ def test_a_column_of_labels_comes_back_as_its_levels_in_every_output_and_the_log
     assert len(table["mean"]) == 3 + 3 + len(levels)
     out = tmp_path / "run" / "imputed" / "table"
     for name in ("missiwae_single", "missiwae_multiple_00", "missiwae_multiple_01"):
-        imputed = load_imputed_table(out / name).to_pandas()
+        imputed = pd.read_parquet(out / f"{name}.parquet")
         assert imputed["stars"].dtype == np.int64 and set(imputed["stars"]) <= set(levels), name
         assert imputed["colour"].notna().all() and set(imputed["colour"]) <= {"blue", "green", "red"}, name
         mask = read_table_mask(imputed["mask"])
@@ -230,7 +224,6 @@ def test_csv_with_nan_goes_through_ingest_train_impute_with_mlflow(
         "impute.num_imputations": "2",
         "impute.batch_size": "64",
         "impute_stage.num_actors": "1",
-        "impute_stage.table_rows_per_file": "70",  # several writer tasks, several partitions each
     }
     overrides = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
     assert full.main(["--data", str(csv), *overrides]) == 0
@@ -238,13 +231,7 @@ def test_csv_with_nan_goes_through_ingest_train_impute_with_mlflow(
     values = frame[COLUMNS].to_numpy()
     observed = ~np.isnan(values)
     out = run_dir / "imputed" / "table"
-    # The workers wrote each completed table as partitions: the same names in every folder.
-    partitions = sorted(p.name for p in (out / "missiwae_single").iterdir())
-    assert len(partitions) >= 4 and {name.split("-")[0] for name in partitions} == {"train", "valid", "test"}
-    for name in ("missiwae_multiple_00", "missiwae_multiple_01"):
-        assert sorted(p.name for p in (out / name).iterdir()) == partitions
-    assert max(pq.read_metadata(out / "missiwae_single" / name).num_rows for name in partitions) <= 70
-    single = load_imputed_table(out / "missiwae_single").to_pandas()
+    single = pd.read_parquet(out / "missiwae_single.parquet")
     assert list(single.columns) == ["source_file", "source_row", "split", "mask", "target", *COLUMNS]
     assert set(single["source_file"]) == {csv.name}
     assert np.array_equal(read_table_mask(single["mask"]), observed)  # which cells were imputed
@@ -261,7 +248,7 @@ def test_csv_with_nan_goes_through_ingest_train_impute_with_mlflow(
     np.testing.assert_allclose(from_csv[COLUMNS].to_numpy(), completed)
     assert np.array_equal(read_table_mask(from_csv["mask"]), observed)
     for m in range(2):
-        copy = load_imputed_table(out / f"missiwae_multiple_{m:02d}").to_pandas()[COLUMNS].to_numpy()
+        copy = pd.read_parquet(out / f"missiwae_multiple_{m:02d}.parquet")[COLUMNS].to_numpy()
         assert np.array_equal(copy[observed], values[observed])
         assert np.isin(copy[~observed[:, 2], 2], (0.0, 1.0)).all()
 
@@ -386,7 +373,7 @@ def test_a_small_table_with_reserved_names_comes_back_whole_and_exact(
 
     out = run_dir / "imputed" / "table"
     for name in ("missiwae_single", "missiwae_multiple_00", "missiwae_multiple_01"):
-        table = load_imputed_table(out / name)
+        table = pq.read_table(out / f"{name}.parquet")
         assert table.column_names == [
             "source_file", "_source_row", "_split", "mask", "big", "split", "source_row", "flag"
         ]  # fmt: skip
@@ -423,8 +410,8 @@ def test_imputed_tables_carry_which_cells_were_imputed_in_parquet_and_csv(tmp_pa
     column called ``mask``."""
     from pipelines.config import load_pipeline_config
     from pipelines.shards import read_shards
-    from pipelines.table_output import OUTPUT_SOURCE_COLUMNS, table_maker
     from pipelines.table_source import tabular_split_tables
+    from pipelines.tabular import OUTPUT_SOURCE_COLUMNS, table_maker
 
     frame = write_csv(tmp_path / "t.csv", num_rows=40).rename(columns={"e": "mask"})
     frame.to_csv(tmp_path / "t.csv", index=False)
