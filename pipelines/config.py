@@ -69,9 +69,13 @@ class ImputeStageConfig:
     # A table's single imputation also as CSV (beside the Parquet files): "auto" up to
     # pipelines.tabular.CSV_MAX_ROWS rows (a CSV of millions of rows is slow to write and read).
     table_csv: bool | Literal["auto"] = "auto"
+    # A table's imputed rows per Ray Data writer task: a partition file holds at most this many
+    # (one per split among them); pipelines/table_output.py.
+    table_rows_per_file: int = 100_000
 
     def __post_init__(self) -> None:
         require(self.num_actors >= 1, "impute_stage.num_actors must be >= 1")
+        require(self.table_rows_per_file >= 1, "impute_stage.table_rows_per_file must be >= 1")
         require(self.cpus_per_actor > 0, "impute_stage.cpus_per_actor must be > 0")
         require(self.gpus_per_actor >= 0, "impute_stage.gpus_per_actor must be >= 0")
         require(

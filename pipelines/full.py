@@ -195,8 +195,9 @@ def run_table(config: PipelineConfig, console: Console | None = None) -> dict[st
     )
     print(f"test log p(x_o) (standardised units): {trained.test_log_likelihood:.3f}")
     single = imputed.datasets["missiwae_single"]
-    as_csv = " (+ .csv)" if single.with_suffix(".csv").is_file() else ""
-    print(f"completed table: {single}{as_csv}; {len(imputed.datasets) - 1} multiple imputations beside it")
+    as_csv = f" and {single.name}.csv" if single.with_suffix(".csv").is_file() else ""
+    print(f"completed table: {single}/ (Parquet partitions){as_csv}; {len(imputed.datasets) - 1} multiple")
+    print("  imputations beside it; pipelines.table_output.read_imputed_table reads one in the file's order")
     print("stage times: " + ", ".join(f"{name} {value:.0f} s" for name, value in seconds.items()))
     print(f"MLflow: experiment '{config.tracking.experiment}', run {tracker.run_id}")
     print(f"  browse with: {ui_command(config)}")

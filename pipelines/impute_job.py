@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from pipelines.config import PipelineConfig
-from pipelines.shards import batch_matrix
+from pipelines.shards import batch_matrix, tensor_array, tensor_matrix
 
 if TYPE_CHECKING:
     import ray.data
@@ -56,7 +56,9 @@ if TYPE_CHECKING:
 _LOG = logging.getLogger(__name__)
 SINGLE = "missiwae_single"  # the image job's single-imputation column (and dataset name)
 INPUT_COLUMNS = ("row_id", "label", "source_row", "pixels", "mask")
-TABLE_INPUT_COLUMNS = ("row_id", "source_row", "pixels", "mask")
+# A table's batches also carry what its writer needs (pipelines.table_output's OUTPUT_SOURCE_COLUMNS).
+TABLE_INPUT_COLUMNS = ("source_row", "split", "pixels", "mask", "source")
+TABLE_PASSTHROUGH = ("source_row", "split", "mask", "source")
 _SNIS_STREAM, _SIR_STREAM = 0, 1
 _ENSEMBLE_STREAM = 2  # bootstrap member b draws from stream 2 + b
 WAIT_FOR_ACTORS_S = 600  # the actor pool must be up within this time (model load included)
@@ -84,11 +86,17 @@ def imputation_dataset(
     *,
     ensemble_dirs: Sequence[Path] = (),
     table: bool = False,
+    table_writer: Callable[[Any], Any] | None = None,
+    rows_per_write: int = 100_000,
     fault_marker: str | None = None,
     progress: Any = None,
 ) -> ray.data.Dataset:
     """The lazy Ray Data job over the shards `files`: ordered read, fixed-size blocks, the pool
     of :class:`ImputeActor` (``table``: a user's table, see the actor; it runs on CPUs).
+    ``table_writer``: for a table, Ray Data tasks then call it on batches of at most
+    `rows_per_write` rows of the actors' output (Arrow tables; which rows, and in which order,
+    is Ray Data's choice), and the job's rows are what it returns
+    (pipelines.table_output.write_partitions: the workers write the output).
     ``ensemble_dirs``: the B bootstrap members' checkpoints (impute.bootstrap_models > 1), whose
     SIR draws make the proper multiple imputations (see the actor); empty for B = 1.
     ``progress``: a RowCounter actor handle the actors count their rows on (:func:`row_progress`)."""
@@ -106,7 +114,7 @@ def imputation_dataset(
         # so the batch layout, hence every random stream, is independent of the actor count.
         # With at least num_actors blocks every actor gets work.
         dataset = dataset.repartition(target_num_rows_per_block=impute.batch_size, strict=True)
-        return dataset.map_batches(
+        dataset = dataset.map_batches(
             ImputeActor,
             fn_constructor_kwargs={
                 "checkpoint_dir": str(checkpoint_dir),
@@ -121,13 +129,18 @@ def imputation_dataset(
                 "progress": progress,
             },
             batch_size=impute.batch_size,
-            batch_format="numpy",
+            batch_format="pyarrow" if table else "numpy",  # a table's cells stay in their types
             compute=ray.data.ActorPoolStrategy(size=stage.num_actors),
             num_cpus=stage.cpus_per_actor,
             num_gpus=gpus,
             max_restarts=ACTOR_MAX_RESTARTS,
             max_task_retries=ACTOR_MAX_RESTARTS,
         )
+        if table_writer is not None:
+            dataset = dataset.map_batches(
+                table_writer, batch_size=rows_per_write, batch_format="pyarrow", num_cpus=stage.cpus_per_actor
+            )
+        return dataset
 
 
 T = TypeVar("T")
@@ -185,9 +198,11 @@ class ImputeActor:
     num_missing, correct_single, correct_zero (B,) int64; correct_multiple (B, M) int64;
     actor (B,) str and batch_start (B,) int64 (debugging: who imputed what, in which batch).
 
-    Tables (``table=True``; no truth, so no counts, and never the oracle ι). In: row_id,
-    source_row (B,), pixels (B, D) standardised, mask (B, D). Out: source_row, single (B, D)
-    and multiple (B, M, D) float32 in standardised units, ess and log_likelihood (B,).
+    Tables (``table=True``; no truth, so no counts, and never the oracle ι): Arrow batches in
+    and out, so the file's cells keep their types. In: TABLE_INPUT_COLUMNS: source_row (B,),
+    split, pixels (B, D) standardised, mask (B, D), source (the file's cells). Out: the
+    TABLE_PASSTHROUGH columns as they came, single (B, D) and multiple (B, M, D) float32 in
+    standardised units (tensor columns), ess (B,) float32 and log_likelihood (B,) float64.
 
     The bootstrap ensemble (``ensemble_dirs``, B models): member b adds
     ``missiwae.ensemble.split_draws(M, B)[b]`` SIR draws from its own random stream
@@ -232,15 +247,20 @@ class ImputeActor:
         self.fault_marker, self.calls = fault_marker, 0
         self.progress = progress
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, batch: Any) -> Any:
         import torch
 
         self.calls += 1
         if self.fault_marker and self.calls == 2:
             _die_once(self.fault_marker)
-        first = np.asarray(batch["source_row" if self.table else "row_id"], dtype=np.int64)
-        mask = batch_matrix(batch["mask"], np.bool_)
-        pixels = batch_matrix(batch["pixels"], np.float32 if self.table else np.uint8)
+        if self.table:  # an Arrow table
+            first = batch.column("source_row").to_numpy().astype(np.int64)
+            mask = tensor_matrix(batch.column("mask"), np.bool_, what="the table's shards", name="mask")
+            pixels = tensor_matrix(batch.column("pixels"), np.float32, what="the table's shards")
+        else:
+            first = np.asarray(batch["row_id"], dtype=np.int64)
+            mask = batch_matrix(batch["mask"], np.bool_)
+            pixels = batch_matrix(batch["pixels"], np.uint8)
         x_true = torch.from_numpy(pixels.astype(np.float32)).to(self.device)
         observed = torch.tensor(mask, device=self.device)  # a copy: Ray's batch is read-only
         # The model sees NaN in the holes: the truth cannot leak (the oracle ι must read it).
@@ -252,14 +272,18 @@ class ImputeActor:
         if self.progress is not None:
             self.progress.add.remote(len(first))  # fire-and-forget: never waits on the counter
         if self.table:
+            import pyarrow as pa
+
             draws = multiple.imputations if ensemble is None else ensemble
-            return {
-                "source_row": first,
-                "single": single.imputed.float().cpu().numpy(),
-                "multiple": draws.permute(1, 0, 2).float().cpu().numpy(),  # (B, M, D)
-                "ess": single.effective_sample_size.float().cpu().numpy(),
-                "log_likelihood": single.log_likelihood.double().cpu().numpy(),
-            }
+            out = batch.select(list(TABLE_PASSTHROUGH))
+            for name, column in (
+                ("single", tensor_array(single.imputed.float().cpu().numpy())),
+                ("multiple", tensor_array(draws.permute(1, 0, 2).float().cpu().numpy())),  # (B, M, D)
+                ("ess", pa.array(single.effective_sample_size.float().cpu().numpy())),
+                ("log_likelihood", pa.array(single.log_likelihood.double().cpu().numpy())),
+            ):
+                out = out.append_column(name, column)
+            return out
         out = self._image_output(batch, first, pixels, mask, single, multiple.imputations)
         if ensemble is not None:
             draws_x = _binary_draws(ensemble)
@@ -483,6 +507,8 @@ __all__ = [
     "ACTOR_MAX_RESTARTS",
     "NODE_LOSS_RETRIES",
     "SINGLE",
+    "TABLE_INPUT_COLUMNS",
+    "TABLE_PASSTHROUGH",
     "ImputeActor",
     "ProgressCallback",
     "RowCounter",

@@ -45,29 +45,18 @@ Impute (:func:`run_tabular_imputation`). One Ray Data job over the shards of
 actor pool of pipelines/impute_job.py (``ImputeActor(table=True)``) computes the SNIS single
 imputation (L = ``impute.num_samples``) and M = ``impute.num_imputations`` SIR draws per batch,
 seeded per batch as in impute.py.
-The driver maps them back to the file's units and writes, under ``{run_dir}/imputed/table``::
+Ray Data writer tasks after the pool map them back to the file's units and write the completed
+tables, partitioned, under ``{run_dir}/imputed/table`` (pipelines/table_output.py owns that format
+and the reader that yields it back in the file's row order)::
 
-    missiwae_single.parquet (+ .csv)      the file's rows in its order, holes = E[x_m | x_o];
-                                          the CSV up to CSV_MAX_ROWS rows, or as
-                                          impute_stage.table_csv says
-    missiwae_multiple_00.parquet ...      holes = one SIR draw each
-    _MANIFEST.json                        fingerprint, metrics, seconds
+    missiwae_single/*.parquet (+ missiwae_single.csv)   holes = E[x_m | x_o]; the CSV up to
+                                                        CSV_MAX_ROWS rows, or as
+                                                        impute_stage.table_csv says
+    missiwae_multiple_00/*.parquet ...                  holes = one SIR draw each
+    _MANIFEST.json                                      fingerprint, partitions, metrics, seconds
 
-with columns ``source_file``, ``source_row``, ``split``, ``mask``, (the label column,) then
-the file's columns,
-each in the file's own type (:func:`table_maker`): observed cells copied from the shards' ``source``,
-imputed ones cast to the column's type (integers rounded, booleans P >= 0.5, :func:`cast_imputed`).
-``mask`` is the row's lineage: a string with one character per file column, in the file's
-column order, ``o`` where the cell is the file's own and ``i`` where it was imputed
-(:func:`mask_strings`; :func:`read_table_mask` turns it back into a (N, D) bool array, True =
-observed, as in the MNIST datasets). Letters, not 0/1: a CSV reader would take ``0110`` for the
-integer 110. ``source_file`` and ``source_row`` are where the row came from: the file (its path
-relative to the files' common folder, the name alone for one file) and the row's index in it.
-A user column called ``source_file``, ``source_row``, ``split`` or ``mask`` keeps its name; the
-bookkeeping column then becomes ``_source_file`` / ``_source_row`` / ``_split`` / ``_mask``
-(:func:`row_columns`; the manifest's ``row_columns``).
-Bernoulli float columns hold P(x_j = 1 | x_o) in the single imputation and 0/1 draws in the
-multiple ones.
+The driver holds one summary row per partition, never the table: it checks that every row was
+written exactly once, writes the CSV from the reader batch by batch, and publishes the folder.
 There is no truth for a user's holes, so the metrics are what can be measured: the imputed
 cell counts, the SNIS estimate of log p(x_o) (standardised units) and the effective sample size.
 """
@@ -75,8 +64,9 @@ cell counts, the SNIS estimate of log p(x_o) (standardised units) and the effect
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -85,24 +75,29 @@ import numpy as np
 from missiwae.config import to_dict
 from pipelines.config import PipelineConfig
 from pipelines.publish import MANIFEST, Publisher, checkpoint_sha256, checkpoints_key, fingerprint, hash_files
-from pipelines.shards import IngestResult, imputed_dir, read_shards, tensor_matrix
-from pipelines.table_files import SourceFiles
-from pipelines.table_source import TABULAR_FORMAT_VERSION, table_onehot
+from pipelines.shards import IngestResult, imputed_dir
+from pipelines.storage import atomic_file, write_json_atomic
+from pipelines.table_output import (
+    SINGLE,
+    check_partitions,
+    dataset_names,
+    expected_rows,
+    fresh_folders,
+    keep_only,
+    read_imputed_table,
+    row_columns,
+    summary_schema,
+    write_partitions,
+)
+from pipelines.table_source import TABULAR_FORMAT_VERSION
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-SINGLE = "missiwae_single"
-MULTIPLE_PREFIX = "missiwae_multiple_"
 _OUTPUT_DIR = "table"
-# What the output is built from, besides the imputations: lineage, split, mask, the file's cells.
-OUTPUT_SOURCE_COLUMNS = ("source_row", "split", "mask", "source")
-# The output's bookkeeping columns, in order; each steps aside for a user column of its name.
-ROW_COLUMNS = ("source_file", "source_row", "split", "mask")
-# The output mask's letters (module docstring). Part of the fingerprint: an output written
-# before the mask column existed (or with other letters) is never reused.
-OBSERVED, IMPUTED = "o", "i"
-_OUTPUT_VERSION = 4  # 3: source_file, and source_row counted within it; 4: columns of labels
+# 3: source_file, and source_row counted within it; 4: columns of labels; 5: partitioned
+# folders written by the workers (pipelines/table_output.py).
+_OUTPUT_VERSION = 5
 # impute_stage.table_csv "auto": the single imputation also as CSV up to this many rows.
 CSV_MAX_ROWS = 1_000_000
 _LOCK = ".tabular.lock"
@@ -113,7 +108,8 @@ _LOCK = ".tabular.lock"
 
 @dataclasses.dataclass(frozen=True)
 class TabularImputeResult:
-    """datasets: name -> Parquet file (missiwae_single, missiwae_multiple_00, ...); metrics:
+    """datasets: name -> folder of Parquet partitions (missiwae_single, missiwae_multiple_00,
+    ...; pipelines.table_output.read_imputed_table reads one in the file's order); metrics:
     "{split}/num_rows", "{split}/num_imputed_cells", "{split}/missing_fraction",
     "{split}/log_likelihood_mean", "{split}/ess_mean", "rows_per_second"."""
 
@@ -142,6 +138,7 @@ def run_tabular_imputation(
         "output_version": _OUTPUT_VERSION,
         "impute": to_dict(config.impute),
         "splits": splits,
+        "rows_per_file": config.impute_stage.table_rows_per_file,
         "checkpoint": checkpoints_key([checkpoint_sha256(path) for path in checkpoints]),
         "inputs": hash_files(files),
     }
@@ -151,11 +148,7 @@ def run_tabular_imputation(
     out = Publisher(imputed_dir(config), _LOCK, "the imputed table {!r}")
     target = out.root / _OUTPUT_DIR
     with out.locked():
-        manifest = out.reusable(
-            target / MANIFEST,
-            digest,
-            lambda m: all((target / name).is_file() for name in m.get("files", [])),
-        )
+        manifest = out.reusable(target / MANIFEST, digest, lambda m: _intact(target, m))
         if manifest is not None:
             return _impute_result(target, manifest, time.perf_counter() - started, reused=True)
         out.sweep([_OUTPUT_DIR])  # left by a crashed run: never complete by construction
@@ -166,10 +159,23 @@ def run_tabular_imputation(
     return _impute_result(target, manifest, time.perf_counter() - started, reused=False)
 
 
+def _intact(directory: Path, manifest: dict[str, Any]) -> bool:
+    """Every dataset folder holds exactly the manifest's partitions, and its other files exist."""
+    try:
+        partitions = sorted(manifest["partitions"])
+        folders_ok = all(
+            sorted(p.name for p in (directory / name).iterdir()) == partitions
+            for name in manifest["datasets"]
+        )
+        return folders_ok and all((directory / name).is_file() for name in manifest["files"])
+    except (KeyError, TypeError, OSError):
+        return False
+
+
 def _impute_result(
     directory: Path, manifest: dict[str, Any], seconds: float, reused: bool
 ) -> TabularImputeResult:
-    datasets = {Path(name).stem: directory / name for name in manifest["files"] if name.endswith(".parquet")}
+    datasets = {name: directory / name for name in manifest["datasets"]}
     metrics = {k: float(v) for k, v in manifest["metrics"].items()}
     return TabularImputeResult(directory, datasets, metrics, seconds, reused)
 
@@ -192,212 +198,89 @@ def _impute_into(
     *,
     csv: bool,
 ) -> dict[str, Any]:
-    """Run the Ray Data job, map back to the file's units, write the tables into `staging`
-    (`checkpoints`: the model's, then the bootstrap members'; `csv`: the single one as CSV too)."""
-    import pyarrow.parquet as pq
+    """Run the Ray Data job whose writer tasks fill `staging` (`checkpoints`: the model's, then
+    the bootstrap members'), check and tidy what they wrote, add the CSV (`csv`) and return the
+    manifest. The driver holds one summary row per partition."""
+    import pyarrow as pa
 
     from pipelines.impute_job import imputation_dataset, run_surviving_node_loss
 
     assert ingest.table is not None
     info = ingest.table
+    datasets = dataset_names(config.impute.num_imputations)
+    splits = list(config.impute_stage.splits)
+    # The writer tasks need the output's row-column names and the files behind the rows.
+    writer = functools.partial(write_partitions, info=info, directory=str(staging))
     clock = time.perf_counter()
 
-    def collect() -> dict[str, list[np.ndarray]]:
-        parts: dict[str, list[np.ndarray]] = {
-            key: [] for key in ("source_row", "single", "multiple", "ess", "ll")
-        }
-        job = imputation_dataset(config, files, checkpoints[0], ensemble_dirs=checkpoints[1:], table=True)
-        for batch in job.iter_batches(batch_format="numpy", batch_size=None):
-            parts["source_row"].append(np.asarray(batch["source_row"]))
-            parts["single"].append(np.asarray(batch["single"], np.float64))
-            parts["multiple"].append(np.asarray(batch["multiple"], np.float64))
-            parts["ess"].append(np.asarray(batch["ess"], np.float64))
-            parts["ll"].append(np.asarray(batch["log_likelihood"], np.float64))
-        return parts
+    def collect() -> pa.Table:
+        fresh_folders(staging, datasets)  # an attempt starts from nothing (run_surviving_node_loss)
+        job = imputation_dataset(
+            config,
+            files,
+            checkpoints[0],
+            ensemble_dirs=checkpoints[1:],
+            table=True,
+            table_writer=writer,
+            rows_per_write=config.impute_stage.table_rows_per_file,
+        )
+        parts = list(job.iter_batches(batch_format="pyarrow", batch_size=None))
+        return pa.concat_tables(parts) if parts else summary_schema().empty_table()
 
-    parts = run_surviving_node_loss(collect, "the table's imputation job")
+    summary = run_surviving_node_loss(collect, "the table's imputation job")
     job_seconds = time.perf_counter() - clock
-    imputed = {key: np.concatenate(value) for key, value in parts.items()}
-    order = np.argsort(imputed["source_row"], kind="stable")
-    imputed = {key: value[order] for key, value in imputed.items()}
+    check_partitions(summary, expected_rows({split: ingest.shards[split] for split in splits}))
+    partitions = sorted(summary.column("file").to_pylist())
+    keep_only(staging, datasets, partitions)  # what a killed or retried writer left behind
 
-    # The file's own cells, split names and row lineage, straight from the shards (plain pyarrow).
-    shards = read_shards(files, OUTPUT_SOURCE_COLUMNS, order_by="source_row")
-    source_row = shards.column("source_row").to_numpy()
-    if not np.array_equal(source_row, imputed["source_row"]):
-        raise RuntimeError("the imputation job lost or duplicated rows")
-    mask = table_mask(
-        tensor_matrix(shards.column("mask"), np.bool_, what="the table's shards", name="mask"), info
-    )
-    split_names = np.asarray(shards.column("split").to_pylist(), dtype=object)
-    row_names = row_columns(info)
-    table = table_maker(shards, info)
-
-    names = [f"{SINGLE}.parquet"]
-    single = table(imputed["single"])
-    pq.write_table(single, staging / names[0])
-    if csv:
-        names.append(f"{SINGLE}.csv")
-        single.to_pandas().to_csv(staging / names[-1], index=False)
-    for m in range(imputed["multiple"].shape[1]):
-        name = f"{MULTIPLE_PREFIX}{m:02d}.parquet"
-        pq.write_table(table(imputed["multiple"][:, m]), staging / name)
-        names.append(name)
-
-    metrics: dict[str, float] = {"rows_per_second": len(source_row) / max(job_seconds, 1e-9)}
-    for split in dict.fromkeys(split_names.tolist()):
-        rows = split_names == split
-        metrics[f"{split}/num_rows"] = float(rows.sum())
-        metrics[f"{split}/num_imputed_cells"] = float((~mask[rows]).sum())
-        metrics[f"{split}/missing_fraction"] = float((~mask[rows]).mean())
-        metrics[f"{split}/log_likelihood_mean"] = float(imputed["ll"][rows].mean())
-        metrics[f"{split}/ess_mean"] = float(imputed["ess"][rows].mean())
-    return {
+    manifest: dict[str, Any] = {
         "format_version": TABULAR_FORMAT_VERSION,
-        "files": names,
-        "metrics": metrics,
+        "datasets": datasets,
+        "partitions": partitions,
+        "files": [],
+        "sources": info["sources"],  # where each file's rows start: the reader's order
+        "row_columns": row_columns(info),
+        "metrics": _metrics(summary, len(info["columns"]), job_seconds),
         "seconds": {"impute_job": job_seconds},
-        "config": {"impute": to_dict(config.impute), "splits": list(config.impute_stage.splits)},
-        "row_columns": row_names,
+        "config": {"impute": to_dict(config.impute), "splits": splits},
         "checkpoint_dir": str(checkpoints[0]),
         "ensemble_dirs": [str(path) for path in checkpoints[1:]],  # bootstrap members; [] for B = 1
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    if csv:  # from the partitions in the file's order, a batch at a time
+        write_json_atomic(staging / MANIFEST, manifest)  # the reader finds the sources here
+        name = f"{SINGLE}.csv"
+        with atomic_file(staging / name) as temporary:
+            for i, batch in enumerate(read_imputed_table(staging / SINGLE)):
+                batch.to_pandas().to_csv(temporary, index=False, header=i == 0, mode="w" if i == 0 else "a")
+        manifest["files"] = [name]
+    return manifest
 
 
-def table_maker(shards: pa.Table, info: dict[str, Any]) -> Callable[[np.ndarray], pa.Table]:
-    """A function from imputations (N, D) in standardised units to the output table (module
-    docstring): `shards` holds OUTPUT_SOURCE_COLUMNS of the N rows sorted by source_row, `info`
-    the ingest manifest's ``table`` entry. Observed cells come from the shards' ``source`` (the
-    file's cells in their own types), never through the float32 model or float64."""
-    import pyarrow as pa
-
-    mean, scale = np.asarray(info["mean"], np.float64), np.asarray(info["scale"], np.float64)
-    onehot = table_onehot(info)
-    spans = onehot.spans()
-    mask = table_mask(
-        tensor_matrix(shards.column("mask"), np.bool_, what="the table's shards", name="mask"), info
-    )
-    struct = shards.column("source").combine_chunks()
-    source = dict(zip(struct.type.names, struct.flatten(), strict=True))
-    row_names = row_columns(info)
-    files = SourceFiles.from_manifest(info["sources"])
-    file_index, file_row = files.locate(shards.column("source_row").to_numpy())
-    bookkeeping = {
-        row_names["source_file"]: pa.array(np.asarray(files.names, dtype=object)[file_index], pa.string()),
-        row_names["source_row"]: pa.array(file_row, pa.int64()),
-        row_names["split"]: shards.column("split").cast(pa.string()),
-        row_names["mask"]: pa.array(mask_strings(mask), pa.string()),
+def _metrics(summary: pa.Table, num_columns: int, job_seconds: float) -> dict[str, float]:
+    """Per split: rows, imputed cells, missing fraction, mean log-likelihood and ESS, from the
+    partitions' summary rows; and the job's rows per second."""
+    splits = np.asarray(summary.column("split").to_pylist(), dtype=object)
+    columns = {
+        key: summary.column(key).to_numpy().astype(np.float64)
+        for key in ("num_rows", "num_imputed_cells", "ll_sum", "ess_sum")
     }
-
-    def table(standardised: np.ndarray) -> pa.Table:
-        imputed_values = np.asarray(standardised, np.float64) * scale + mean  # the file's units
-        columns: dict[str, Any] = dict(bookkeeping)
-        if info["label_column"] is not None:
-            columns[info["label_column"]] = source["label"]
-        for j, name in enumerate(info["columns"]):
-            if onehot.levels[j] is None:
-                imputed = imputed_values[:, spans[j].start]
-            else:  # a column of labels: its most probable (single) or drawn (multiple) level
-                imputed = onehot.most_probable(imputed_values, j)
-            columns[name] = completed_column(source[f"c{j}"], mask[:, j], imputed)
-        return pa.table(columns)
-
-    return table
-
-
-def table_mask(model_mask: np.ndarray, info: dict[str, Any]) -> np.ndarray:
-    """(N, D) True = observed, one per table column, from the shards' (N, D') model mask (a
-    column of labels is observed or missing across its whole one-hot block)."""
-    return model_mask[:, [span.start for span in table_onehot(info).spans()]]
-
-
-def mask_strings(mask: np.ndarray) -> list[str]:
-    """The output's ``mask`` column from a (N, D) bool mask (True = observed): N strings of D
-    letters, ``o`` (OBSERVED) for a cell copied from the file, ``i`` (IMPUTED) for a hole."""
-    letters = np.where(np.asarray(mask, np.bool_), ord(OBSERVED), ord(IMPUTED)).astype(np.uint8)
-    return [row.tobytes().decode("ascii") for row in letters]
-
-
-def read_table_mask(column: Any) -> np.ndarray:
-    """The (N, D) bool mask (True = observed) back from an output's ``mask`` column: a pyarrow
-    array, a pandas Series or a list of N strings of D letters (:func:`mask_strings`)."""
-    strings = column.to_pylist() if hasattr(column, "to_pylist") else list(column)
-    if not strings:
-        return np.zeros((0, 0), np.bool_)
-    if len({len(row) for row in strings}) != 1:
-        raise ValueError("the rows of a table mask differ in length")
-    letters = np.frombuffer("".join(strings).encode("ascii", "replace"), np.uint8)
-    if not np.isin(letters, (ord(OBSERVED), ord(IMPUTED))).all():
-        raise ValueError(f"a table mask holds only the letters {OBSERVED!r} and {IMPUTED!r}")
-    letters = letters.reshape(len(strings), -1)
-    return letters == ord(OBSERVED)
-
-
-def row_columns(info: dict[str, Any]) -> dict[str, str]:
-    """The output's names for the bookkeeping columns ``source_file``, ``source_row``, ``split``
-    and ``mask`` (ROW_COLUMNS): those names,
-    or, when the user's table already has a column so called, the name with ``_`` prepended until
-    it is free. The user's columns always keep their own names (nothing of theirs is dropped or
-    overwritten); the output manifest's ``row_columns`` records the names used."""
-    taken = set(info["columns"]) | ({info["label_column"]} if info["label_column"] is not None else set())
-    names: dict[str, str] = {}
-    for key in ROW_COLUMNS:
-        name = key
-        while name in taken:
-            name = "_" + name
-        taken.add(name)
-        names[key] = name
-    return names
-
-
-def completed_column(original: pa.Array, observed: np.ndarray, imputed: np.ndarray) -> pa.Array:
-    """One output column (N,) of `original`'s type: the observed cells (`observed` (N,) True)
-    copied from `original` itself, the holes from `imputed` (N,): float64 cast to that type
-    (:func:`cast_imputed`), or, for a column of labels, the levels themselves (objects)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if imputed.dtype == object:  # levels: strings, or a categorical number column's values
-        fill = pa.array(imputed.tolist()).cast(original.type)
-    else:
-        fill = pa.array(cast_imputed(imputed, original.type.to_pandas_dtype()), type=original.type)
-    return pc.if_else(pa.array(observed, pa.bool_()), original, fill)
-
-
-def cast_imputed(imputed: np.ndarray, dtype: Any) -> np.ndarray:
-    """Imputed values (N,) float64 in a column's own numpy `dtype`: booleans are the more likely
-    value (>= 0.5), integers rounded to the nearest and clipped to the type's range, narrower
-    floats clipped to their finite range (never inf)."""
-    dtype = np.dtype(dtype)
-    if dtype == np.bool_:
-        return np.asarray(imputed >= 0.5)
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        rounded = np.rint(imputed)
-        # float(info.max) rounds up for 64-bit types, so compare and set the ends exactly.
-        low, high = rounded <= float(info.min), rounded >= float(info.max)
-        out = np.where(low | high, 0.0, rounded).astype(dtype)
-        out[low], out[high] = info.min, info.max
-        return out
-    limit = float(np.finfo(dtype).max)
-    return np.clip(imputed, -limit, limit).astype(dtype)
+    metrics: dict[str, float] = {"rows_per_second": columns["num_rows"].sum() / max(job_seconds, 1e-9)}
+    for split in dict.fromkeys(splits.tolist()):
+        rows = splits == split
+        num_rows = columns["num_rows"][rows].sum()
+        cells = columns["num_imputed_cells"][rows].sum()
+        metrics[f"{split}/num_rows"] = float(num_rows)
+        metrics[f"{split}/num_imputed_cells"] = float(cells)
+        metrics[f"{split}/missing_fraction"] = float(cells / (num_rows * num_columns))
+        metrics[f"{split}/log_likelihood_mean"] = float(columns["ll_sum"][rows].sum() / num_rows)
+        metrics[f"{split}/ess_mean"] = float(columns["ess_sum"][rows].sum() / num_rows)
+    return metrics
 
 
 __all__ = [
     "CSV_MAX_ROWS",
-    "IMPUTED",
-    "OBSERVED",
-    "OUTPUT_SOURCE_COLUMNS",
-    "ROW_COLUMNS",
     "TabularImputeResult",
-    "cast_imputed",
-    "completed_column",
-    "mask_strings",
-    "read_table_mask",
-    "row_columns",
     "run_tabular_imputation",
-    "table_maker",
-    "table_mask",
     "write_csv",
 ]

@@ -84,10 +84,14 @@ def _actor_nodes(dashboard: str, class_name: str, state: str | None = None) -> l
 
 
 def _outputs(run_dir: Path) -> dict[str, pd.DataFrame]:
-    """The job's imputed tables by name, sorted by their source row."""
+    """The job's imputed tables by name, in the file's row order."""
+    from pipelines.table_output import load_imputed_table
+
+    out = run_dir / "imputed" / "table"
     return {
-        path.stem: pd.read_parquet(path).sort_values(["source_file", "source_row"]).reset_index(drop=True)
-        for path in sorted((run_dir / "imputed" / "table").glob("*.parquet"))
+        path.name: load_imputed_table(path).to_pandas()
+        for path in sorted(out.iterdir())
+        if path.is_dir() and not path.name.startswith(".")
     }
 
 

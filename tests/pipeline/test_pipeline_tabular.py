@@ -15,8 +15,14 @@ from mlflow.tracking import MlflowClient
 
 from missiwae.config import ConfigError
 from pipelines import full
+from pipelines.table_output import (
+    completed_column,
+    load_imputed_table,
+    mask_strings,
+    read_table_mask,
+    row_columns,
+)
 from pipelines.table_source import column_types, load_table, read_table, split_rows
-from pipelines.tabular import completed_column, mask_strings, read_table_mask, row_columns
 
 COLUMNS = ["a", "b", "flag", "c", "d", "e"]
 
@@ -115,7 +121,7 @@ def test_a_column_of_labels_comes_back_as_its_levels_in_every_output_and_the_log
     assert len(table["mean"]) == 3 + 3 + len(levels)
     out = tmp_path / "run" / "imputed" / "table"
     for name in ("missiwae_single", "missiwae_multiple_00", "missiwae_multiple_01"):
-        imputed = pd.read_parquet(out / f"{name}.parquet")
+        imputed = load_imputed_table(out / name).to_pandas()
         assert imputed["stars"].dtype == np.int64 and set(imputed["stars"]) <= set(levels), name
         assert imputed["colour"].notna().all() and set(imputed["colour"]) <= {"blue", "green", "red"}, name
         mask = read_table_mask(imputed["mask"])
@@ -224,6 +230,7 @@ def test_csv_with_nan_goes_through_ingest_train_impute_with_mlflow(
         "impute.num_imputations": "2",
         "impute.batch_size": "64",
         "impute_stage.num_actors": "1",
+        "impute_stage.table_rows_per_file": "70",  # several writer tasks, several partitions each
     }
     overrides = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
     assert full.main(["--data", str(csv), *overrides]) == 0
@@ -231,7 +238,13 @@ def test_csv_with_nan_goes_through_ingest_train_impute_with_mlflow(
     values = frame[COLUMNS].to_numpy()
     observed = ~np.isnan(values)
     out = run_dir / "imputed" / "table"
-    single = pd.read_parquet(out / "missiwae_single.parquet")
+    # The workers wrote each completed table as partitions: the same names in every folder.
+    partitions = sorted(p.name for p in (out / "missiwae_single").iterdir())
+    assert len(partitions) >= 4 and {name.split("-")[0] for name in partitions} == {"train", "valid", "test"}
+    for name in ("missiwae_multiple_00", "missiwae_multiple_01"):
+        assert sorted(p.name for p in (out / name).iterdir()) == partitions
+    assert max(pq.read_metadata(out / "missiwae_single" / name).num_rows for name in partitions) <= 70
+    single = load_imputed_table(out / "missiwae_single").to_pandas()
     assert list(single.columns) == ["source_file", "source_row", "split", "mask", "target", *COLUMNS]
     assert set(single["source_file"]) == {csv.name}
     assert np.array_equal(read_table_mask(single["mask"]), observed)  # which cells were imputed
@@ -248,7 +261,7 @@ def test_csv_with_nan_goes_through_ingest_train_impute_with_mlflow(
     np.testing.assert_allclose(from_csv[COLUMNS].to_numpy(), completed)
     assert np.array_equal(read_table_mask(from_csv["mask"]), observed)
     for m in range(2):
-        copy = pd.read_parquet(out / f"missiwae_multiple_{m:02d}.parquet")[COLUMNS].to_numpy()
+        copy = load_imputed_table(out / f"missiwae_multiple_{m:02d}").to_pandas()[COLUMNS].to_numpy()
         assert np.array_equal(copy[observed], values[observed])
         assert np.isin(copy[~observed[:, 2], 2], (0.0, 1.0)).all()
 
@@ -373,7 +386,7 @@ def test_a_small_table_with_reserved_names_comes_back_whole_and_exact(
 
     out = run_dir / "imputed" / "table"
     for name in ("missiwae_single", "missiwae_multiple_00", "missiwae_multiple_01"):
-        table = pq.read_table(out / f"{name}.parquet")
+        table = load_imputed_table(out / name)
         assert table.column_names == [
             "source_file", "_source_row", "_split", "mask", "big", "split", "source_row", "flag"
         ]  # fmt: skip
@@ -408,25 +421,12 @@ def test_imputed_tables_carry_which_cells_were_imputed_in_parquet_and_csv(tmp_pa
     imputations drawn here; the ``mask`` column reads back the file's holes from Parquet and
     from CSV (letters, so a CSV reader keeps ``iooi`` a string), and steps aside for a user
     column called ``mask``."""
-    from pipelines.config import load_pipeline_config
-    from pipelines.shards import read_shards
-    from pipelines.table_source import tabular_split_tables
-    from pipelines.tabular import OUTPUT_SOURCE_COLUMNS, table_maker
+    from pipelines.table_output import table_maker
 
     frame = write_csv(tmp_path / "t.csv", num_rows=40).rename(columns={"e": "mask"})
     frame.to_csv(tmp_path / "t.csv", index=False)
     names = [*COLUMNS[:-1], "mask"]
-    overrides = [
-        f"data.path={json.dumps(str(tmp_path / 't.csv'))}",
-        f"run_dir={json.dumps(str(tmp_path / 'run'))}",
-        "data.label_column=target",
-    ]
-    tables, info = tabular_split_tables(load_pipeline_config("table", overrides))
-    files = []
-    for split, split_table in tables.items():
-        files.append(tmp_path / f"{split}.parquet")
-        pq.write_table(split_table, files[-1])
-    make = table_maker(read_shards(files, OUTPUT_SOURCE_COLUMNS, order_by="source_row"), info)
+    make = table_maker(*shard_rows(tmp_path / "t.csv", tmp_path, "data.label_column=target"))
     output = make(np.zeros((40, len(names)), np.float32))
 
     observed = frame[names].notna().to_numpy()
@@ -437,6 +437,27 @@ def test_imputed_tables_carry_which_cells_were_imputed_in_parquet_and_csv(tmp_pa
     from_csv = pd.read_csv(tmp_path / "out.csv")
     assert np.array_equal(read_table_mask(from_csv["_mask"]), observed)
     assert np.array_equal(from_csv["mask"].isna(), np.zeros(40, bool))  # the user's column, completed
+
+
+def shard_rows(
+    path: Path, folder: Path, *overrides: str, order_by: str | None = "source_row"
+) -> tuple[pa.Table, dict[str, Any]]:
+    """Ingest's shard tables of the table at `path` (no Ray: written with plain pyarrow into
+    `folder`, test / train / valid, the order the imputation job reads them), read back as the
+    output's OUTPUT_SOURCE_COLUMNS (sorted by `order_by`, or in that order when None), and the
+    ingest manifest's ``table`` entry."""
+    from pipelines.config import load_pipeline_config
+    from pipelines.shards import read_shards
+    from pipelines.table_output import OUTPUT_SOURCE_COLUMNS
+    from pipelines.table_source import tabular_split_tables
+
+    settings = [f"data.path={json.dumps(str(path))}", f"run_dir={json.dumps(str(folder / 'run'))}"]
+    tables, info = tabular_split_tables(load_pipeline_config("table", [*settings, *overrides]))
+    files = []
+    for split in sorted(tables):
+        files.append(folder / f"{split}.parquet")
+        pq.write_table(tables[split], files[-1])
+    return read_shards(files, OUTPUT_SOURCE_COLUMNS, order_by=order_by), info
 
 
 def test_table_mask_letters_round_trip_and_refuse_anything_else() -> None:

@@ -136,8 +136,8 @@ def test_imputed_rows_of_a_folder_name_their_file_and_their_row_in_it(tmp_path: 
     says which file and which row of it it completes, and its observed cells are that row's."""
     from pipelines.config import load_pipeline_config
     from pipelines.shards import read_shards
+    from pipelines.table_output import OUTPUT_SOURCE_COLUMNS, table_maker
     from pipelines.table_source import tabular_split_tables
-    from pipelines.tabular import OUTPUT_SOURCE_COLUMNS, table_maker
 
     folder = tmp_path / "t"
     rng = np.random.default_rng(0)
@@ -180,7 +180,9 @@ def test_the_job_imputes_a_folder_of_files_and_every_row_says_where_it_came_from
     run_dir = tmp_path / "run"
     assert full.main(["--data", str(tmp_path / "t"), *tiny_table_job(run_dir)]) == 0
 
-    single = pq.read_table(run_dir / "imputed" / "table" / "missiwae_single.parquet").to_pandas()
+    from pipelines.table_output import load_imputed_table
+
+    single = load_imputed_table(run_dir / "imputed" / "table" / "missiwae_single").to_pandas()
     files = ["part-0.csv"] * 3 + ["part-1.parquet"] * 2 + ["part-3.csv"] * 2
     assert single["source_file"].tolist() == files
     assert single["source_row"].tolist() == [0, 1, 2, 0, 1, 0, 1]

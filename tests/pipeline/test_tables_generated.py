@@ -263,7 +263,9 @@ def run_table_path(path: Path, run_dir: Path) -> tuple[dict[str, pa.Table], dict
     trained = run_training(config, ingest)
     imputed = run_tabular_imputation(config, ingest, trained.checkpoint_dir)
     manifest = json.loads((imputed.directory / "_MANIFEST.json").read_text())
-    return {name: pq.read_table(file) for name, file in imputed.datasets.items()}, manifest
+    from pipelines.table_output import load_imputed_table
+
+    return {name: load_imputed_table(folder) for name, folder in imputed.datasets.items()}, manifest
 
 
 def same_bits(kind: str, got: Any, want: Any) -> bool:
@@ -315,8 +317,8 @@ def assemble_outputs(path: Path, folder: Path) -> tuple[dict[str, pa.Table], dic
     here in the model's float32, wild ones included (up to float32's largest)."""
     from pipelines.config import load_pipeline_config
     from pipelines.shards import read_shards
+    from pipelines.table_output import OUTPUT_SOURCE_COLUMNS, row_columns, table_maker
     from pipelines.table_source import tabular_split_tables
-    from pipelines.tabular import OUTPUT_SOURCE_COLUMNS, row_columns, table_maker
 
     overrides = [f"data.path={json.dumps(str(path))}", f"run_dir={json.dumps(str(folder / 'run'))}"]
     tables, info = tabular_split_tables(load_pipeline_config("table", overrides))
