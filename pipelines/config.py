@@ -31,10 +31,14 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 @dataclasses.dataclass(frozen=True)
 class IngestConfig:
-    num_shards: int = 4  # Parquet files per split
+    num_shards: int = 4  # Parquet files per split (MNIST; a table has one per piece and split)
+    # A table of more rows than this is read, checked and written by Ray Data tasks, a piece
+    # each (pipelines/table_source.py); a smaller one a piece at a time in the driver.
+    table_parallel_rows: int = 1_000_000
 
     def __post_init__(self) -> None:
         require(self.num_shards >= 1, "ingest.num_shards must be >= 1")
+        require(self.table_parallel_rows >= 0, "ingest.table_parallel_rows must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -216,8 +216,10 @@ def _ingest_stage(
     user's table too (size, source, and table.json: columns, types, standardisation)."""
     from pipelines.ingest import run_ingest
 
-    source = f"the table {config.data.path}" if config.data.path else "MNIST"
-    doing = f"{source}, missing rate {config.data.missing_rate} -> {config.ingest.num_shards} Parquet shards"
+    if config.data.path:
+        doing = f"the table {config.data.path} -> Parquet shards, a piece of it at a time"
+    else:
+        doing = f"MNIST, missing rate {config.data.missing_rate} -> {config.ingest.num_shards} Parquet shards"
     with console.stage("ingest", doing) as shown, tracker.stage("ingest") as stage:
         clock = time.perf_counter()
         ingest = run_ingest(config)

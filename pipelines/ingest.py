@@ -35,6 +35,7 @@ later run would trust; such leftovers are removed on the next run. A re-run with
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -72,11 +73,9 @@ def ingest_fingerprint(config: PipelineConfig) -> str:
     data = to_dict(config.data)
     if not data["column_types"]:  # unset changes nothing: shards made before it existed still count
         del data["column_types"]
-    payload: dict[str, Any] = {
-        "format_version": FORMAT_VERSION,
-        "data": data,
-        "ingest": to_dict(config.ingest),
-    }
+    ingest = to_dict(config.ingest)
+    del ingest["table_parallel_rows"]  # where the work runs, not what it writes
+    payload: dict[str, Any] = {"format_version": FORMAT_VERSION, "data": data, "ingest": ingest}
     if config.data.path is not None:  # the table's bytes, not only its name, decide the shards
         from pipelines.table_files import sources_sha256
         from pipelines.table_source import TABULAR_FORMAT_VERSION
@@ -119,23 +118,15 @@ def run_ingest(config: PipelineConfig) -> IngestResult:
 
         splits: dict[str, dict[str, Any]] = {}
         table_info: dict[str, Any] | None = None
-        tables: dict[str, pa.Table] = {}
-        if config.data.path is not None:  # read (and reject a bad table) before Ray starts
-            from pipelines.table_source import tabular_split_tables
-
-            tables, table_info = tabular_split_tables(config)
-        ensure_ray()
-        for split in SPLITS:
-            table = tables[split] if table_info is not None else _mnist_table(config, split)
-            num_shards = config.ingest.num_shards
-            if table_info is not None:  # a small table (3 rows is enough) has fewer rows than shards
-                num_shards = min(num_shards, table.num_rows)
-            names, num_rows = write_split_table(data_dir, split, table, num_shards)
-            splits[split] = {
-                "num_rows": num_rows,
-                "shards": names,
-                "bytes": [(data_dir / split / name).stat().st_size for name in names],
-            }
+        if config.data.path is not None:
+            table_info, splits = _ingest_table(config, data_dir)
+        else:
+            ensure_ray()
+            for split in SPLITS:
+                names, num_rows = write_split_table(
+                    data_dir, split, _mnist_table(config, split), config.ingest.num_shards
+                )
+                splits[split] = _split_entry(data_dir / split, names, num_rows)
         manifest = {
             "format_version": FORMAT_VERSION,
             "fingerprint": digest,
@@ -149,6 +140,35 @@ def run_ingest(config: PipelineConfig) -> IngestResult:
         # The data folder's manifest, over the three split folders: written last, after them.
         write_json_atomic(data_dir / MANIFEST, manifest)
         return _result(data_dir, manifest, reused=False, seconds=time.perf_counter() - started)
+
+
+def _ingest_table(config: PipelineConfig, data_dir: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The user's table (data.path) into the three split folders, a piece at a time
+    (pipelines.table_source.write_table_shards), each folder swapped into place only when
+    every piece is written."""
+    from pipelines.table_source import write_table_shards
+
+    out = _publisher(data_dir)
+    with contextlib.ExitStack() as stack:
+        staged = {split: stack.enter_context(out.stage(split)).path for split in SPLITS}
+        info, names = write_table_shards(config, staged)
+        # The folders are swapped into place as the stack closes; the sizes are the same there.
+        splits = {split: _split_entry(staged[split], names[split], None) for split in SPLITS}
+    return info, splits
+
+
+def _split_entry(folder: Path, names: list[str], num_rows: int | None) -> dict[str, Any]:
+    """A split's manifest entry: rows (counted from the files' footers when None), shard names
+    and sizes."""
+    import pyarrow.parquet as pq
+
+    if num_rows is None:
+        num_rows = sum(pq.read_metadata(folder / name).num_rows for name in names)
+    return {
+        "num_rows": num_rows,
+        "shards": names,
+        "bytes": [(folder / name).stat().st_size for name in names],
+    }
 
 
 def _mnist_table(config: PipelineConfig, split: str) -> pa.Table:

@@ -10,7 +10,8 @@ row keeps where it came from (:class:`SourceFiles`: the file's name, its row the
 Every file must have the same columns in the same order. A column's type may differ between
 files only where nothing is lost: integer types of different widths become int64, integers
 beside floats become float64 (refused if an integer is beyond 2**53, where float64 would round
-it), and a column that is empty in one file (read as type null) takes the others' type. A file
+it), text stored two ways (string, large_string, dictionary) becomes large_string, and a
+column that is empty in one file (read as type null) takes the others' type. A file
 with a header and no row adds no row. Anything else (different columns, a boolean beside
 numbers, a text column, an unreadable or 0-byte file) is a ConfigError naming the file and the
 column.
@@ -38,6 +39,8 @@ SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 _KIND_NAMES = {"csv": "CSV", "parquet": "Parquet"}
 _GLOB_CHARS = "*?["
 _SKIPPED_PREFIXES = (".", "_")  # a directory's hidden files and markers (_SUCCESS, _metadata)
+# The most rows of a Parquet file read at a time (TablePlan.pieces); a CSV file is read whole.
+PIECE_ROWS = 262_144
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,25 +120,146 @@ def sources_sha256(path: str | Path) -> str:
     return hashlib.sha256(json.dumps(pairs).encode()).hexdigest()
 
 
+@dataclasses.dataclass(frozen=True)
+class Piece:
+    """Rows ``[start, start + num_rows)`` of file ``file`` (an index into the plan's files):
+    the unit the streaming ingest reads, checks and writes at a time. ``first`` is its first
+    row's index in the table (the files' rows one after the other)."""
+
+    file: int
+    start: int
+    num_rows: int
+    first: int
+
+
+@dataclasses.dataclass(frozen=True)
+class TablePlan:
+    """Which files make the table and how to read it a piece at a time, from the files'
+    footers (Parquet) or one read each (CSV): ``files`` their paths, ``names`` as shown
+    (display_names), ``schema`` the columns in their common type (module docstring),
+    ``num_rows`` (N_files,), ``where`` a name for messages, ``row_groups`` per file the row
+    counts of its Parquet row groups (a CSV file: one group, the whole file)."""
+
+    files: list[Path]
+    names: list[str]
+    schema: pa.Schema
+    num_rows: list[int]
+    row_groups: list[list[int]]
+    where: str
+
+    @property
+    def sources(self) -> SourceFiles:
+        return SourceFiles(self.names, self.num_rows)
+
+    @property
+    def total_rows(self) -> int:
+        return sum(self.num_rows)
+
+    def pieces(self, max_rows: int | None = None) -> list[Piece]:
+        """The table's rows as pieces in source order: a CSV file whole, a Parquet file's row
+        groups gathered up to `max_rows` rows (default PIECE_ROWS; a larger group is a piece of
+        its own). Files without rows give none."""
+        max_rows = PIECE_ROWS if max_rows is None else max_rows
+        pieces: list[Piece] = []
+        first = 0
+        for index, groups in enumerate(self.row_groups):
+            start, size = 0, 0
+            for rows in groups:
+                if size and size + rows > max_rows:
+                    pieces.append(Piece(index, start, size, first))
+                    start, first, size = start + size, first + size, 0
+                size += rows
+            if size:
+                pieces.append(Piece(index, start, size, first))
+                first += size
+        return pieces
+
+    def read(self, piece: Piece) -> pa.Table:
+        """The piece's rows, each column in the table's common type (ConfigError naming the
+        file when it cannot be read or cast)."""
+        path, name = self.files[piece.file], self.names[piece.file]
+        if SUFFIXES[path.suffix.lower()] == "parquet":
+            table = _read_parquet_rows(path, name, piece.start, piece.num_rows)
+        else:
+            table = read_one(path, name)
+        return _cast(table, self.schema, name)
+
+
+def plan_table(path: str | Path) -> TablePlan:
+    """The :class:`TablePlan` of ``data.path``: the files' columns checked against each other and
+    joined into one schema (module docstring); Parquet files are not read, only their footers."""
+    import pyarrow as pa
+
+    files = source_files(path)
+    names = display_names(files)
+    schemas, num_rows, row_groups = [], [], []
+    for file, name in zip(files, names, strict=True):
+        schema, groups = _file_layout(file, name)
+        check_unique(schema.names, name)
+        schemas.append(schema)
+        num_rows.append(sum(groups))
+        row_groups.append(groups)
+    _check_same_columns([schema.names for schema in schemas], names)
+    common = pa.schema([(column, _common_type(schemas, names, column)) for column in schemas[0].names])
+    where = names[0] if len(files) == 1 else f"{len(files)} files in {common_folder(files)}"
+    return TablePlan(files, names, common, num_rows, row_groups, where)
+
+
 def read_files(path: str | Path) -> tuple[pa.Table, SourceFiles, str]:
     """(the table: every file's rows in source order, each column in its common type; where
     they came from; a name for messages: the file's, or ``N files in <folder>``)."""
     import pyarrow as pa
 
-    files = source_files(path)
-    names = display_names(files)
-    parts = []
-    for file, name in zip(files, names, strict=True):
-        table = read_one(file, name)
-        check_unique(table.column_names, name)
-        parts.append(table)
-    _check_same_columns(parts, names)
-    if len(parts) == 1:
-        return parts[0], SourceFiles(names, [parts[0].num_rows]), names[0]
-    schema = pa.schema([(column, _common_type(parts, names, column)) for column in parts[0].column_names])
-    joined = pa.concat_tables([_cast(part, schema, name) for part, name in zip(parts, names, strict=True)])
-    where = f"{len(files)} files in {common_folder(files)}"
-    return joined, SourceFiles(names, [part.num_rows for part in parts]), where
+    plan = plan_table(path)
+    parts = [plan.read(piece) for piece in plan.pieces()]
+    table = pa.concat_tables(parts) if parts else plan.schema.empty_table()
+    return table, plan.sources, plan.where
+
+
+def _file_layout(path: Path, name: str) -> tuple[pa.Schema, list[int]]:
+    """A file's schema (as read) and the row counts of its row groups; a CSV file is read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if SUFFIXES[path.suffix.lower()] == "csv":
+        table = read_one(path, name)
+        return table.schema, [table.num_rows]
+    try:
+        parquet = pq.ParquetFile(path)
+        schema = parquet.schema_arrow
+        check_unique(schema.names, name)
+        groups = [parquet.metadata.row_group(i).num_rows for i in range(parquet.metadata.num_row_groups)]
+    except (pa.ArrowException, OSError, ValueError) as error:
+        message = " ".join(str(error).split())[:300]
+        raise ConfigError(f"{name} is not a readable Parquet file ({message})") from error
+    index = _pandas_index(schema)
+    return pa.schema([field for field in schema if field.name not in index]), groups
+
+
+def _pandas_index(schema: pa.Schema) -> list[str]:
+    """The columns pandas stored as its index (dropped, as pandas.read_parquet would)."""
+    metadata = schema.pandas_metadata or {}
+    return [c for c in metadata.get("index_columns", []) if isinstance(c, str) and c in schema.names]
+
+
+def _read_parquet_rows(path: Path, name: str, start: int, num_rows: int) -> pa.Table:
+    """Rows [start, start + num_rows) of a Parquet file, read by whole row groups."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+        sizes = [parquet.metadata.row_group(i).num_rows for i in range(parquet.num_row_groups)]
+        starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+        groups = [i for i in range(len(sizes)) if starts[i] < start + num_rows and starts[i + 1] > start]
+        if not groups:
+            return parquet.schema_arrow.empty_table()
+        table = parquet.read_row_groups(groups).slice(start - int(starts[groups[0]]), num_rows)
+    except (pa.ArrowException, OSError, ValueError) as error:
+        message = " ".join(str(error).split())[:300]
+        raise ConfigError(f"{name} is not a readable Parquet file ({message})") from error
+    index = _pandas_index(table.schema)
+    return table.drop_columns(index) if index else table
 
 
 def read_one(path: Path, name: str) -> pa.Table:
@@ -173,15 +297,14 @@ def _read_csv(path: Path, name: str) -> pa.Table:
 
 
 def _read_parquet(path: Path, name: str) -> pa.Table:
-    """A Parquet file; duplicate names are refused from the footer (Arrow cannot select them),
-    and pandas' stored index columns are dropped, as pandas.read_parquet would."""
+    """A whole Parquet file; duplicate names are refused from the footer (Arrow cannot select
+    them), and pandas' stored index columns are dropped, as pandas.read_parquet would."""
     import pyarrow.parquet as pq
 
     schema = pq.read_schema(path)
     check_unique(schema.names, name)
     table = pq.read_table(path)
-    metadata = schema.pandas_metadata or {}
-    index = [c for c in metadata.get("index_columns", []) if isinstance(c, str) and c in table.column_names]
+    index = _pandas_index(table.schema)
     return table.drop_columns(index) if index else table
 
 
@@ -194,13 +317,13 @@ def check_unique(names: list[str], file_name: str) -> None:
         )
 
 
-def _check_same_columns(parts: list[pa.Table], names: list[str]) -> None:
-    first = parts[0].column_names
-    for part, name in zip(parts[1:], names[1:], strict=True):
-        if part.column_names == first:
+def _check_same_columns(columns: list[list[str]], names: list[str]) -> None:
+    first = columns[0]
+    for part, name in zip(columns[1:], names[1:], strict=True):
+        if part == first:
             continue
-        missing = [c for c in first if c not in part.column_names]
-        extra = [c for c in part.column_names if c not in first]
+        missing = [c for c in first if c not in part]
+        extra = [c for c in part if c not in first]
         what = "; ".join(
             text
             for text in (f"lacks {missing}" if missing else "", f"has {extra} besides" if extra else "")
@@ -213,18 +336,20 @@ def _check_same_columns(parts: list[pa.Table], names: list[str]) -> None:
         )
 
 
-def _common_type(parts: list[pa.Table], names: list[str], column: str) -> pa.DataType:
+def _common_type(schemas: list[pa.Schema], names: list[str], column: str) -> pa.DataType:
     """The column's type across the files (module docstring), or a ConfigError naming two files
     whose types cannot be joined without loss."""
     import pyarrow as pa
 
-    typed = [(name, part.schema.field(column).type) for part, name in zip(parts, names, strict=True)]
+    typed = [(name, schema.field(column).type) for schema, name in zip(schemas, names, strict=True)]
     typed = [(name, kind) for name, kind in typed if not pa.types.is_null(kind)]
     kinds = {kind for _, kind in typed}
     if len(kinds) <= 1:
         return next(iter(kinds), pa.null())
     if all(pa.types.is_integer(kind) for kind in kinds):
         return pa.int64()
+    if all(is_text(kind) for kind in kinds):  # text stored two ways (string, large_string ...)
+        return pa.large_string()
     if all(pa.types.is_integer(kind) or pa.types.is_floating(kind) for kind in kinds):
         return pa.float64()
     (first_name, first_kind), (other_name, other_kind) = (
@@ -235,6 +360,15 @@ def _common_type(parts: list[pa.Table], names: list[str], column: str) -> pa.Dat
         f"column {column!r} is {first_kind} in {first_name} but {other_kind} in {other_name}: "
         "a column must hold the same kind of value in every file"
     )
+
+
+def is_text(kind: pa.DataType) -> bool:
+    """Strings (and dictionary-encoded strings, as Parquet stores categories): a column of labels."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind))
 
 
 def _cast(part: pa.Table, schema: pa.Schema, name: str) -> pa.Table:
@@ -256,10 +390,15 @@ def _cast(part: pa.Table, schema: pa.Schema, name: str) -> pa.Table:
 
 
 __all__ = [
+    "PIECE_ROWS",
     "SUFFIXES",
+    "Piece",
     "SourceFiles",
+    "TablePlan",
     "check_unique",
     "display_names",
+    "is_text",
+    "plan_table",
     "read_files",
     "read_one",
     "source_files",

@@ -1,57 +1,78 @@
-"""A user's table (CSV / Parquet) as the source of the ingest stage: read, typed, split, standardised.
+"""A user's table (CSV / Parquet) as the source of the ingest stage: read, typed, split,
+standardised and written as shards, a piece at a time.
 
-The reading half of the table path (the imputation half is the stage in pipelines/tabular.py):
-``ingest.run_ingest`` calls :func:`tabular_split_tables` when ``data.path`` is set, and both
-stages share the manifest entry it produces (:func:`tabular_model_config`). The layout of the
-shards and the rules for columns are described in pipelines/tabular.py's docstring.
+The reading half of the table path (the imputation half is the stage in pipelines/tabular.py).
+``ingest.run_ingest`` calls :func:`write_table_shards` when ``data.path`` is set:
+
+1. :func:`plan_ingest`: the files, their common columns and row counts (Parquet footers; a
+   CSV file is read once), the split of every row (:class:`SplitPlan`, decidable per piece);
+2. per piece (pipelines.table_files.Piece: a CSV file, or up to PIECE_ROWS rows of a Parquet
+   file's row groups), its stats (pipelines.table_stats), merged;
+3. :func:`fit_table`: the checks, column types, levels and standardisation from the merged
+   stats: the manifest's ``table`` entry;
+4. per piece again, its rows in the shard layout, written as one Parquet file per split.
+
+Steps 2 and 4 are Ray Data tasks over the pieces when the table has more than
+``ingest.table_parallel_rows`` rows, else they run in this process; either way no process
+holds more than a piece of the table, and the shards are the same. Both stages share the
+manifest entry (:func:`tabular_model_config`). The layout of the shards and the rules for
+columns are described in pipelines/tabular.py's docstring.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import pickle
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from missiwae.categorical import OneHot, is_missing
-from missiwae.columns import (
-    Standardization,
-    check_column_range,
-    check_standardised_range,
-    infer_column_types,
-)
+from missiwae.columns import Standardization, infer_column_types
 from missiwae.config import ConfigError
 from pipelines.config import PipelineConfig
 from pipelines.shards import SPLITS, IngestResult, shard_table
-from pipelines.table_files import SourceFiles, read_files, sources_sha256
+from pipelines.storage import atomic_file
+from pipelines.table_files import Piece, SourceFiles, TablePlan, plan_table, read_files, sources_sha256
+from pipelines.table_stats import (
+    TableStats,
+    as_float,
+    check_kinds,
+    check_split,
+    check_standardised,
+    check_table,
+    is_text,
+)
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
+T = TypeVar("T")
+# The split's block (SplitPlan): rows whose split is drawn together.
+SPLIT_BLOCK_ROWS = 1 << 20
 # Bump when the tabular shard layout or standardisation changes (part of the ingest fingerprint).
 # 2: the `source` column (the file's cells in their own types), bookkeeping-safe output names.
 # 3: several files (data.path a folder or a glob); the manifest's `sources`.
 # 4: columns of labels, one-hot in the shards; the manifest's `levels`.
-TABULAR_FORMAT_VERSION = 4
+# 5: read and written a piece at a time: a shard per piece and split, splits drawn per block.
+TABULAR_FORMAT_VERSION = 5
 CATEGORICAL = "categorical"  # a column of labels' type in the manifest
 
 
 @dataclasses.dataclass(frozen=True)
 class SourceTable:
-    """A user's table as read and checked (:func:`load_table`).
+    """A user's table as read and checked (:func:`load_table`; small tables and tests: the
+    ingest itself reads a piece at a time).
 
-    values: float64 (N, D), NaN = missing (the model's view: integers and booleans as floats);
-    columns: the D modelled columns' names, in the file's order; labels: float64 (N,) of
-    ``data.label_column``, or None; source: the file's own cells, untouched, as one Arrow struct
-    array (N,) with fields ``label`` (when there is a label column) and ``c0`` ... ``c{D-1}``, each
-    in the file's type (int64, bool, float32 ...), null or NaN in the holes. Observed cells of
-    every output are copied from `source`, never through float64. files: where the rows came
-    from (pipelines.table_files; rows in source order: file after file). texts: per column, the
-    (N,) object array of a column of labels (strings, or the numbers of a column that
-    data.column_types makes categorical: :func:`table_column_types`; None or NaN in the holes;
-    its `values` column is then 0 where observed, NaN in the holes), or None for a numeric column.
+    values: float64 (N, D), NaN = missing (the model's view: integers and booleans as floats;
+    a text column 0 where observed); columns: the D modelled columns' names, in the file's
+    order; labels: float64 (N,) of ``data.label_column``, or None; source: the file's own
+    cells, untouched, as one Arrow struct array (N,) with fields ``label`` (when there is a
+    label column) and ``c0`` ... ``c{D-1}``, each in the file's type; files: where the rows came
+    from (pipelines.table_files); texts: per column, the (N,) object array of a text column's
+    labels (None in the holes), or None for a number column.
     """
 
     name: str
@@ -75,320 +96,326 @@ def read_table(
 
 
 def load_table(path: str | Path, label_column: str | None = None) -> SourceTable:
-    """Read and check the user's CSV / Parquet file, or files (:class:`SourceTable`;
+    """Read and check the user's CSV / Parquet file, or files, whole (:class:`SourceTable`;
     pipelines.table_files says which files and how they are joined).
 
-    Raises ConfigError (one line, naming the file, and the column where there is one): an empty
-    or unreadable file, duplicate column names, files that disagree on their columns, fewer
-    than 3 rows or no column, non-numeric columns, inf, a column with no observed value, a
-    column too wide for standardisation (missiwae.columns.check_column_range), an unknown or
-    incomplete label column.
+    Raises ConfigError (one line, naming the file, and the column where there is one) for what
+    makes a table unusable whatever its split (pipelines.table_stats.check_kinds and
+    check_table): an empty or unreadable file, duplicate column names, files that disagree on
+    their columns, fewer than 3 rows or no column, columns neither numbers nor text, a text
+    column mixing numbers and words, inf, a column with no observed value, a column too wide
+    for standardisation, an unknown or incomplete label column.
     """
     arrow, files, name = read_files(path)
-    labels = None
-    label_array = None
-    if label_column is not None:
-        if label_column not in arrow.column_names:
-            raise ConfigError(f"data.label_column {label_column!r} is not a column of {name}")
-        label_array = arrow.column(label_column)
-        arrow = arrow.drop_columns([label_column])
-        labels = _as_float(label_array) if _is_numeric(label_array.type) else None
-        if labels is None or np.isnan(labels).any():
-            raise ConfigError(f"data.label_column {label_column!r} must be numeric with no missing value")
-    if arrow.num_rows < 3 or arrow.num_columns < 1:
-        raise ConfigError(f"{name} has {arrow.num_rows} rows and {arrow.num_columns} columns; need >= 3 x 1")
-    columns = list(arrow.column_names)
-    unusable = [
-        f"{c} ({field.type})"
-        for c, field in zip(columns, arrow.schema, strict=True)
-        if not (_is_numeric(field.type) or _is_text(field.type))
-    ]
-    if unusable:
-        raise ConfigError(
-            f"column(s) {unusable} of {name} are neither numbers nor text: convert them (dates to "
-            "days since a reference date, say) or drop them"
+    columns = check_kinds(arrow.schema, label_column, name, arrow.num_rows)
+    stats = TableStats.of_piece(arrow, np.zeros(arrow.num_rows, np.int8), label_column)
+    check_table(stats, label_column, name)
+    labels = as_float(arrow.column(label_column)) if label_column is not None else None
+    values, texts, source = _model_view(arrow, columns, label_column, frozenset())
+    return SourceTable(name, values, columns, labels, source, files, texts)
+
+
+def _model_view(
+    arrow: pa.Table, columns: list[str], label_column: str | None, categorical: frozenset[str]
+) -> tuple[np.ndarray, list[np.ndarray | None], pa.StructArray]:
+    """The rows of `arrow` as the model's float view (N, D) (NaN = missing; a column of labels
+    0 where observed), each column's labels (N,) objects (text columns and the number columns
+    in `categorical`) or None, and the file's own cells as one struct (SourceTable's fields)."""
+    import pyarrow as pa
+
+    texts: list[np.ndarray | None] = []
+    for column in columns:
+        cells = arrow.column(column)
+        if is_text(cells.type):
+            texts.append(np.asarray(cells.cast(pa.string()).to_pylist(), dtype=object))
+        elif column in categorical:
+            texts.append(np.asarray(cells.to_pylist(), dtype=object))
+        else:
+            texts.append(None)
+    values = (
+        np.column_stack(
+            [
+                as_float(arrow.column(column)) if text is None else np.where(is_missing(text), np.nan, 0.0)
+                for column, text in zip(columns, texts, strict=True)
+            ]
         )
-    texts = [_as_text(column) if _is_text(column.type) else None for column in arrow.columns]
-    for column_name, text in zip(columns, texts, strict=True):
-        if text is not None:
-            _check_not_mixed(text, column_name, name)
-    values = np.column_stack(
-        [
-            _as_float(column) if text is None else np.where(is_missing(text), np.nan, 0.0)
-            for column, text in zip(arrow.columns, texts, strict=True)
-        ]
+        if columns
+        else np.zeros((arrow.num_rows, 0))
     )
-    _check_values(values, columns, name)
-    fields = ([label_array] if label_array is not None else []) + list(arrow.columns)
-    field_names = (["label"] if label_array is not None else []) + [f"c{j}" for j in range(len(columns))]
-    source = _struct(fields, field_names)
-    return SourceTable(
-        name=name, values=values, columns=columns, labels=labels, source=source, files=files, texts=texts
-    )
-
-
-def _is_numeric(kind: pa.DataType) -> bool:
-    """Integers, floats and booleans are modelled; an all-empty CSV column reads as type null
-    (numeric with no observed value, refused as such)."""
-    import pyarrow as pa
-
-    return bool(
-        pa.types.is_integer(kind)
-        or pa.types.is_floating(kind)
-        or pa.types.is_boolean(kind)
-        or pa.types.is_null(kind)
-    )
-
-
-def _is_text(kind: pa.DataType) -> bool:
-    """Strings (and dictionary-encoded strings, as Parquet stores categories): a column of labels."""
-    import pyarrow as pa
-
-    if pa.types.is_dictionary(kind):
-        kind = kind.value_type
-    return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind))
-
-
-def _as_text(column: pa.ChunkedArray) -> np.ndarray:
-    """(N,) object: the column's strings, None in the holes."""
-    import pyarrow as pa
-
-    return np.asarray(column.cast(pa.string()).to_pylist(), dtype=object)
-
-
-def _check_not_mixed(text: np.ndarray, column: str, name: str) -> None:
-    """ConfigError when a text column holds numbers beside words ("3" and "abc"): a CSV reader
-    makes such a column text, and taking its numbers as labels would be a guess."""
-    numbers, words = [], []
-    for value in text.tolist():
-        if value is None:
-            continue
-        try:
-            float(value)
-            numbers.append(value)
-        except ValueError:
-            words.append(value)
-        if numbers and words:
-            raise ConfigError(
-                f"column {column!r} of {name} mixes numbers and text (e.g. {numbers[0]!r} and "
-                f"{words[0]!r}): make it all numbers (a number column) or all labels"
-            )
-
-
-def _as_float(column: pa.ChunkedArray) -> np.ndarray:
-    """(N,) float64, NaN for null (unsafe cast: int64 beyond 2**53 rounds; the model's view only)."""
-    import pyarrow as pa
-
-    return np.asarray(column.cast(pa.float64(), safe=False).fill_null(np.nan).to_numpy(), dtype=np.float64)
-
-
-def _check_values(values: np.ndarray, columns: list[str], name: str) -> None:
-    """ConfigError naming the columns holding inf, no observed value, or values too wide to model."""
-    infinite = [c for c, bad in zip(columns, np.isinf(values).any(axis=0), strict=True) if bad]
-    if infinite:
-        raise ConfigError(
-            f"column(s) {infinite} of {name} hold inf; only NaN (an empty cell) may mark a missing entry"
-        )
-    observed = ~np.isnan(values)
-    empty = [c for c, seen in zip(columns, observed.any(axis=0), strict=True) if not seen]
-    if empty:
-        raise ConfigError(f"column(s) {empty} of {name} have no observed value: drop them")
-    try:
-        check_column_range(values, observed, names=columns, where=name)
-    except ValueError as error:  # the library's check, the pipeline's error type (rc 2, one line)
-        raise ConfigError(str(error)) from error
-
-
-def _struct(fields: list[pa.ChunkedArray], names: list[str]) -> pa.StructArray:
-    """The file's columns as one struct array (N,), each field in its own type."""
-    import pyarrow as pa
-
-    return pa.StructArray.from_arrays([field.combine_chunks() for field in fields], names=names)
+    fields = [arrow.column(c).combine_chunks() for c in ([label_column] if label_column else []) + columns]
+    names = (["label"] if label_column is not None else []) + [f"c{j}" for j in range(len(columns))]
+    return values, texts, pa.StructArray.from_arrays(fields, names=names)
 
 
 def column_types(values: np.ndarray, observation: str) -> list[str]:
     """bernoulli for columns whose observed values are all 0 or 1, `observation` for the rest."""
+    _check_observation(observation)
+    return infer_column_types(values, observation)
+
+
+def _check_observation(observation: str) -> None:
     if observation not in ("gaussian", "student_t"):
         raise ConfigError(
             f"model.observation={observation!r}: a table's continuous columns need 'gaussian' or "
             "'student_t' (0/1 columns are Bernoulli automatically)"
         )
-    return infer_column_types(values, observation)
 
 
-def table_column_types(
-    table: SourceTable, chosen: Mapping[str, str], observation: str
-) -> tuple[SourceTable, list[str]]:
-    """Each column's model (D,) and the table as the model takes it.
+# ------------------------------------------------------------------------------ the split
 
-    Inferred unless ``data.column_types`` (`chosen`, column name -> type) names the column: text
-    is categorical; numbers are :func:`column_types`' (bernoulli when every observed value is 0
-    or 1, else `observation`). Chosen: any number column may be gaussian, student_t or
-    categorical (its distinct values are its levels, and its imputed cells come back as one of
-    them, in the column's own type: codes, ratings, years), and bernoulli when it holds only 0
-    and 1; a text column can only be categorical. ConfigError naming the file and column for
-    anything else, and for a name that is not a modelled column.
+
+@dataclasses.dataclass(frozen=True)
+class SplitPlan:
+    """Which split each row of the table goes to, decidable for any range of rows without
+    the others: a uniformly random partition of the N rows into train / valid / test of exactly
+    the sizes ``data.valid_fraction`` and ``data.test_fraction`` ask for (each >= 1 row).
+
+    The rows are cut into blocks of SPLIT_BLOCK_ROWS; ``counts`` (num_blocks, 3) says how many
+    of each split a block holds (a multivariate hypergeometric draw per block, block after
+    block, seeded with ``data.seed``: the rows' split sizes are then those of one random
+    permutation of all N rows), and a seeded permutation of the block says which rows. The
+    first block draws its permutation as the whole table always did, so a table of up to
+    SPLIT_BLOCK_ROWS rows keeps the splits it had before blocks.
     """
-    inferred = column_types(table.values, observation)
-    unknown = sorted(set(chosen) - set(table.columns))
-    if unknown:
-        raise ConfigError(
-            f"data.column_types names {unknown}, not modelled column(s) of {table.name} (its columns: "
-            f"{table.columns}; data.label_column is not modelled)"
-        )
-    types, texts, values = [], list(table.texts), table.values.copy()
-    for j, column in enumerate(table.columns):
-        kind = chosen.get(column)
-        if texts[j] is not None:
-            if kind not in (None, CATEGORICAL):
-                raise ConfigError(
-                    f"data.column_types.{column}={kind}: column {column!r} of {table.name} holds text, "
-                    "which can only be 'categorical'"
-                )
-            types.append(CATEGORICAL)
-        elif kind is None:
-            types.append(inferred[j])
-        elif kind == CATEGORICAL:  # its values become labels, the model sees a one-hot block
-            texts[j] = np.asarray(table.source.field(f"c{j}").to_pylist(), dtype=object)
-            values[:, j] = np.where(np.isnan(values[:, j]), np.nan, 0.0)
-            types.append(kind)
-        else:
-            if kind == "bernoulli" and inferred[j] != "bernoulli":  # not all 0/1 (binary_columns)
-                observed = values[~np.isnan(values[:, j]), j]
-                other = observed[(observed != 0.0) & (observed != 1.0)]
-                raise ConfigError(
-                    f"data.column_types.{column}=bernoulli: column {column!r} of {table.name} holds "
-                    f"{other[0]:g}; a Bernoulli column holds 0 and 1 only"
-                )
-            types.append(kind)
-    return dataclasses.replace(table, texts=texts, values=values), types
+
+    seed: int
+    num_rows: int
+    counts: np.ndarray
+
+    @classmethod
+    def make(cls, num_rows: int, seed: int, valid_fraction: float, test_fraction: float) -> SplitPlan:
+        num_valid = max(1, round(num_rows * valid_fraction))
+        num_test = max(1, round(num_rows * test_fraction))
+        num_train = num_rows - num_valid - num_test
+        if num_train < 1:
+            raise ConfigError(f"{num_rows} rows leave none for training after the valid/test fractions")
+        num_blocks = -(-num_rows // SPLIT_BLOCK_ROWS)
+        sizes = np.full(num_blocks, SPLIT_BLOCK_ROWS, np.int64)
+        sizes[-1] = num_rows - SPLIT_BLOCK_ROWS * (num_blocks - 1)
+        remaining = np.array([num_train, num_valid, num_test], np.int64)
+        rng = np.random.default_rng([seed, num_rows])
+        counts = np.zeros((num_blocks, 3), np.int64)
+        for block, size in enumerate(sizes):
+            last = block == num_blocks - 1
+            counts[block] = remaining if last else rng.multivariate_hypergeometric(remaining, int(size))
+            remaining -= counts[block]
+        return cls(seed, num_rows, counts)
+
+    def codes(self, first: int, num_rows: int) -> np.ndarray:
+        """(num_rows,) int8 split codes (SPLITS' index: 0 train, 1 valid, 2 test) of the table's
+        rows [first, first + num_rows)."""
+        out = np.empty(num_rows, np.int8)
+        stop = first + num_rows
+        for block in range(first // SPLIT_BLOCK_ROWS, -(-stop // SPLIT_BLOCK_ROWS)):
+            lo = block * SPLIT_BLOCK_ROWS
+            block_codes = self._block_codes(block)
+            a, b = max(first, lo), min(stop, lo + len(block_codes))
+            out[a - first : b - first] = block_codes[a - lo : b - lo]
+        return out
+
+    def _block_codes(self, block: int) -> np.ndarray:
+        train, valid, _ = (int(c) for c in self.counts[block])
+        rng = np.random.default_rng(self.seed if block == 0 else [self.seed, block])
+        order = rng.permutation(int(self.counts[block].sum()))
+        codes = np.full(len(order), 2, np.int8)
+        codes[order[:train]] = 0
+        codes[order[train : train + valid]] = 1
+        return codes
 
 
 def split_rows(
     num_rows: int, seed: int, valid_fraction: float, test_fraction: float
 ) -> dict[str, np.ndarray]:
-    """Disjoint sorted row indices per split from a seeded permutation (each split >= 1 row)."""
-    num_valid = max(1, round(num_rows * valid_fraction))
-    num_test = max(1, round(num_rows * test_fraction))
-    num_train = num_rows - num_valid - num_test
-    if num_train < 1:
-        raise ConfigError(f"{num_rows} rows leave none for training after the valid/test fractions")
-    order = np.random.default_rng(seed).permutation(num_rows)
-    parts = np.split(order, [num_train, num_train + num_valid])
-    return {split: np.sort(part) for split, part in zip(SPLITS, parts, strict=True)}
+    """Disjoint sorted row indices per split (:class:`SplitPlan`; each split >= 1 row)."""
+    codes = SplitPlan.make(num_rows, seed, valid_fraction, test_fraction).codes(0, num_rows)
+    return {split: np.flatnonzero(codes == i) for i, split in enumerate(SPLITS)}
 
 
-def fit_scaling(values: np.ndarray, train_rows: np.ndarray, continuous: list[bool]) -> Standardization:
-    """Mean and scale (D,) of the `continuous` columns of `values` (N, D), from the observed
-    entries of the TRAIN rows (`train_rows`, indices): nothing about the held-out rows leaks in.
-
-    Except where the train rows cannot tell: a column with fewer than two distinct observed
-    train values (a small table's one or two train rows) would get scale 1 in whatever units
-    it has, and its held-out values could land 1e15 "standard deviations" out; such a column
-    takes its mean and scale from all its observed rows. check_finite stays on (load_table's
-    range check keeps the variance finite): no infinite scale ever reaches the manifest.
-    """
-    train = Standardization.fit(values[train_rows], columns=continuous)
-    observed_train = values[train_rows]
-    degenerate = np.array(
-        [np.unique(col[~np.isnan(col)]).size < 2 for col in observed_train.T], dtype=bool
-    ) & np.asarray(continuous, dtype=bool)
-    if not degenerate.any():
-        return train
-    whole = Standardization.fit(values, columns=continuous)
-    return Standardization(
-        np.where(degenerate, whole.mean, train.mean), np.where(degenerate, whole.scale, train.scale)
-    )
+# ------------------------------------------------------------------------------ the ingest
 
 
-def tabular_split_tables(config: PipelineConfig) -> tuple[dict[str, pa.Table], dict[str, Any]]:
-    """The three splits' Arrow tables (module docstring layout) and the manifest's `table` entry."""
+@dataclasses.dataclass(frozen=True)
+class TableIngest:
+    """Everything a piece's task needs (picklable: Ray Data ships it to the workers): the
+    files (`plan`), the split, the modelled columns, the label column and the number columns
+    data.column_types makes categorical."""
+
+    plan: TablePlan
+    split: SplitPlan
+    columns: list[str]
+    label_column: str | None
+    categorical: frozenset[str]
+
+    def stats(self, piece: Piece) -> TableStats:
+        """The piece's :class:`pipelines.table_stats.TableStats`."""
+        arrow = self.plan.read(piece)
+        codes = self.split.codes(piece.first, piece.num_rows)
+        return TableStats.of_piece(arrow, codes, self.label_column, self.categorical)
+
+    def shards(self, piece: Piece, info: dict[str, Any], row_ids: Sequence[int]) -> dict[str, pa.Table]:
+        """The piece's rows in the shard layout, per split (module docstring of
+        pipelines/tabular.py), from the manifest's `info`; `row_ids` (3,): the index within its
+        split of the piece's first row of each split."""
+        arrow = self.plan.read(piece)
+        codes = self.split.codes(piece.first, piece.num_rows)
+        values, texts, source = _model_view(arrow, self.columns, self.label_column, self.categorical)
+        onehot = table_onehot(info)
+        model_values = onehot.encode([values[:, j] if t is None else t for j, t in enumerate(texts)])
+        observed = ~np.isnan(model_values)
+        scaling = Standardization(np.asarray(info["mean"]), np.asarray(info["scale"]))
+        standardised = scaling.transform(model_values, observed).astype(np.float32)
+        labels = as_float(arrow.column(self.label_column)) if self.label_column else np.full(len(codes), -1.0)
+        source_row = piece.first + np.arange(piece.num_rows, dtype=np.int64)
+        tables = {}
+        for i, split in enumerate(SPLITS):
+            rows = np.flatnonzero(codes == i)
+            if not len(rows):
+                continue
+            table = shard_table(
+                split,
+                labels[rows],
+                standardised[rows],
+                observed[rows],
+                source_row=source_row[rows],
+                values=model_values[rows],
+                source=source.take(rows),
+            )
+            row_id = pa_int64(row_ids[i] + np.arange(len(rows)))
+            tables[split] = table.set_column(table.schema.get_field_index("row_id"), "row_id", row_id)
+        return tables
+
+
+def pa_int64(values: np.ndarray) -> pa.Array:
+    import pyarrow as pa
+
+    return pa.array(np.asarray(values, np.int64), pa.int64())
+
+
+def plan_ingest(config: PipelineConfig) -> TableIngest:
+    """The files, the split and the columns of ``data.path``, from the files' footers (a CSV
+    file is read once): ConfigError for what the schema alone refuses (check_kinds)."""
     data = config.data
     assert data.path is not None
-    table, types = table_column_types(
-        load_table(data.path, data.label_column), data.column_types, config.model.observation
-    )
-    labels = table.labels
-    rows = split_rows(table.values.shape[0], data.seed, data.valid_fraction, data.test_fraction)
-    check_observed_in_training(~np.isnan(table.values), rows["train"], table.columns, table.name)
-    onehot = _levels(table, rows["train"])
-    # The model's columns: numbers as they are, a column of labels one-hot (missiwae.categorical).
-    values = onehot.encode(
-        [table.values[:, j] if text is None else text for j, text in enumerate(table.texts)]
-    )
-    model_types = onehot.model_column_types(types)
-    model_names = onehot.model_column_names(table.columns)
-    observed = ~np.isnan(values)
-
-    continuous = [t not in ("bernoulli", CATEGORICAL) for t in model_types]
-    try:
-        scaling = fit_scaling(values, rows["train"], continuous)
-    except ValueError as error:
-        raise ConfigError(f"{table.name}: {error}") from error
-    standardised = scaling.transform(values, observed)
-    try:  # held-out rows far from the train rows' scaling would overflow the float32 model
-        check_standardised_range(standardised, names=model_names, where=table.name)
-    except ValueError as error:
-        raise ConfigError(str(error)) from error
-
-    tables = {}
-    for split in SPLITS:
-        index = rows[split]
-        n = len(index)
-        tables[split] = shard_table(
-            split,
-            labels[index] if labels is not None else np.full(n, -1.0),
-            standardised[index].astype(np.float32),
-            observed[index],
-            source_row=index,
-            values=values[index],
-            source=table.source.take(index),
+    _check_observation(config.model.observation)
+    plan = plan_table(data.path)
+    columns = check_kinds(plan.schema, data.label_column, plan.where, plan.total_rows)
+    unknown = sorted(set(data.column_types) - set(columns))
+    if unknown:
+        raise ConfigError(
+            f"data.column_types names {unknown}, not modelled column(s) of {plan.where} (its columns: "
+            f"{columns}; data.label_column is not modelled)"
         )
-    info = {
-        "source": str(Path(data.path).expanduser().resolve()),
-        "source_sha256": sources_sha256(data.path),
-        "sources": table.files.to_manifest(),
-        "columns": table.columns,
+    categorical = frozenset(
+        c
+        for c, kind in data.column_types.items()
+        if kind == CATEGORICAL and not is_text(plan.schema.field(c).type)
+    )
+    split = SplitPlan.make(plan.total_rows, data.seed, data.valid_fraction, data.test_fraction)
+    return TableIngest(plan, split, columns, data.label_column, categorical)
+
+
+def fit_table(ingest: TableIngest, stats: TableStats, config: PipelineConfig) -> dict[str, Any]:
+    """The manifest's ``table`` entry from the merged stats of every piece: the checks
+    (pipelines.table_stats), each column's model (:func:`chosen_types`), the levels of the
+    columns of labels (from their TRAIN rows, sorted) and the standardisation of the
+    continuous ones (mean and standard deviation of their observed TRAIN values; a column with
+    fewer than two distinct TRAIN values takes both from all its observed rows, since the
+    TRAIN rows cannot tell its units)."""
+    data = config.data
+    where = ingest.plan.where
+    check_table(stats, data.label_column, where)
+    types = chosen_types(stats, data.column_types, config.model.observation, where, ingest.plan.schema)
+    check_split(stats, where)
+    try:
+        onehot = OneHot.fit(
+            [np.asarray(list(column.levels), dtype=object) for column in stats.stats],
+            [kind == CATEGORICAL for kind in types],
+            ingest.columns,
+        )
+    except ValueError as error:
+        raise ConfigError(f"{where}: {error}") from error
+    continuous = [kind not in ("bernoulli", CATEGORICAL) for kind in types]
+    mean, scale = np.zeros(len(types)), np.ones(len(types))
+    for j, (column, use) in enumerate(zip(stats.stats, continuous, strict=True)):
+        if not use:
+            continue
+        moments = column.train if len(column.levels) >= 2 else column.whole
+        mean[j], scale[j] = moments.mean, moments.std if moments.std > 0 else 1.0
+    check_standardised(stats, mean, scale, continuous, ingest.columns, where)
+    spans = onehot.spans()
+    model_mean, model_scale = np.zeros(onehot.num_model_columns), np.ones(onehot.num_model_columns)
+    for j, span in enumerate(spans):
+        if continuous[j]:
+            model_mean[span.start], model_scale[span.start] = mean[j], scale[j]
+    num_cells = stats.num_rows * len(types)
+    return {
+        "source": str(Path(str(data.path)).expanduser().resolve()),
+        "source_sha256": sources_sha256(str(data.path)),
+        "sources": ingest.plan.sources.to_manifest(),
+        "columns": ingest.columns,
         "column_types": types,
         # Per column: its levels (a column of labels, one-hot in the model) or None.
         "levels": [None if found is None else list(found) for found in onehot.levels],
-        "mean": scaling.mean.tolist(),
-        "scale": scaling.scale.tolist(),
+        "mean": model_mean.tolist(),
+        "scale": model_scale.tolist(),
         "label_column": data.label_column,
-        "num_rows": int(values.shape[0]),
-        "num_missing": int(np.isnan(table.values).sum()),
+        "num_rows": stats.num_rows,
+        "num_missing": int(num_cells - sum(column.observed for column in stats.stats)),
     }
-    return tables, info
 
 
-def _levels(table: SourceTable, train_rows: np.ndarray) -> OneHot:
-    """The levels of each column of labels, from its TRAINING rows (sorted); ConfigError naming
-    the file, column and level when a held-out row holds a level no training row has: the model
-    could not learn it, and its row's cell must come back as the file's own."""
-    names = table.columns
-    try:
-        onehot = OneHot.fit(
-            [
-                text[train_rows] if text is not None else table.values[train_rows, j]
-                for j, text in enumerate(table.texts)
-            ],
-            [text is not None for text in table.texts],
-            names,
-        )
-    except ValueError as error:
-        raise ConfigError(f"{table.name}: {error}") from error
-    for j, (text, found) in enumerate(zip(table.texts, onehot.levels, strict=True)):
-        if text is None or found is None:
-            continue
-        unseen = sorted({v for v in text.tolist() if v is not None} - set(found))
-        if unseen:
-            raise ConfigError(
-                f"column {names[j]!r} of {table.name} holds the level {unseen[0]!r} only in held-out "
-                f"rows (valid / test), never among the {len(train_rows)} training rows: the model "
-                "could not learn it. Change data.seed or data.valid_fraction / data.test_fraction, "
-                "or merge the rare level into another"
-            )
-    return onehot
+def chosen_types(
+    stats: TableStats, chosen: Mapping[str, str], observation: str, where: str, schema: pa.Schema
+) -> list[str]:
+    """Each column's model (D,): inferred unless ``data.column_types`` (`chosen`) names it.
+    Inferred: text is categorical; numbers are bernoulli when every observed value is 0 or 1,
+    else `observation`. Chosen: any number column may be gaussian, student_t or categorical
+    (its distinct values are its levels, and its imputed cells come back as one of them, in
+    the column's own type: codes, ratings, years), and bernoulli when it holds only 0 and 1; a
+    text column can only be categorical. ConfigError naming the file and column otherwise."""
+    types = []
+    for column, column_stats in zip(stats.columns, stats.stats, strict=True):
+        kind = chosen.get(column)
+        if is_text(schema.field(column).type):
+            if kind not in (None, CATEGORICAL):
+                raise ConfigError(
+                    f"data.column_types.{column}={kind}: column {column!r} of {where} holds text, "
+                    "which can only be 'categorical'"
+                )
+            types.append(CATEGORICAL)
+        elif kind is None:
+            types.append("bernoulli" if column_stats.binary else observation)
+        else:
+            if kind == "bernoulli" and not column_stats.binary:
+                raise ConfigError(
+                    f"data.column_types.{column}=bernoulli: column {column!r} of {where} holds "
+                    f"{column_stats.not_binary:g}; a Bernoulli column holds 0 and 1 only"
+                )
+            types.append(kind)
+    return types
+
+
+def tabular_split_tables(config: PipelineConfig) -> tuple[dict[str, pa.Table], dict[str, Any]]:
+    """The three splits' Arrow tables (pipelines/tabular.py's layout) and the manifest's
+    ``table`` entry, in this process (small tables and tests; the ingest writes the same rows
+    a piece at a time: :func:`write_table_shards`)."""
+    import pyarrow as pa
+
+    ingest = plan_ingest(config)
+    pieces = ingest.plan.pieces()
+    info = fit_table(ingest, TableStats.merge_all([ingest.stats(piece) for piece in pieces]), config)
+    parts: dict[str, list[pa.Table]] = {split: [] for split in SPLITS}
+    for piece, row_ids in zip(pieces, _row_ids(ingest, pieces), strict=True):
+        for split, table in ingest.shards(piece, info, row_ids).items():
+            parts[split].append(table)
+    return {split: pa.concat_tables(tables) for split, tables in parts.items()}, info
+
+
+def _row_ids(ingest: TableIngest, pieces: Sequence[Piece]) -> list[list[int]]:
+    """Per piece, the index within each split of its first row of that split."""
+    counts = np.array([np.bincount(ingest.split.codes(p.first, p.num_rows), minlength=3) for p in pieces])
+    starts = np.cumsum(counts, axis=0) - counts
+    return starts.tolist()
 
 
 def table_onehot(info: dict[str, Any]) -> OneHot:
@@ -398,22 +425,68 @@ def table_onehot(info: dict[str, Any]) -> OneHot:
     return OneHot(tuple(None if found is None else tuple(found) for found in levels))
 
 
-def check_observed_in_training(
-    observed: np.ndarray, train_rows: np.ndarray, columns: list[str], name: str
-) -> None:
-    """ConfigError naming the columns (`observed` (N, D), True = observed) with no observed
-    value among the training rows: the model would never see one, so its imputations there
-    would be the untrained decoder's, numbers that look like results and are not."""
-    seen = observed[train_rows].any(axis=0)
-    if seen.all():
-        return
-    unseen = [c for c, ok in zip(columns, seen, strict=True) if not ok]
-    counts = [int(observed[:, j].sum()) for j in np.flatnonzero(~seen)]
-    raise ConfigError(
-        f"column(s) {unseen} of {name} have no observed value among the {len(train_rows)} training "
-        f"rows (observed in {counts} held-out rows only): the model could not learn them. Drop "
-        "them, or change data.seed or data.valid_fraction / data.test_fraction"
+def write_table_shards(
+    config: PipelineConfig, folders: Mapping[str, Path]
+) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """Ingest the table of ``data.path`` into the empty `folders` (split -> folder) a piece at a
+    time (module docstring): ``part-{piece:05d}.parquet`` per piece that has rows of the split.
+    Returns the manifest's ``table`` entry and each split's file names, sorted."""
+    import pyarrow.parquet as pq
+
+    ingest = plan_ingest(config)
+    pieces = ingest.plan.pieces()
+    parallel = ingest.plan.total_rows > config.ingest.table_parallel_rows
+    stats = TableStats.merge_all(map_pieces(ingest.stats, pieces, parallel=parallel))
+    info = fit_table(ingest, stats, config)
+    row_ids = _row_ids(ingest, pieces)
+
+    def write(index: int) -> dict[str, str]:
+        written = {}
+        for split, table in ingest.shards(pieces[index], info, row_ids[index]).items():
+            name = f"part-{index:05d}.parquet"
+            with atomic_file(folders[split] / name) as temporary:
+                pq.write_table(table, temporary)
+            written[split] = name
+        return written
+
+    names: dict[str, list[str]] = {split: [] for split in SPLITS}
+    for written in map_pieces(write, list(range(len(pieces))), parallel=parallel):
+        for split, name in written.items():
+            names[split].append(name)
+    return info, {split: sorted(found) for split, found in names.items()}
+
+
+def map_pieces(fn: Callable[[Any], T], items: Sequence[Any], *, parallel: bool) -> list[T]:
+    """[fn(item) for item in items], in order: in this process, or (`parallel`) as one Ray Data
+    task per item, the results gathered in the driver (a piece's stats or file names, small).
+    A ConfigError in a task (an unreadable file, say) is raised here as itself, not as Ray's
+    wrapper of it."""
+    if not parallel or len(items) <= 1:
+        return [fn(item) for item in items]
+    import ray.data
+
+    from pipelines.runtime import ensure_ray
+
+    ensure_ray()
+
+    def task(row: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return {"index": row["index"], "result": pickle.dumps(fn(items[row["index"]])), "error": ""}
+        except ConfigError as error:
+            return {"index": row["index"], "result": b"", "error": str(error)}
+
+    rows = (
+        ray.data.from_items([{"index": i} for i in range(len(items))], override_num_blocks=len(items))
+        .map(task)
+        .take_all()
     )
+    rows.sort(key=lambda row: row["index"])
+    failed = [row["error"] for row in rows if row["error"]]
+    if failed:
+        raise ConfigError(failed[0])
+    if [row["index"] for row in rows] != list(range(len(items))):
+        raise RuntimeError("a Ray Data task of the table's ingest was lost or ran twice")
+    return [pickle.loads(row["result"]) for row in rows]
 
 
 def tabular_model_config(config: PipelineConfig, ingest: IngestResult) -> PipelineConfig:
@@ -441,16 +514,21 @@ def tabular_model_config(config: PipelineConfig, ingest: IngestResult) -> Pipeli
 
 __all__ = [
     "CATEGORICAL",
+    "SPLIT_BLOCK_ROWS",
     "TABULAR_FORMAT_VERSION",
     "SourceTable",
-    "check_observed_in_training",
+    "SplitPlan",
+    "TableIngest",
+    "chosen_types",
     "column_types",
-    "fit_scaling",
+    "fit_table",
     "load_table",
+    "map_pieces",
+    "plan_ingest",
     "read_table",
     "split_rows",
-    "table_column_types",
     "table_onehot",
     "tabular_model_config",
     "tabular_split_tables",
+    "write_table_shards",
 ]

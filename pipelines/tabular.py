@@ -3,17 +3,19 @@
     python pipelines/full.py --data my_table.csv            # the `table` preset
     python pipelines/full.py --config table --set data.path=my.parquet --set train.epochs=50
 
-Ingest (``table_source.tabular_split_tables``, called by ``ingest.run_ingest`` when
-``data.path`` is set). ``data.path`` is a file, a folder or a glob (pipelines.table_files: which
+Ingest (``table_source.write_table_shards``, called by ``ingest.run_ingest`` when
+``data.path`` is set; a piece of the table at a time, in Ray Data tasks for a large table:
+pipelines/table_source.py). ``data.path`` is a file, a folder or a glob (pipelines.table_files: which
 files, in which order, and how their columns must agree). Each file is read with pyarrow
 (``.csv`` / ``.parquet``), each column in its own type; an empty cell, NaN or null marks a
 missing entry. Every column must be integer, float, boolean or text (a column of labels, one
 model column per level: missiwae/categorical.py); ``data.label_column``, when
 given, is set aside as the label (not modelled, not imputed). What is refused (rc 2, one line
 naming the file and column) is listed in docs/tables.md. Rows are split into train / valid /
-test by a permutation seeded with ``data.seed`` (``data.valid_fraction``,
-``data.test_fraction``; each split keeps the file's row order); the shard count is clamped to a
-split's rows (3 rows is enough). The shards have the MNIST layout plus two columns::
+test at random with ``data.seed`` (``data.valid_fraction``, ``data.test_fraction``; exact
+sizes; ``table_source.SplitPlan``; each split keeps the file's row order); each piece of the
+table gives one shard file per split it has rows of (3 rows is enough). The shards have the
+MNIST layout plus two columns::
 
     row_id      int64    index of the row within its split
     split       string
@@ -32,10 +34,10 @@ Columns whose observed values are all 0 or 1 are modelled as Bernoulli and left 
 text columns are categorical, one-hot over the levels of their TRAIN-split rows (so pixels,
 mask and values are D' = D - C + Σ k_c wide); the others get ``model.observation`` (gaussian
 or student_t) and are standardised with the mean and standard deviation of their observed
-TRAIN-split entries (the decoder's scales start near 1; ``table_source.fit_scaling``).
+TRAIN-split entries (the decoder's scales start near 1; ``table_source.fit_table``).
 ``data.column_types`` sets a column's model by name instead (``--set
 data.column_types.zip=categorical``: a number column of codes one-hot over its values;
-``table_source.table_column_types`` says what may be chosen). The
+``table_source.chosen_types`` says what may be chosen). The
 manifest's ``table`` entry records columns, types, levels, mean and scale (D');
 ``table_source.tabular_model_config`` turns it into the model's ``num_features`` /
 ``column_types`` / ``categorical_levels`` (and clamps the Train workers to the training rows).

@@ -8,21 +8,25 @@ import pyarrow.parquet as pq
 
 from benchmarks import bench_tables
 from pipelines.config import load_pipeline_config
-from pipelines.table_source import load_table, table_column_types
+from pipelines.table_source import load_table, tabular_split_tables
 
 
 def test_the_generated_table_has_every_kind_of_column_and_its_holes(tmp_path: Path) -> None:
     paths = bench_tables.make_table(3000, tmp_path, num_files=3)
     assert [pq.read_metadata(p).num_rows for p in paths] == [1000, 1000, 1000]
-    table, types = table_column_types(load_table(tmp_path), {}, "gaussian")
-    assert types == ["gaussian"] * 5 + ["bernoulli"] * 2 + ["categorical"] * 2
-    missing = (table.values != table.values).mean()  # NaN: a hole
+    _, info = tabular_split_tables(
+        load_pipeline_config("table", [f"data.path={tmp_path}", "model.observation=gaussian"])
+    )
+    assert info["column_types"] == ["gaussian"] * 5 + ["bernoulli"] * 2 + ["categorical"] * 2
+    missing = info["num_missing"] / (info["num_rows"] * len(info["columns"]))
+    assert missing == (load_table(tmp_path).values != load_table(tmp_path).values).mean()  # NaN: a hole
     assert abs(missing - bench_tables.MISSING_RATE) < 0.02
 
 
 def test_the_jobs_settings_are_a_valid_table_config(tmp_path: Path) -> None:
-    config = load_pipeline_config("table", bench_tables.job_settings(tmp_path, tmp_path / "run", 5_000_000))
-    assert config.ingest.num_shards == 20 and config.impute_stage.table_csv is False
+    config = load_pipeline_config("table", bench_tables.job_settings(tmp_path, tmp_path / "run"))
+    assert config.ingest.table_parallel_rows == 0 and config.scaling.shard_in_memory is False
+    assert config.impute_stage.table_csv is False
     assert config.impute_stage.splits == ("train", "valid", "test")
 
 
