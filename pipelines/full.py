@@ -387,7 +387,8 @@ def _main(argv: list[str] | None) -> int:
     try:
         preset = args.config or ("table" if args.data else "smoke")
         # JSON quoting: the override value is parsed as YAML, which would turn e.g. "1.csv" odd.
-        data = [f"data.path={json.dumps(str(Path(args.data).resolve()))}"] if args.data else []
+        where = args.data if args.data is None or "://" in args.data else str(Path(args.data).resolve())
+        data = [f"data.path={json.dumps(where)}"] if where else []
         config = load_pipeline_config(preset, [*data, *args.overrides])
     except USER_ERRORS as error:
         return _user_error(error)

@@ -3,9 +3,13 @@ checked against the others, and joined into one Arrow table in source order.
 
 ``data.path`` is one CSV / Parquet file, a directory (its ``.csv`` / ``.parquet`` / ``.pq``
 files, not its subdirectories; names starting with ``.`` or ``_``, such as ``_SUCCESS``, are
-skipped), or a glob (``data/part-*.csv``, ``**`` for subdirectories). Files are taken in sorted
-path order; the table is their rows in that order, each file's rows in its own order, and every
-row keeps where it came from (:class:`SourceFiles`: the file's name, its row there).
+skipped), or a glob (``data/part-*.csv``, ``**`` for subdirectories); each of them a local
+path or a URI on any filesystem pyarrow opens (``s3://bucket/table/``, ``gs://...``,
+``hdfs://...``, ``file:///...``: :func:`locate_files`), which the Ray Data tasks then read
+too. Files are taken in sorted path order; the table is their rows in that order, each file's
+rows in its own order, and every row keeps where it came from (:class:`SourceFiles`: the
+file's name, its row there). The ingest reads the table a :class:`Piece` at a time
+(:class:`TablePlan`); :func:`read_files` reads it whole (small tables and tests).
 
 Every file must have the same columns in the same order. A column's type may differ between
 files only where nothing is lost: integer types of different widths become int64, integers
@@ -24,16 +28,19 @@ import glob
 import hashlib
 import json
 import os
+import posixpath
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from missiwae.config import ConfigError
-from pipelines import publish
 
 if TYPE_CHECKING:
     import pyarrow as pa
+    import pyarrow.fs as pa_fs
 
 SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 _KIND_NAMES = {"csv": "CSV", "parquet": "Parquet"}
@@ -67,6 +74,101 @@ class SourceFiles:
         return cls([str(e["file"]) for e in entries], [int(str(e["num_rows"])) for e in entries])
 
 
+def locate_files(path: str | Path) -> tuple[pa_fs.FileSystem, list[str]]:
+    """The filesystem ``data.path`` is on and the files it names there (module docstring),
+    sorted. A URI (``s3://bucket/data/``, ``gs://...``, ``file:///...``: any scheme
+    ``pyarrow.fs.FileSystem.from_uri`` opens) is listed through its filesystem; anything else
+    is a local path (:func:`source_files`)."""
+    import pyarrow as pa
+    import pyarrow.fs as pa_fs
+
+    text = str(path)
+    if "://" not in text:
+        return pa_fs.LocalFileSystem(), [str(file) for file in source_files(text)]
+    # A URI's glob is not part of the URI ("?" would start a query): open the folder before it.
+    glob_at = min((text.find(char) for char in _GLOB_CHARS if char in text), default=-1)
+    opened = text if glob_at < 0 else text[:glob_at].rsplit("/", 1)[0]
+    pattern = text[len(opened) :]
+    try:
+        filesystem, base = pa_fs.FileSystem.from_uri(opened)
+    except (pa.ArrowException, OSError, ValueError) as error:
+        raise ConfigError(f"data.path: cannot open {text} ({' '.join(str(error).split())[:200]})") from error
+    return filesystem, _uri_files(filesystem, base + pattern, text)
+
+
+def _uri_files(filesystem: pa_fs.FileSystem, base: str, text: str) -> list[str]:
+    """:func:`source_files`' rules, through `filesystem`: `base` a glob, a folder or a file."""
+    import pyarrow.fs as pa_fs
+
+    if any(char in base for char in _GLOB_CHARS):
+        parts = base.split("/")
+        fixed = next(i for i, part in enumerate(parts) if any(char in part for char in _GLOB_CHARS))
+        root = "/".join(parts[:fixed])
+        pattern = re.compile(_glob_regex(base))
+        entries = filesystem.get_file_info(pa_fs.FileSelector(root, recursive=True, allow_not_found=True))
+        files = sorted(
+            info.path
+            for info in entries
+            if info.type == pa_fs.FileType.File
+            and pattern.fullmatch(info.path)
+            and _suffix(info.path) in SUFFIXES
+        )
+        if not files:
+            raise ConfigError(f"data.path: no CSV or Parquet file matches {text}")
+        return files
+    info = filesystem.get_file_info(base)
+    if info.type == pa_fs.FileType.Directory:
+        entries = filesystem.get_file_info(pa_fs.FileSelector(base, recursive=False))
+        files = sorted(
+            entry.path
+            for entry in entries
+            if entry.type == pa_fs.FileType.File
+            and _suffix(entry.path) in SUFFIXES
+            and not posixpath.basename(entry.path).startswith(_SKIPPED_PREFIXES)
+        )
+        if not files:
+            raise ConfigError(f"data.path: the folder {text} holds no .csv, .parquet or .pq file")
+        return files
+    if info.type != pa_fs.FileType.File:
+        raise ConfigError(f"data.path: no such file or folder: {text}")
+    if _suffix(base) not in SUFFIXES:
+        name = posixpath.basename(base)
+        raise ConfigError(f"data.path must end in one of {sorted(SUFFIXES)} (CSV or Parquet), got {name}")
+    return [base]
+
+
+def _suffix(path: str) -> str:
+    return posixpath.splitext(path)[1].lower()
+
+
+def _glob_regex(pattern: str) -> str:
+    """A regular expression for a glob over "/"-separated paths, as glob.glob(recursive=True)
+    reads it: ``*`` and ``?`` within one path component, ``**/`` any number of folders."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif pattern[i] == "[" and "]" in pattern[i + 2 :]:
+            end = pattern.index("]", i + 2)
+            body = pattern[i + 1 : end]
+            out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
+            i = end + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return "".join(out)
+
+
 def source_files(path: str | Path) -> list[Path]:
     """The files ``data.path`` names (module docstring), resolved, sorted; ConfigError when
     there are none, or a single file is missing or not CSV / Parquet."""
@@ -96,28 +198,39 @@ def source_files(path: str | Path) -> list[Path]:
     return [resolved]
 
 
-def display_names(files: list[Path]) -> list[str]:
+def display_names(files: Sequence[str | Path]) -> list[str]:
     """How messages and the outputs' ``source_file`` name each file: its path relative to the
     files' common folder (the name alone for a single file)."""
-    if len(files) == 1:
-        return [files[0].name]
-    root = common_folder(files)
-    return [f.relative_to(root).as_posix() for f in files]
+    paths = [Path(f).as_posix() for f in files]
+    if len(paths) == 1:
+        return [posixpath.basename(paths[0])]
+    root = common_folder(paths)
+    return [posixpath.relpath(f, root) for f in paths]
 
 
-def common_folder(files: list[Path]) -> Path:
+def common_folder(files: Sequence[str | Path]) -> str:
     """The deepest folder holding every one of `files`."""
-    return Path(os.path.commonpath([str(f.parent) for f in files]))
+    return posixpath.commonpath([posixpath.dirname(Path(f).as_posix()) for f in files])
 
 
 def sources_sha256(path: str | Path) -> str:
     """sha256 of the table's bytes: the file's own for one file; for several, of each file's
     name and sha256 in order (renaming, adding or dropping a file changes it)."""
-    files = source_files(path)
+    filesystem, files = locate_files(path)
     if len(files) == 1:
-        return publish.file_sha256(files[0])
-    pairs = [[name, publish.file_sha256(f)] for name, f in zip(display_names(files), files, strict=True)]
+        return _file_sha256(filesystem, files[0])
+    names = display_names(files)
+    pairs = [[name, _file_sha256(filesystem, f)] for name, f in zip(names, files, strict=True)]
     return hashlib.sha256(json.dumps(pairs).encode()).hexdigest()
+
+
+def _file_sha256(filesystem: pa_fs.FileSystem, path: str) -> str:
+    """sha256 (hex) of one file's bytes, read through `filesystem`."""
+    digest = hashlib.sha256()
+    with filesystem.open_input_stream(path) as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,12 +248,14 @@ class Piece:
 @dataclasses.dataclass(frozen=True)
 class TablePlan:
     """Which files make the table and how to read it a piece at a time, from the files'
-    footers (Parquet) or one read each (CSV): ``files`` their paths, ``names`` as shown
+    footers (Parquet) or one read each (CSV): ``files`` their paths on ``filesystem`` (a
+    pyarrow filesystem: local, or the one a URI names), ``names`` as shown
     (display_names), ``schema`` the columns in their common type (module docstring),
     ``num_rows`` (N_files,), ``where`` a name for messages, ``row_groups`` per file the row
     counts of its Parquet row groups (a CSV file: one group, the whole file)."""
 
-    files: list[Path]
+    filesystem: pa_fs.FileSystem
+    files: list[str]
     names: list[str]
     schema: pa.Schema
     num_rows: list[int]
@@ -178,10 +293,10 @@ class TablePlan:
         """The piece's rows, each column in the table's common type (ConfigError naming the
         file when it cannot be read or cast)."""
         path, name = self.files[piece.file], self.names[piece.file]
-        if SUFFIXES[path.suffix.lower()] == "parquet":
-            table = _read_parquet_rows(path, name, piece.start, piece.num_rows)
+        if SUFFIXES[_suffix(path)] == "parquet":
+            table = _read_parquet_rows(self.filesystem, path, name, piece.start, piece.num_rows)
         else:
-            table = read_one(path, name)
+            table = read_one(path, name, self.filesystem)
         return _cast(table, self.schema, name)
 
 
@@ -190,11 +305,11 @@ def plan_table(path: str | Path) -> TablePlan:
     joined into one schema (module docstring); Parquet files are not read, only their footers."""
     import pyarrow as pa
 
-    files = source_files(path)
+    filesystem, files = locate_files(path)
     names = display_names(files)
     schemas, num_rows, row_groups = [], [], []
     for file, name in zip(files, names, strict=True):
-        schema, groups = _file_layout(file, name)
+        schema, groups = _file_layout(filesystem, file, name)
         check_unique(schema.names, name)
         schemas.append(schema)
         num_rows.append(sum(groups))
@@ -202,7 +317,7 @@ def plan_table(path: str | Path) -> TablePlan:
     _check_same_columns([schema.names for schema in schemas], names)
     common = pa.schema([(column, _common_type(schemas, names, column)) for column in schemas[0].names])
     where = names[0] if len(files) == 1 else f"{len(files)} files in {common_folder(files)}"
-    return TablePlan(files, names, common, num_rows, row_groups, where)
+    return TablePlan(filesystem, files, names, common, num_rows, row_groups, where)
 
 
 def read_files(path: str | Path) -> tuple[pa.Table, SourceFiles, str]:
@@ -216,16 +331,16 @@ def read_files(path: str | Path) -> tuple[pa.Table, SourceFiles, str]:
     return table, plan.sources, plan.where
 
 
-def _file_layout(path: Path, name: str) -> tuple[pa.Schema, list[int]]:
+def _file_layout(filesystem: pa_fs.FileSystem, path: str, name: str) -> tuple[pa.Schema, list[int]]:
     """A file's schema (as read) and the row counts of its row groups; a CSV file is read."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    if SUFFIXES[path.suffix.lower()] == "csv":
-        table = read_one(path, name)
+    if SUFFIXES[_suffix(path)] == "csv":
+        table = read_one(path, name, filesystem)
         return table.schema, [table.num_rows]
     try:
-        parquet = pq.ParquetFile(path)
+        parquet = pq.ParquetFile(filesystem.open_input_file(path))
         schema = parquet.schema_arrow
         check_unique(schema.names, name)
         groups = [parquet.metadata.row_group(i).num_rows for i in range(parquet.metadata.num_row_groups)]
@@ -242,13 +357,15 @@ def _pandas_index(schema: pa.Schema) -> list[str]:
     return [c for c in metadata.get("index_columns", []) if isinstance(c, str) and c in schema.names]
 
 
-def _read_parquet_rows(path: Path, name: str, start: int, num_rows: int) -> pa.Table:
+def _read_parquet_rows(
+    filesystem: pa_fs.FileSystem, path: str, name: str, start: int, num_rows: int
+) -> pa.Table:
     """Rows [start, start + num_rows) of a Parquet file, read by whole row groups."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        parquet = pq.ParquetFile(path)
+        parquet = pq.ParquetFile(filesystem.open_input_file(path))
         sizes = [parquet.metadata.row_group(i).num_rows for i in range(parquet.num_row_groups)]
         starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
         groups = [i for i in range(len(sizes)) if starts[i] < start + num_rows and starts[i + 1] > start]
@@ -262,13 +379,20 @@ def _read_parquet_rows(path: Path, name: str, start: int, num_rows: int) -> pa.T
     return table.drop_columns(index) if index else table
 
 
-def read_one(path: Path, name: str) -> pa.Table:
-    """One file as an Arrow table in its own column types; ConfigError naming it if unreadable."""
+def read_one(path: str | Path, name: str, filesystem: pa_fs.FileSystem | None = None) -> pa.Table:
+    """One file (on `filesystem`, default the local one) as an Arrow table in its own column
+    types; ConfigError naming it if unreadable."""
     import pyarrow as pa
+    import pyarrow.fs as pa_fs
 
-    kind = SUFFIXES[path.suffix.lower()]
+    filesystem = filesystem or pa_fs.LocalFileSystem()
+    kind = SUFFIXES[_suffix(str(path))]
     try:
-        return _read_csv(path, name) if kind == "csv" else _read_parquet(path, name)
+        return (
+            _read_csv(filesystem, str(path), name)
+            if kind == "csv"
+            else _read_parquet(filesystem, str(path), name)
+        )
     except ConfigError:
         raise
     except (pa.ArrowException, OSError, ValueError) as error:
@@ -276,12 +400,12 @@ def read_one(path: Path, name: str) -> pa.Table:
         raise ConfigError(f"{name} is not a readable {_KIND_NAMES[kind]} file ({message})") from error
 
 
-def _read_csv(path: Path, name: str) -> pa.Table:
+def _read_csv(filesystem: pa_fs.FileSystem, path: str, name: str) -> pa.Table:
     """A CSV through pyarrow: integers stay exact int64 even with holes (pandas would make them
     float64), floats are parsed correctly rounded, a duplicated header is kept (not renamed)."""
     import pyarrow.csv as pa_csv
 
-    size = path.stat().st_size
+    size = filesystem.get_file_info(path).size
     if size == 0:
         raise ConfigError(f"{name} is empty (0 bytes): a CSV needs a header line of column names")
     # One block for the whole file: pyarrow infers a column's type from the first block only, so
@@ -290,20 +414,20 @@ def _read_csv(path: Path, name: str) -> pa.Table:
     # strings_can_be_null: in a column of labels too, an empty cell (and pyarrow's other null
     # spellings, "NA", "NaN", "null" ...) marks a missing entry, as it does in a column of numbers.
     return pa_csv.read_csv(
-        path,
+        filesystem.open_input_stream(path),
         read_options=pa_csv.ReadOptions(block_size=block_size),
         convert_options=pa_csv.ConvertOptions(strings_can_be_null=True),
     )
 
 
-def _read_parquet(path: Path, name: str) -> pa.Table:
+def _read_parquet(filesystem: pa_fs.FileSystem, path: str, name: str) -> pa.Table:
     """A whole Parquet file; duplicate names are refused from the footer (Arrow cannot select
     them), and pandas' stored index columns are dropped, as pandas.read_parquet would."""
     import pyarrow.parquet as pq
 
-    schema = pq.read_schema(path)
+    schema = pq.read_schema(path, filesystem=filesystem)
     check_unique(schema.names, name)
-    table = pq.read_table(path)
+    table = pq.read_table(path, filesystem=filesystem)
     index = _pandas_index(table.schema)
     return table.drop_columns(index) if index else table
 

@@ -22,10 +22,10 @@ columns are described in pipelines/tabular.py's docstring.
 from __future__ import annotations
 
 import dataclasses
-import pickle
+import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -49,7 +49,6 @@ from pipelines.table_stats import (
 if TYPE_CHECKING:
     import pyarrow as pa
 
-T = TypeVar("T")
 # The split's block (SplitPlan): rows whose split is drawn together.
 SPLIT_BLOCK_ROWS = 1 << 20
 # Bump when the tabular shard layout or standardisation changes (part of the ingest fingerprint).
@@ -349,7 +348,7 @@ def fit_table(ingest: TableIngest, stats: TableStats, config: PipelineConfig) ->
             model_mean[span.start], model_scale[span.start] = mean[j], scale[j]
     num_cells = stats.num_rows * len(types)
     return {
-        "source": str(Path(str(data.path)).expanduser().resolve()),
+        "source": _where_from(str(data.path)),
         "source_sha256": sources_sha256(str(data.path)),
         "sources": ingest.plan.sources.to_manifest(),
         "columns": ingest.columns,
@@ -362,6 +361,11 @@ def fit_table(ingest: TableIngest, stats: TableStats, config: PipelineConfig) ->
         "num_rows": stats.num_rows,
         "num_missing": int(num_cells - sum(column.observed for column in stats.stats)),
     }
+
+
+def _where_from(path: str) -> str:
+    """``data.path`` as the manifest records it: a URI as given, a local path resolved."""
+    return path if "://" in path else str(Path(path).expanduser().resolve())
 
 
 def chosen_types(
@@ -436,31 +440,37 @@ def write_table_shards(
     ingest = plan_ingest(config)
     pieces = ingest.plan.pieces()
     parallel = ingest.plan.total_rows > config.ingest.table_parallel_rows
-    stats = TableStats.merge_all(map_pieces(ingest.stats, pieces, parallel=parallel))
+
+    def piece_stats(piece: Piece) -> str:
+        return ingest.stats(piece).to_json()
+
+    stats = TableStats.merge_all(
+        [TableStats.from_json(text) for text in map_pieces(piece_stats, pieces, parallel=parallel)]
+    )
     info = fit_table(ingest, stats, config)
     row_ids = _row_ids(ingest, pieces)
 
-    def write(index: int) -> dict[str, str]:
+    def write(index: int) -> str:
         written = {}
         for split, table in ingest.shards(pieces[index], info, row_ids[index]).items():
             name = f"part-{index:05d}.parquet"
             with atomic_file(folders[split] / name) as temporary:
                 pq.write_table(table, temporary)
             written[split] = name
-        return written
+        return json.dumps(written)
 
     names: dict[str, list[str]] = {split: [] for split in SPLITS}
-    for written in map_pieces(write, list(range(len(pieces))), parallel=parallel):
-        for split, name in written.items():
+    for text in map_pieces(write, list(range(len(pieces))), parallel=parallel):
+        for split, name in json.loads(text).items():
             names[split].append(name)
     return info, {split: sorted(found) for split, found in names.items()}
 
 
-def map_pieces(fn: Callable[[Any], T], items: Sequence[Any], *, parallel: bool) -> list[T]:
+def map_pieces(fn: Callable[[Any], str], items: Sequence[Any], *, parallel: bool) -> list[str]:
     """[fn(item) for item in items], in order: in this process, or (`parallel`) as one Ray Data
-    task per item, the results gathered in the driver (a piece's stats or file names, small).
-    A ConfigError in a task (an unreadable file, say) is raised here as itself, not as Ray's
-    wrapper of it."""
+    task per item, the results (JSON text: a piece's stats or file names, small) gathered in the
+    driver. A ConfigError in a task (an unreadable file, say) is raised here as itself, not as
+    Ray's wrapper of it."""
     if not parallel or len(items) <= 1:
         return [fn(item) for item in items]
     import ray.data
@@ -471,9 +481,9 @@ def map_pieces(fn: Callable[[Any], T], items: Sequence[Any], *, parallel: bool) 
 
     def task(row: dict[str, Any]) -> dict[str, Any]:
         try:
-            return {"index": row["index"], "result": pickle.dumps(fn(items[row["index"]])), "error": ""}
+            return {"index": row["index"], "result": fn(items[row["index"]]), "error": ""}
         except ConfigError as error:
-            return {"index": row["index"], "result": b"", "error": str(error)}
+            return {"index": row["index"], "result": "", "error": str(error)}
 
     rows = (
         ray.data.from_items([{"index": i} for i in range(len(items))], override_num_blocks=len(items))
@@ -486,7 +496,7 @@ def map_pieces(fn: Callable[[Any], T], items: Sequence[Any], *, parallel: bool) 
         raise ConfigError(failed[0])
     if [row["index"] for row in rows] != list(range(len(items))):
         raise RuntimeError("a Ray Data task of the table's ingest was lost or ran twice")
-    return [pickle.loads(row["result"]) for row in rows]
+    return [str(row["result"]) for row in rows]
 
 
 def tabular_model_config(config: PipelineConfig, ingest: IngestResult) -> PipelineConfig:

@@ -28,6 +28,7 @@ Per column, over its observed cells (a text column's cells are labels):
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -170,6 +171,35 @@ class TableStats:
             self.categorical,
         )
 
+    def to_json(self) -> str:
+        """The stats as JSON text (what a Ray Data task hands the driver); :meth:`from_json`
+        gives them back, floats and labels (text, integers, floats, booleans) exactly."""
+        return json.dumps(dataclasses.asdict(self), default=lambda found: sorted(found, key=_order))
+
+    @classmethod
+    def from_json(cls, text: str) -> TableStats:
+        raw = json.loads(text)
+        stats = [
+            ColumnStats(
+                **{
+                    **column,
+                    "train": Moments(**column["train"]),
+                    "whole": Moments(**column["whole"]),
+                    "levels": frozenset(column["levels"]),
+                    "held_out_levels": frozenset(column["held_out_levels"]),
+                }
+            )
+            for column in raw["stats"]
+        ]
+        return cls(
+            raw["num_rows"],
+            raw["split_rows"],
+            raw["label_missing"],
+            raw["columns"],
+            stats,
+            frozenset(raw["categorical"]),
+        )
+
     @classmethod
     def merge_all(cls, pieces: Sequence[TableStats]) -> TableStats:
         merged = pieces[0]
@@ -178,12 +208,16 @@ class TableStats:
         return merged
 
 
+def _order(value: Any) -> tuple[str, Any]:
+    return type(value).__name__, value
+
+
 def _capped(values: frozenset[Any], cap: int) -> frozenset[Any]:
     """The `cap` smallest of `values` (by type name, then value): the same whichever pieces
     they were merged from (the smallest of a union are among the smallest of its parts)."""
     if len(values) <= cap:
         return values
-    return frozenset(sorted(values, key=lambda value: (type(value).__name__, value))[:cap])
+    return frozenset(sorted(values, key=_order)[:cap])
 
 
 def _number_stats(values: np.ndarray, train: np.ndarray) -> ColumnStats:

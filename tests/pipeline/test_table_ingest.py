@@ -69,6 +69,7 @@ def test_stats_merged_from_pieces_in_any_grouping_are_the_whole_tables() -> None
     right = parts[-1]
     for part in reversed(parts[:-1]):
         right = part.merge(right)
+    assert TableStats.from_json(whole.to_json()) == whole  # what a Ray Data task hands the driver
     for merged in (left, right):
         assert merged.num_rows == n and merged.split_rows == whole.split_rows
         a, b = merged.stats[0], whole.stats[0]
@@ -117,7 +118,7 @@ def _mixed_files(folder: Path, num_rows: int = 600) -> Path:
     return folder
 
 
-def _settings(folder: Path, *more: str) -> list[str]:
+def _settings(folder: Path | str, *more: str) -> list[str]:
     return [f"data.path={folder}", "data.label_column=target", "data.column_types.n=categorical", *more]
 
 
@@ -182,11 +183,50 @@ def test_ray_data_tasks_write_the_same_shards_and_a_tasks_config_error_reaches_t
         expected, {split: table.select(expected[split].column_names) for split, table in written.items()}
     )
 
-    def refuse(item: int) -> int:
+    def refuse(item: int) -> str:
         if item == 2:
             raise ConfigError("piece 2 is unreadable")
-        return item * 10
+        return str(item * 10)
 
-    assert table_source.map_pieces(lambda item: item * 10, [0, 1, 2, 3], parallel=True) == [0, 10, 20, 30]
+    assert table_source.map_pieces(lambda item: str(item * 10), [0, 1, 2, 3], parallel=True) == [
+        "0",
+        "10",
+        "20",
+        "30",
+    ]
     with pytest.raises(ConfigError, match=r"^piece 2 is unreadable$"):
         table_source.map_pieces(refuse, [0, 1, 2, 3], parallel=True)
+
+
+@pytest.mark.parametrize(
+    "pattern", ["t", "t/a.parquet", "t/*.parquet", "**/*.csv", "t/[ab].*", "t/?.parquet", "*/[!a]*"]
+)
+def test_a_uri_names_the_same_files_and_gives_the_same_shards_as_the_local_path(
+    tmp_path: Path, pattern: str
+) -> None:
+    folder = _mixed_files(tmp_path / "t")
+    local = str(tmp_path / pattern)
+    uri = (tmp_path / pattern).as_uri() if "*" not in pattern and "?" not in pattern else f"file://{local}"
+    _, files = table_files.locate_files(uri)
+    assert files == [str(path) for path in table_files.source_files(local)]
+    assert table_files.sources_sha256(uri) == table_files.sources_sha256(local)
+    if pattern == "t":
+        by_path = tabular_split_tables(load_pipeline_config("table", _settings(folder)))
+        by_uri = tabular_split_tables(load_pipeline_config("table", _settings(uri)))
+        by_uri_info = {**by_uri[1], "source": by_path[1]["source"]}
+        assert by_uri[1]["source"] == uri and by_uri_info == by_path[1]
+        _assert_same(by_path[0], by_uri[0])
+
+
+def test_a_uri_with_nothing_to_read_is_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "t.txt").write_text("x\n1\n")
+    for target, message in (
+        (f"{(tmp_path / 'empty').as_uri()}", r"holds no \.csv, \.parquet or \.pq file"),
+        (f"file://{tmp_path}/*.csv", "no CSV or Parquet file matches"),
+        (f"{(tmp_path / 'missing.csv').as_uri()}", "no such file or folder"),
+        (f"{(tmp_path / 't.txt').as_uri()}", "must end in one of"),
+        ("nosuchscheme://bucket/t.csv", "cannot open nosuchscheme://bucket/t.csv"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            table_files.locate_files(target)
