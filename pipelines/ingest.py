@@ -151,19 +151,14 @@ def _ingest_table(config: PipelineConfig, data_dir: Path) -> tuple[dict[str, Any
     out = _publisher(data_dir)
     with contextlib.ExitStack() as stack:
         staged = {split: stack.enter_context(out.stage(split)).path for split in SPLITS}
-        info, names = write_table_shards(config, staged)
+        info, names, num_rows = write_table_shards(config, staged)
         # The folders are swapped into place as the stack closes; the sizes are the same there.
-        splits = {split: _split_entry(staged[split], names[split], None) for split in SPLITS}
+        splits = {split: _split_entry(staged[split], names[split], num_rows[split]) for split in SPLITS}
     return info, splits
 
 
-def _split_entry(folder: Path, names: list[str], num_rows: int | None) -> dict[str, Any]:
-    """A split's manifest entry: rows (counted from the files' footers when None), shard names
-    and sizes."""
-    import pyarrow.parquet as pq
-
-    if num_rows is None:
-        num_rows = sum(pq.read_metadata(folder / name).num_rows for name in names)
+def _split_entry(folder: Path, names: list[str], num_rows: int) -> dict[str, Any]:
+    """A split's manifest entry: rows, shard names and sizes."""
     return {
         "num_rows": num_rows,
         "shards": names,

@@ -93,8 +93,10 @@ def shard_table(
     source_row: np.ndarray,
     values: np.ndarray | None = None,
     source: pa.StructArray | None = None,
+    first_row_id: int = 0,
 ) -> pa.Table:
-    """One split's rows in the shard layout (module docstring), row_id = 0..n-1.
+    """One split's rows in the shard layout (module docstring), row_id = first_row_id + 0..n-1
+    (a piece of a split: its rows' place in the split).
 
     label (n,) kept in its dtype; pixels (n, D) kept in its dtype; mask (n, D) as bool;
     source_row (n,) each row's index in the source file; values (n, D) and source (n,) (the
@@ -109,7 +111,7 @@ def shard_table(
             f"{np.shape(source_row)}, {pixels.shape}, {mask.shape}"
         )
     columns: dict[str, Any] = {
-        "row_id": pa.array(np.arange(n, dtype=np.int64)),
+        "row_id": pa.array(np.arange(first_row_id, first_row_id + n, dtype=np.int64)),
         "split": pa.array([split] * n, type=pa.string()),
         "label": pa.array(label),
         "source_row": pa.array(np.asarray(source_row).astype(np.int64)),

@@ -342,11 +342,9 @@ def _file_layout(filesystem: pa_fs.FileSystem, path: str, name: str) -> tuple[pa
     try:
         parquet = pq.ParquetFile(filesystem.open_input_file(path))
         schema = parquet.schema_arrow
-        check_unique(schema.names, name)
         groups = [parquet.metadata.row_group(i).num_rows for i in range(parquet.metadata.num_row_groups)]
     except (pa.ArrowException, OSError, ValueError) as error:
-        message = " ".join(str(error).split())[:300]
-        raise ConfigError(f"{name} is not a readable Parquet file ({message})") from error
+        raise _unreadable(name, "parquet", error) from error
     index = _pandas_index(schema)
     return pa.schema([field for field in schema if field.name not in index]), groups
 
@@ -373,8 +371,7 @@ def _read_parquet_rows(
             return parquet.schema_arrow.empty_table()
         table = parquet.read_row_groups(groups).slice(start - int(starts[groups[0]]), num_rows)
     except (pa.ArrowException, OSError, ValueError) as error:
-        message = " ".join(str(error).split())[:300]
-        raise ConfigError(f"{name} is not a readable Parquet file ({message})") from error
+        raise _unreadable(name, "parquet", error) from error
     index = _pandas_index(table.schema)
     return table.drop_columns(index) if index else table
 
@@ -396,8 +393,7 @@ def read_one(path: str | Path, name: str, filesystem: pa_fs.FileSystem | None = 
     except ConfigError:
         raise
     except (pa.ArrowException, OSError, ValueError) as error:
-        message = " ".join(str(error).split())[:300]
-        raise ConfigError(f"{name} is not a readable {_KIND_NAMES[kind]} file ({message})") from error
+        raise _unreadable(name, kind, error) from error
 
 
 def _read_csv(filesystem: pa_fs.FileSystem, path: str, name: str) -> pa.Table:
@@ -430,6 +426,13 @@ def _read_parquet(filesystem: pa_fs.FileSystem, path: str, name: str) -> pa.Tabl
     table = pq.read_table(path, filesystem=filesystem)
     index = _pandas_index(table.schema)
     return table.drop_columns(index) if index else table
+
+
+def _unreadable(name: str, kind: str, error: Exception) -> ConfigError:
+    """The one-line error for a file (`name`, of `kind` "csv" or "parquet") that pyarrow could
+    not read, with pyarrow's reason."""
+    message = " ".join(str(error).split())[:300]
+    return ConfigError(f"{name} is not a readable {_KIND_NAMES[kind]} file ({message})")
 
 
 def check_unique(names: list[str], file_name: str) -> None:

@@ -276,18 +276,12 @@ class TableIngest:
                 standardised[rows],
                 observed[rows],
                 source_row=source_row[rows],
+                first_row_id=row_ids[i],
                 values=model_values[rows],
                 source=source.take(rows),
             )
-            row_id = pa_int64(row_ids[i] + np.arange(len(rows)))
-            tables[split] = table.set_column(table.schema.get_field_index("row_id"), "row_id", row_id)
+            tables[split] = table
         return tables
-
-
-def pa_int64(values: np.ndarray) -> pa.Array:
-    import pyarrow as pa
-
-    return pa.array(np.asarray(values, np.int64), pa.int64())
 
 
 def plan_ingest(config: PipelineConfig) -> TableIngest:
@@ -407,19 +401,20 @@ def tabular_split_tables(config: PipelineConfig) -> tuple[dict[str, pa.Table], d
 
     ingest = plan_ingest(config)
     pieces = ingest.plan.pieces()
-    info = fit_table(ingest, TableStats.merge_all([ingest.stats(piece) for piece in pieces]), config)
+    piece_stats = [ingest.stats(piece) for piece in pieces]
+    info = fit_table(ingest, TableStats.merge_all(piece_stats), config)
     parts: dict[str, list[pa.Table]] = {split: [] for split in SPLITS}
-    for piece, row_ids in zip(pieces, _row_ids(ingest, pieces), strict=True):
+    for piece, row_ids in zip(pieces, _row_ids(piece_stats), strict=True):
         for split, table in ingest.shards(piece, info, row_ids).items():
             parts[split].append(table)
     return {split: pa.concat_tables(tables) for split, tables in parts.items()}, info
 
 
-def _row_ids(ingest: TableIngest, pieces: Sequence[Piece]) -> list[list[int]]:
-    """Per piece, the index within each split of its first row of that split."""
-    counts = np.array([np.bincount(ingest.split.codes(p.first, p.num_rows), minlength=3) for p in pieces])
-    starts = np.cumsum(counts, axis=0) - counts
-    return starts.tolist()
+def _row_ids(piece_stats: Sequence[TableStats]) -> list[list[int]]:
+    """Per piece, the index within each split of its first row of that split, from the
+    pieces' own split counts (their stats, in source order)."""
+    counts = np.array([stats.split_rows for stats in piece_stats], np.int64).reshape(-1, len(SPLITS))
+    return (np.cumsum(counts, axis=0) - counts).tolist()
 
 
 def table_onehot(info: dict[str, Any]) -> OneHot:
@@ -431,10 +426,10 @@ def table_onehot(info: dict[str, Any]) -> OneHot:
 
 def write_table_shards(
     config: PipelineConfig, folders: Mapping[str, Path]
-) -> tuple[dict[str, Any], dict[str, list[str]]]:
+) -> tuple[dict[str, Any], dict[str, list[str]], dict[str, int]]:
     """Ingest the table of ``data.path`` into the empty `folders` (split -> folder) a piece at a
     time (module docstring): ``part-{piece:05d}.parquet`` per piece that has rows of the split.
-    Returns the manifest's ``table`` entry and each split's file names, sorted."""
+    Returns the manifest's ``table`` entry, each split's file names, sorted, and its rows."""
     import pyarrow.parquet as pq
 
     ingest = plan_ingest(config)
@@ -444,11 +439,10 @@ def write_table_shards(
     def piece_stats(piece: Piece) -> str:
         return ingest.stats(piece).to_json()
 
-    stats = TableStats.merge_all(
-        [TableStats.from_json(text) for text in map_pieces(piece_stats, pieces, parallel=parallel)]
-    )
+    per_piece = [TableStats.from_json(text) for text in map_pieces(piece_stats, pieces, parallel=parallel)]
+    stats = TableStats.merge_all(per_piece)
     info = fit_table(ingest, stats, config)
-    row_ids = _row_ids(ingest, pieces)
+    row_ids = _row_ids(per_piece)
 
     def write(index: int) -> str:
         written = {}
@@ -463,7 +457,8 @@ def write_table_shards(
     for text in map_pieces(write, list(range(len(pieces))), parallel=parallel):
         for split, name in json.loads(text).items():
             names[split].append(name)
-    return info, {split: sorted(found) for split, found in names.items()}
+    num_rows = dict(zip(SPLITS, stats.split_rows, strict=True))
+    return info, {split: sorted(found) for split, found in names.items()}, num_rows
 
 
 def map_pieces(fn: Callable[[Any], str], items: Sequence[Any], *, parallel: bool) -> list[str]:

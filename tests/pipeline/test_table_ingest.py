@@ -171,8 +171,9 @@ def test_ray_data_tasks_write_the_same_shards_and_a_tasks_config_error_reaches_t
     folders = {split: tmp_path / "out" / split for split in SPLITS}
     for path in folders.values():
         path.mkdir(parents=True)
-    info, names = table_source.write_table_shards(config, folders)
+    info, names, num_rows = table_source.write_table_shards(config, folders)
     assert info == expected_info
+    assert num_rows == {split: table.num_rows for split, table in expected.items()}
     written = {
         split: pa.concat_tables([pq.read_table(folders[split] / name) for name in names[split]]).sort_by(
             "row_id"
