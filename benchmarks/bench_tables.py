@@ -2,13 +2,17 @@
 sizes 10x apart: rows per second per stage and per CPU, and the peak memory of the driver and
 of the Ray worker processes.
 
-    python -m benchmarks.bench_tables [--rows 500000,5000000] [--files 8]
+    python -m benchmarks.bench_tables [--rows 500000,5000000] [--rows-per-file 625000]
 
 The table is generated, never stored: two latent factors drive four continuous columns, an
 integer count, two 0/1 flags and two text columns of 4 and 3 levels; 30% of the cells are
-missing completely at random. Each size is written as `--files` Parquet files (row groups of
-ROW_GROUP_ROWS) into a temporary folder, and the job runs in a fresh process (the driver) with
-the `table` preset made small and fast: the ingest's Ray Data tasks at both sizes, an MLP of
+missing completely at random. Each size is written into a temporary folder as Parquet files of
+`--rows-per-file` rows (the last one shorter; row groups of ROW_GROUP_ROWS): a growing table
+as a data lake stores it, more files rather than bigger ones. The ingest cuts every file into
+pieces of at most pipelines.table_files.PIECE_ROWS rows, so a process's working set is bounded
+by a piece whatever the file's size; files smaller than a piece at one size and not at the
+other would compare piece sizes, not table sizes. The job runs in a fresh process (the driver)
+with the `table` preset made small and fast: the ingest's Ray Data tasks at both sizes, an MLP of
 width 32, latent 4, K = 1, one epoch of batches of 1024 rows on each of 2 Ray Train workers
 streaming their shards, L = 10, M = 1, 2 imputation actors, no CSV. While it runs, a thread in
 the driver samples every Ray worker process twice a second; a worker's memory is its private
@@ -24,6 +28,7 @@ are within 10%, and a projection of each stage's time for 10^9 rows from the per
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import math
@@ -34,6 +39,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +125,7 @@ class RaySampler:
     def __init__(self, interval: float = 0.5) -> None:
         self.interval = interval
         self.peaks: dict[int, tuple[float, str]] = {}  # pid -> (peak MiB, its title at the peak)
+        self.by_title: dict[str, float] = {}  # title -> the largest memory a process had under it
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -147,6 +154,50 @@ class RaySampler:
                 pid = int(entry.name)
                 if private > self.peaks.get(pid, (0.0, ""))[0]:
                     self.peaks[pid] = (private, title)
+                self.by_title[title] = max(self.by_title.get(title, 0.0), private)
+            self._stop.wait(self.interval)
+
+
+class DriverSampler:
+    """Samples this process's resident memory (RSS, as ru_maxrss counts it) twice a second,
+    keeping the peak per stage: where the driver's memory goes, stage by stage. Used as the
+    job's console, whose stage blocks name the stage being sampled."""
+
+    def __init__(self, console: Any, interval: float = 0.5) -> None:
+        self.console, self.interval = console, interval
+        self.stage = "start"
+        self.peaks: dict[str, float] = {}  # stage -> peak RSS (MiB)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> DriverSampler:
+        original = self.console.stage
+
+        @contextlib.contextmanager
+        def stage(name: str, doing: str) -> Iterator[Any]:
+            self._sample()
+            self.stage = name
+            with original(name, doing) as shown:
+                yield shown
+            self._sample()
+            self.stage = f"after {name}"
+
+        self.console.stage = stage
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def _sample(self) -> None:
+        resident = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / _MIB
+        self.peaks[self.stage] = max(self.peaks.get(self.stage, 0.0), resident)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
             self._stop.wait(self.interval)
 
 
@@ -158,12 +209,14 @@ def run_driver(data: Path, run_dir: Path, num_rows: int) -> dict[str, Any]:
 
     configure_ray_auth()
     from pipelines.config import load_pipeline_config
-    from pipelines.full import run_table
+    from pipelines.console import Console
+    from pipelines.full import TABLE_STAGES, run_table
     from pipelines.runtime import stop_ray
 
     config = load_pipeline_config("table", job_settings(data, run_dir))
-    with RaySampler() as sampler:
-        seconds = run_table(config)
+    console = Console(TABLE_STAGES)
+    with RaySampler() as sampler, DriverSampler(console) as driver:
+        seconds = run_table(config, console)
     stop_ray()
     manifest = json.loads((run_dir / "data" / "_MANIFEST.json").read_text())
     peaks = sorted(sampler.peaks.values(), reverse=True)
@@ -171,9 +224,11 @@ def run_driver(data: Path, run_dir: Path, num_rows: int) -> dict[str, Any]:
         "seconds": seconds,
         "num_rows": {split: entry["num_rows"] for split, entry in manifest["splits"].items()},
         "driver_peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "driver_peak_by_stage_mib": driver.peaks,
         "worker_peak_mib": peaks[0][0] if peaks else None,
         "worker_peak_title": peaks[0][1] if peaks else None,
         "workers_sampled": len(peaks),
+        "worker_peak_by_title_mib": dict(sorted(sampler.by_title.items(), key=lambda item: -item[1])),
         "cpus": os.cpu_count(),
     }
 
@@ -229,6 +284,17 @@ def render(results: dict[int, dict[str, Any]], command: str) -> str:
             f"| {size:,} | {result['driver_peak_mib']:,.0f} | {fmt(result['worker_peak_mib'], 0)} "
             f"({result['worker_peak_title']}) |"
         )
+    by_stage = [results[size]["driver_peak_by_stage_mib"] for size in sizes]
+    phases = list(dict.fromkeys(itertools.chain(*by_stage)))
+    lines += [
+        "",
+        "Driver RSS peak by stage (MiB; `after x`: between stage x and the next):",
+        "",
+        "| rows | " + " | ".join(phases) + " |",
+        "|---:|" + "---:|" * len(phases),
+    ]
+    for size, peaks in zip(sizes, by_stage, strict=True):
+        lines.append(f"| {size:,} | " + " | ".join(fmt(peaks.get(phase), 0) for phase in phases) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -237,7 +303,7 @@ def main(argv: list[str] | None = None) -> Path:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rows", default="500000,5000000", help="table sizes, comma-separated")
-    parser.add_argument("--files", type=int, default=8, help="Parquet files per table")
+    parser.add_argument("--rows-per-file", type=int, default=625_000, help="rows per Parquet file")
     parser.add_argument("--timeout", type=float, default=7200, help="seconds per size")
     parser.add_argument("--out", type=Path, default=None, help="JSON output path")
     parser.add_argument("--markdown", type=Path, default=RESULTS_DIR / "tables.md")
@@ -254,7 +320,7 @@ def main(argv: list[str] | None = None) -> Path:
         scratch = Path(tempfile.mkdtemp(prefix=f"bench-tables-{size}-"))
         try:
             started = time.perf_counter()
-            make_table(size, scratch / "data", args.files)
+            make_table(size, scratch / "data", math.ceil(size / args.rows_per_file))
             print(f"{size:,} rows generated in {time.perf_counter() - started:.0f} s", flush=True)
             env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{scratch / 'mlflow.db'}"}
             done = subprocess.run(
@@ -297,6 +363,16 @@ def main(argv: list[str] | None = None) -> Path:
         ["process", f"{sizes[0]:,} rows", f"{sizes[-1]:,} rows", "ratio", f"within {FLAT - 1:.0%}"],
         memory,
     )
+    by_stage = [small["driver_peak_by_stage_mib"], large["driver_peak_by_stage_mib"]]
+    print_table(
+        "driver RSS peak by stage (MiB)",
+        ["stage", f"{sizes[0]:,} rows", f"{sizes[-1]:,} rows", "ratio"],
+        [
+            [phase, fmt(by_stage[0].get(phase), 0), fmt(by_stage[1].get(phase), 0),
+             fmt(ratio(by_stage[1].get(phase), by_stage[0].get(phase)), 2)]
+            for phase in dict.fromkeys(itertools.chain(*by_stage))
+        ],
+    )  # fmt: skip
     per_cpu = {
         stage: count / large["seconds"][stage] / large["cpus"] for stage, count in stage_rows(large).items()
     }

@@ -37,9 +37,10 @@ table), never from a constant.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -331,6 +332,91 @@ def load_split_numpy(
     )
 
 
+def merge_in_order(
+    streams: Sequence[tuple[int, Callable[[], Iterator[tuple[np.ndarray, pa.Table]]]]], batch_rows: int
+) -> Iterator[pa.Table]:
+    """Merge streams of (keys (n,), a table of those n rows), each ascending by key across its
+    items, into one ascending stream of tables of at most `batch_rows` rows (keys are distinct).
+    A stream is given as (its smallest key, a function that opens it) and is opened only when
+    the merge reaches that key, so memory holds one item per stream whose keys interleave with
+    the rows being merged, not one per stream. Rows up to the smallest last key of the open
+    streams, and below the next unopened stream's first key, are final; the rest wait."""
+    import pyarrow as pa
+
+    pending = sorted(streams, key=lambda stream: stream[0])
+    opened: list[Iterator[tuple[np.ndarray, pa.Table]]] = []
+    heads: dict[int, tuple[np.ndarray, pa.Table]] = {}
+    while True:
+        for i, stream in enumerate(opened):
+            while i in heads and len(heads[i][0]) == 0:
+                item = next(stream, None)
+                if item is None:
+                    del heads[i]
+                else:
+                    heads[i] = (np.asarray(item[0]), item[1])
+        bound = min((keys[-1] for keys, _ in heads.values()), default=None)
+        if pending and (bound is None or pending[0][0] <= bound):
+            opened.append(pending.pop(0)[1]())
+            heads[len(opened) - 1] = (np.zeros(0, np.int64), pa.table({}))
+            continue  # fill its head, then look again
+        if bound is None:
+            return
+        takes = {i: int(np.searchsorted(keys, bound, side="right")) for i, (keys, _) in heads.items()}
+        if sum(takes.values()) > batch_rows:  # the batch_rows smallest of the final rows
+            final = np.concatenate([heads[i][0][:take] for i, take in takes.items()])
+            bound = np.partition(final, batch_rows - 1)[batch_rows - 1]
+            takes = {i: int(np.searchsorted(keys, bound, side="right")) for i, (keys, _) in heads.items()}
+        keys_out, parts = [], []
+        for i, take in takes.items():
+            keys, table = heads[i]
+            if take:
+                keys_out.append(keys[:take])
+                parts.append(table.slice(0, take))
+            heads[i] = (keys[take:], table.slice(take))
+        yield pa.concat_tables(parts).take(np.argsort(np.concatenate(keys_out), kind="stable"))
+
+
+def iter_split_batches(
+    ingest: IngestResult, split: str, columns: Sequence[str], batch_rows: int
+) -> Iterator[pa.Table]:
+    """The split's `columns` in row_id order, `batch_rows` rows at a time (the last batch
+    shorter), streamed from the shards a row group at a time: the rows that :func:`load_split_numpy`
+    returns, without holding the split. Each shard's row_ids must ascend (ingest writes them so);
+    ValueError naming the file otherwise."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _check_split(ingest, split)
+    names = list(dict.fromkeys(["row_id", *columns]))
+
+    def keyed(path: Path) -> Iterator[tuple[np.ndarray, pa.Table]]:
+        last = -1
+        for batch in pq.ParquetFile(path).iter_batches(columns=names):
+            row_id = batch.column(0).to_numpy()
+            if len(row_id) and (row_id[0] <= last or (np.diff(row_id) <= 0).any()):
+                raise ValueError(f"{path}: the shard's row_id column does not ascend")
+            last = int(row_id[-1]) if len(row_id) else last
+            yield row_id, pa.Table.from_batches([batch]).select(list(columns))
+
+    streams = []
+    for path in map(Path, ingest.shards[split]):
+        file = pq.ParquetFile(path)
+        if file.metadata.num_rows:
+            first = next(file.iter_batches(batch_size=1, columns=["row_id"])).column(0)[0].as_py()
+            streams.append((int(first), functools.partial(keyed, path)))
+    pending: list[pa.Table] = []
+    held = 0
+    for table in merge_in_order(streams, batch_rows):
+        pending.append(table)
+        held += table.num_rows
+        while held >= batch_rows:  # exact sizes: a batch's random stream depends on its size
+            joined = pa.concat_tables(pending)
+            yield joined.slice(0, batch_rows)
+            pending, held = [joined.slice(batch_rows)], held - batch_rows
+    if held:
+        yield pa.concat_tables(pending)
+
+
 def _check_split(ingest: IngestResult, split: str) -> None:
     if split not in ingest.shards:
         raise ValueError(f"split must be one of {sorted(ingest.shards)}, got {split!r}")
@@ -395,7 +481,9 @@ __all__ = [
     "imputed_columns",
     "imputed_dir",
     "imputed_table",
+    "iter_split_batches",
     "load_split_numpy",
+    "merge_in_order",
     "read_imputed_rows",
     "read_shards",
     "read_split",

@@ -59,7 +59,7 @@ import numpy as np
 
 from missiwae.atomic import atomic_file
 from pipelines.publish import MANIFEST
-from pipelines.shards import tensor_matrix
+from pipelines.shards import merge_in_order, tensor_matrix
 from pipelines.table_files import SourceFiles
 from pipelines.table_source import table_onehot
 
@@ -273,50 +273,6 @@ def read_imputed_table(folder: str | Path, batch_rows: int = 65_536) -> Iterator
     )
 
 
-def merge_in_order(
-    streams: Sequence[tuple[int, Callable[[], Iterator[tuple[np.ndarray, pa.Table]]]]], batch_rows: int
-) -> Iterator[pa.Table]:
-    """Merge streams of (keys (n,), a table of those n rows), each ascending by key across its
-    items, into one ascending stream of tables of at most `batch_rows` rows (keys are distinct).
-    A stream is given as (its smallest key, a function that opens it) and is opened only when
-    the merge reaches that key, so memory holds one item per stream whose keys interleave with
-    the rows being merged, not one per stream. Rows up to the smallest last key of the open
-    streams, and below the next unopened stream's first key, are final; the rest wait."""
-    import pyarrow as pa
-
-    pending = sorted(streams, key=lambda stream: stream[0])
-    opened: list[Iterator[tuple[np.ndarray, pa.Table]]] = []
-    heads: dict[int, tuple[np.ndarray, pa.Table]] = {}
-    while True:
-        for i, stream in enumerate(opened):
-            while i in heads and len(heads[i][0]) == 0:
-                item = next(stream, None)
-                if item is None:
-                    del heads[i]
-                else:
-                    heads[i] = (np.asarray(item[0]), item[1])
-        bound = min((keys[-1] for keys, _ in heads.values()), default=None)
-        if pending and (bound is None or pending[0][0] <= bound):
-            opened.append(pending.pop(0)[1]())
-            heads[len(opened) - 1] = (np.zeros(0, np.int64), pa.table({}))
-            continue  # fill its head, then look again
-        if bound is None:
-            return
-        takes = {i: int(np.searchsorted(keys, bound, side="right")) for i, (keys, _) in heads.items()}
-        if sum(takes.values()) > batch_rows:  # the batch_rows smallest of the final rows
-            final = np.concatenate([heads[i][0][:take] for i, take in takes.items()])
-            bound = np.partition(final, batch_rows - 1)[batch_rows - 1]
-            takes = {i: int(np.searchsorted(keys, bound, side="right")) for i, (keys, _) in heads.items()}
-        keys_out, parts = [], []
-        for i, take in takes.items():
-            keys, table = heads[i]
-            if take:
-                keys_out.append(keys[:take])
-                parts.append(table.slice(0, take))
-            heads[i] = (keys[take:], table.slice(take))
-        yield pa.concat_tables(parts).take(np.argsort(np.concatenate(keys_out), kind="stable"))
-
-
 def load_imputed_table(folder: str | Path) -> pa.Table:
     """One output folder as one Arrow table in the table's order (:func:`read_imputed_table`)."""
     import pyarrow as pa
@@ -464,7 +420,6 @@ __all__ = [
     "keep_only",
     "load_imputed_table",
     "mask_strings",
-    "merge_in_order",
     "partition_name",
     "read_imputed_table",
     "read_table_mask",

@@ -58,7 +58,7 @@ from pipelines.config import PipelineConfig, ScalingConfig
 from pipelines.epoch_stream import EpochDelivery, fit_streaming, history_forwarder
 from pipelines.publish import fingerprint
 from pipelines.runtime import ensure_ray, start_ray_thread
-from pipelines.shards import IngestResult, load_split_numpy, read_split
+from pipelines.shards import IngestResult, iter_split_batches, read_split, tensor_matrix
 from pipelines.storage import TEMP_PREFIX, swap_into_place
 from pipelines.train_worker import (
     DIVERGED,
@@ -393,21 +393,31 @@ def evaluate_test_log_likelihood(
 ) -> float:
     """Mean importance-sampled log p(x_o) over the test split (evaluate.num_samples samples);
     `complete=True`: log p(x) of the complete test images (every pixel observed), the paper's
-    Figure 1 (left) measure, comparable across models trained with and without missing data."""
+    Figure 1 (left) measure, comparable across models trained with and without missing data.
+
+    The split streams through in row_id order, evaluate.batch_size rows at a time, so the driver
+    holds one batch, not the split (a table's test split grows with the table); the random
+    stream is the one a single call over the whole split would draw."""
     device = "cuda" if config.scaling.use_gpu and torch.cuda.is_available() else "cpu"
     model = load_model(model_dir, device)
-    x, mask, _, _ = load_split_numpy(ingest, "test")
-    if complete:
-        mask = np.ones_like(mask)
-    per_row = estimate_log_likelihood(
-        model,
-        torch.from_numpy(x).to(device),
-        torch.from_numpy(mask).to(device),
-        config.evaluate.num_samples,
-        batch_size=config.evaluate.batch_size,
-        generator=make_generator(config.evaluate.seed, device),
-    )
-    return float(per_row.mean())
+    generator = make_generator(config.evaluate.seed, device)
+    total, count = 0.0, 0
+    for batch in iter_split_batches(ingest, "test", ["pixels", "mask"], config.evaluate.batch_size):
+        x = tensor_matrix(batch.column("pixels"), np.float32, what="split 'test'", name="pixels")
+        mask = tensor_matrix(batch.column("mask"), np.bool_, what="split 'test'", name="mask")
+        if complete:
+            mask = np.ones_like(mask)
+        per_row = estimate_log_likelihood(
+            model,
+            torch.from_numpy(x).to(device),
+            torch.from_numpy(mask).to(device),
+            config.evaluate.num_samples,
+            batch_size=config.evaluate.batch_size,
+            generator=generator,
+        )
+        total += float(per_row.double().sum())
+        count += len(per_row)
+    return total / count
 
 
 __all__ = [

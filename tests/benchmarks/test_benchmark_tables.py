@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 
 from benchmarks import bench_tables
 from pipelines.config import load_pipeline_config
+from pipelines.console import Console
 from pipelines.table_source import load_table, tabular_split_tables
 
 
@@ -35,6 +38,7 @@ def test_the_report_gives_each_stage_its_rate_per_cpu() -> None:
         "seconds": {"ingest": 2.0, "train": 4.0, "impute": 10.0},
         "num_rows": {"train": 800, "valid": 100, "test": 100},
         "driver_peak_mib": 500.0,
+        "driver_peak_by_stage_mib": {"start": 400.0, "ingest": 500.0},
         "worker_peak_mib": 300.0,
         "worker_peak_title": "ray::ImputeActor",
         "cpus": 2,
@@ -44,3 +48,14 @@ def test_the_report_gives_each_stage_its_rate_per_cpu() -> None:
     assert (
         "| 1,000 | train | 4.0 | 200 | 100 |" in text and "| 1,000 | 500 | 300 (ray::ImputeActor) |" in text
     )
+    assert "| rows | start | ingest |" in text and "| 1,000 | 400 | 500 |" in text
+
+
+def test_the_driver_sampler_keeps_a_peak_per_stage_of_the_jobs_console() -> None:
+    console = Console(("ingest", "train"), out=io.StringIO())
+    with bench_tables.DriverSampler(console, interval=0.01) as sampler:
+        with console.stage("ingest", "reading"):
+            grown = np.ones(32 * 2**20 // 8)  # 32 MiB held inside the stage only
+        del grown
+    assert list(sampler.peaks) == ["start", "ingest", "after ingest"]
+    assert sampler.peaks["ingest"] >= sampler.peaks["start"] + 30

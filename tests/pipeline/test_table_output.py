@@ -3,7 +3,6 @@ the reader that gives a folder back in the file's row order (pipelines/table_out
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ from pipelines.table_output import (
     fresh_folders,
     keep_only,
     load_imputed_table,
-    merge_in_order,
     read_imputed_table,
     row_checksum,
     row_columns,
@@ -31,55 +29,6 @@ from pipelines.table_output import (
 from tests.pipeline.test_pipeline_tabular import COLUMNS, shard_rows, write_csv
 
 NUM_ROWS, M = 90, 2
-
-
-@pytest.mark.parametrize("seed", range(6))
-def test_merging_sorted_streams_gives_every_row_once_in_order_in_bounded_batches(seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    num_rows, num_streams = int(rng.integers(1, 300)), int(rng.integers(1, 5))
-    owner = rng.integers(0, num_streams, num_rows)  # which stream holds each key
-    batch_rows = int(rng.integers(1, 40))
-
-    def stream(keys: np.ndarray) -> Any:
-        cuts = np.sort(rng.integers(0, len(keys) + 1, int(rng.integers(0, 6))))
-        for part in np.split(keys, cuts):  # items of any size, empty ones included
-            yield part, pa.table({"key": part})
-
-    opened: list[int] = []
-
-    def opener(s: int, keys: np.ndarray) -> Any:
-        def open_stream() -> Any:
-            opened.append(s)
-            return stream(keys)
-
-        return open_stream
-
-    keys_of = [np.flatnonzero(owner == s) for s in range(num_streams)]
-    streams = [(int(keys[0]) if len(keys) else num_rows, opener(s, keys)) for s, keys in enumerate(keys_of)]
-    batches = list(merge_in_order(streams, batch_rows))
-    assert all(1 <= batch.num_rows <= batch_rows for batch in batches)
-    merged = [key for batch in batches for key in batch.column("key").to_pylist()]
-    assert merged == list(range(num_rows))
-    assert sorted(opened) == list(range(num_streams))
-
-
-def test_a_stream_is_opened_only_when_the_merge_reaches_its_first_key() -> None:
-    # 50 streams of 10 consecutive keys each: the merge never holds more than two open at once.
-    live: set[int] = set()
-    most = 0
-
-    def stream(s: int) -> Any:
-        nonlocal most
-        live.add(s)
-        most = max(most, len(live))
-        keys = np.arange(10 * s, 10 * s + 10)
-        yield keys, pa.table({"key": keys})
-        live.discard(s)
-
-    streams = [(10 * s, functools.partial(stream, s)) for s in reversed(range(50))]
-    merged = pa.concat_tables(list(merge_in_order(streams, batch_rows=7)))
-    assert merged.column("key").to_pylist() == list(range(500))
-    assert most <= 2
 
 
 def _shards(tmp_path: Path) -> tuple[pa.Table, dict[str, Any]]:
