@@ -39,7 +39,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -158,13 +158,21 @@ class RaySampler:
             self._stop.wait(self.interval)
 
 
+def _resident_mib() -> float:
+    """This process's resident memory (Linux)."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / _MIB
+
+
 class DriverSampler:
     """Samples this process's resident memory (RSS, as ru_maxrss counts it) twice a second,
     keeping the peak per stage: where the driver's memory goes, stage by stage. Used as the
     job's console, whose stage blocks name the stage being sampled."""
 
-    def __init__(self, console: Any, interval: float = 0.5) -> None:
+    def __init__(
+        self, console: Any, interval: float = 0.5, resident: Callable[[], float] | None = None
+    ) -> None:
         self.console, self.interval = console, interval
+        self.resident = resident or _resident_mib  # MiB now
         self.stage = "start"
         self.peaks: dict[str, float] = {}  # stage -> peak RSS (MiB)
         self._stop = threading.Event()
@@ -192,8 +200,7 @@ class DriverSampler:
         self._sample()
 
     def _sample(self) -> None:
-        resident = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / _MIB
-        self.peaks[self.stage] = max(self.peaks.get(self.stage, 0.0), resident)
+        self.peaks[self.stage] = max(self.peaks.get(self.stage, 0.0), self.resident())
 
     def _run(self) -> None:
         while not self._stop.is_set():
