@@ -41,7 +41,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -117,45 +117,60 @@ def job_settings(data: Path, run_dir: Path) -> list[str]:
     ]
 
 
-class RaySampler:
-    """Samples the private resident memory (RSS - shared) of every Ray worker process on the
-    machine (their titles start with ``ray::``; the embedded Ray's raylet starts them detached
-    from the driver, so they are found by title, and the benchmark assumes no other Ray runs)."""
+class Sampler:
+    """A thread that calls :meth:`sample` every `interval` seconds while the block runs, and
+    once more as it ends."""
 
     def __init__(self, interval: float = 0.5) -> None:
         self.interval = interval
-        self.peaks: dict[int, tuple[float, str]] = {}  # pid -> (peak MiB, its title at the peak)
-        self.by_title: dict[str, float] = {}  # title -> the largest memory a process had under it
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> RaySampler:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        self.sample()
+
+    def sample(self) -> None:
+        raise NotImplementedError
 
     def _run(self) -> None:
-        page_mib = os.sysconf("SC_PAGE_SIZE") / _MIB
         while not self._stop.is_set():
-            for entry in Path("/proc").iterdir():  # Linux; no psutil in the project's environment
-                if not entry.name.isdigit():
-                    continue
-                try:
-                    title = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-                    resident, shared = (int(v) for v in (entry / "statm").read_text().split()[1:3])
-                except (OSError, ValueError):
-                    continue  # gone meanwhile
-                if not title.startswith("ray::"):
-                    continue  # not a Ray worker: the driver, Ray's own servers
-                private = (resident - shared) * page_mib
-                pid = int(entry.name)
-                if private > self.peaks.get(pid, (0.0, ""))[0]:
-                    self.peaks[pid] = (private, title)
-                self.by_title[title] = max(self.by_title.get(title, 0.0), private)
+            self.sample()
             self._stop.wait(self.interval)
+
+
+class RaySampler(Sampler):
+    """The private resident memory (RSS - shared) of every Ray worker process on the machine
+    (their titles start with ``ray::``; the embedded Ray's raylet starts them detached from the
+    driver, so they are found by title, and the benchmark assumes no other Ray runs)."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        super().__init__(interval)
+        self.peaks: dict[int, tuple[float, str]] = {}  # pid -> (peak MiB, its title at the peak)
+        self.by_title: dict[str, float] = {}  # title -> the largest memory a process had under it
+
+    def sample(self) -> None:
+        page_mib = os.sysconf("SC_PAGE_SIZE") / _MIB
+        for entry in Path("/proc").iterdir():  # Linux; no psutil in the project's environment
+            if not entry.name.isdigit():
+                continue
+            try:
+                title = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+                resident, shared = (int(v) for v in (entry / "statm").read_text().split()[1:3])
+            except (OSError, ValueError):
+                continue  # gone meanwhile
+            if not title.startswith("ray::"):
+                continue  # not a Ray worker: the driver, Ray's own servers
+            private = (resident - shared) * page_mib
+            pid = int(entry.name)
+            if private > self.peaks.get(pid, (0.0, ""))[0]:
+                self.peaks[pid] = (private, title)
+            self.by_title[title] = max(self.by_title.get(title, 0.0), private)
 
 
 def _resident_mib() -> float:
@@ -163,49 +178,37 @@ def _resident_mib() -> float:
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / _MIB
 
 
-class DriverSampler:
-    """Samples this process's resident memory (RSS, as ru_maxrss counts it) twice a second,
-    keeping the peak per stage: where the driver's memory goes, stage by stage. Used as the
-    job's console, whose stage blocks name the stage being sampled."""
+class DriverSampler(Sampler):
+    """This process's resident memory (RSS, as ru_maxrss counts it), the peak kept per stage
+    of the job's `console`, whose stage blocks it wraps to know the stage: where the driver's
+    memory goes, stage by stage (``after x``: between stage x and the next)."""
 
     def __init__(
         self, console: Any, interval: float = 0.5, resident: Callable[[], float] | None = None
     ) -> None:
-        self.console, self.interval = console, interval
+        super().__init__(interval)
+        self.console = console
         self.resident = resident or _resident_mib  # MiB now
         self.stage = "start"
         self.peaks: dict[str, float] = {}  # stage -> peak RSS (MiB)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> DriverSampler:
+    def __enter__(self) -> Self:
         original = self.console.stage
 
         @contextlib.contextmanager
         def stage(name: str, doing: str) -> Iterator[Any]:
-            self._sample()
+            self.sample()
             self.stage = name
             with original(name, doing) as shown:
                 yield shown
-            self._sample()
+            self.sample()
             self.stage = f"after {name}"
 
         self.console.stage = stage
-        self._thread.start()
-        return self
+        return super().__enter__()
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sample()
-
-    def _sample(self) -> None:
+    def sample(self) -> None:
         self.peaks[self.stage] = max(self.peaks.get(self.stage, 0.0), self.resident())
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._sample()
-            self._stop.wait(self.interval)
 
 
 def run_driver(data: Path, run_dir: Path, num_rows: int) -> dict[str, Any]:

@@ -386,8 +386,10 @@ def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     try:
         preset = args.config or ("table" if args.data else "smoke")
+        from pipelines.table_files import is_uri
+
+        where = args.data if args.data is None or is_uri(args.data) else str(Path(args.data).resolve())
         # JSON quoting: the override value is parsed as YAML, which would turn e.g. "1.csv" odd.
-        where = args.data if args.data is None or "://" in args.data else str(Path(args.data).resolve())
         data = [f"data.path={json.dumps(where)}"] if where else []
         config = load_pipeline_config(preset, [*data, *args.overrides])
     except USER_ERRORS as error:

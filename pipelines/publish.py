@@ -46,16 +46,24 @@ def fingerprint(payload: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def _feed(digest: Any, path: str | Path) -> None:
-    with open(path, "rb") as handle:
+def _feed(digest: Any, path: str | Path, filesystem: Any = None) -> None:
+    with _open_bytes(path, filesystem) as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
 
 
-def file_sha256(path: str | Path) -> str:
-    """sha256 (hex) of one file's bytes."""
+def _open_bytes(path: str | Path, filesystem: Any) -> Any:
+    """`path` open for reading bytes: through `filesystem` (pyarrow's) when given, else from disk."""
+    if filesystem is None:
+        return open(path, "rb")
+    return filesystem.open_input_stream(str(path))
+
+
+def file_sha256(path: str | Path, filesystem: Any = None) -> str:
+    """sha256 (hex) of one file's bytes; read through `filesystem` (a pyarrow filesystem, such
+    as the one a URI names) when given, else from this machine's disk."""
     digest = hashlib.sha256()
-    _feed(digest, path)
+    _feed(digest, path, filesystem)
     return digest.hexdigest()
 
 

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from missiwae.config import ConfigError
+from pipelines import publish
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -74,6 +75,11 @@ class SourceFiles:
         return cls([str(e["file"]) for e in entries], [int(str(e["num_rows"])) for e in entries])
 
 
+def is_uri(path: str | Path) -> bool:
+    """Whether ``data.path`` names a URI (``scheme://...``) rather than a path on this machine."""
+    return "://" in str(path)
+
+
 def locate_files(path: str | Path) -> tuple[pa_fs.FileSystem, list[str]]:
     """The filesystem ``data.path`` is on and the files it names there (module docstring),
     sorted. A URI (``s3://bucket/data/``, ``gs://...``, ``file:///...``: any scheme
@@ -83,7 +89,7 @@ def locate_files(path: str | Path) -> tuple[pa_fs.FileSystem, list[str]]:
     import pyarrow.fs as pa_fs
 
     text = str(path)
-    if "://" not in text:
+    if not is_uri(text):
         return pa_fs.LocalFileSystem(), [str(file) for file in source_files(text)]
     # A URI's glob is not part of the URI ("?" would start a query): open the folder before it.
     glob_at = min((text.find(char) for char in _GLOB_CHARS if char in text), default=-1)
@@ -218,19 +224,10 @@ def sources_sha256(path: str | Path) -> str:
     name and sha256 in order (renaming, adding or dropping a file changes it)."""
     filesystem, files = locate_files(path)
     if len(files) == 1:
-        return _file_sha256(filesystem, files[0])
+        return publish.file_sha256(files[0], filesystem)
     names = display_names(files)
-    pairs = [[name, _file_sha256(filesystem, f)] for name, f in zip(names, files, strict=True)]
+    pairs = [[name, publish.file_sha256(f, filesystem)] for name, f in zip(names, files, strict=True)]
     return hashlib.sha256(json.dumps(pairs).encode()).hexdigest()
-
-
-def _file_sha256(filesystem: pa_fs.FileSystem, path: str) -> str:
-    """sha256 (hex) of one file's bytes, read through `filesystem`."""
-    digest = hashlib.sha256()
-    with filesystem.open_input_stream(path) as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)

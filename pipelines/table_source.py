@@ -35,7 +35,15 @@ from missiwae.config import ConfigError
 from pipelines.config import PipelineConfig
 from pipelines.shards import SPLITS, IngestResult, shard_table
 from pipelines.storage import atomic_file
-from pipelines.table_files import Piece, SourceFiles, TablePlan, plan_table, read_files, sources_sha256
+from pipelines.table_files import (
+    Piece,
+    SourceFiles,
+    TablePlan,
+    is_uri,
+    plan_table,
+    read_files,
+    sources_sha256,
+)
 from pipelines.table_stats import (
     TableStats,
     as_float,
@@ -359,7 +367,7 @@ def fit_table(ingest: TableIngest, stats: TableStats, config: PipelineConfig) ->
 
 def _where_from(path: str) -> str:
     """``data.path`` as the manifest records it: a URI as given, a local path resolved."""
-    return path if "://" in path else str(Path(path).expanduser().resolve())
+    return path if is_uri(path) else str(Path(path).expanduser().resolve())
 
 
 def chosen_types(
