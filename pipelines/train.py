@@ -257,6 +257,23 @@ def shards_fit_in_memory(
     return True
 
 
+def training_data_config() -> Any:
+    """How Ray Train hands the splits to the workers: each worker streams its own part of
+    "train"; every worker reads all of "valid" and scores the rows it owns (an exact partition,
+    unlike an equal split that drops rows).
+
+    preserve_order: Ray Data's splitter gives each block to the worker with the fewest rows so
+    far, in the order blocks arrive; without it the arrival order is a race between read tasks
+    (and locality), so which rows a worker trains on, and so the trained model, changed from run
+    to run. In order, the same config and data train the same model.
+    """
+    import ray.train
+
+    options = ray.train.DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return ray.train.DataConfig(datasets_to_split=["train"], execution_options=options)
+
+
 def resolve_shard_in_memory(config: PipelineConfig, ingest: IngestResult, *, bootstrap: bool) -> bool:
     """scaling.shard_in_memory, with "auto" decided by :func:`shards_fit_in_memory` on the
     running cluster's live nodes."""
@@ -326,9 +343,7 @@ def _fit(
             callbacks=[history_forwarder(queue)],
         ),
         datasets=datasets,
-        # Each worker streams its own part of "train"; every worker reads all of "valid" and
-        # scores the rows it owns (an exact partition, unlike an equal split that drops rows).
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        dataset_config=training_data_config(),
     )
     deliver = EpochDelivery(on_epoch)
     try:
@@ -432,5 +447,6 @@ __all__ = [
     "run_training",
     "shards_fit_in_memory",
     "start_bootstrap_training",
+    "training_data_config",
     "training_fingerprint",
 ]
