@@ -1,6 +1,6 @@
 """The imputation job: one Ray Data actor pool over ingest shards, images and tables alike.
 
-    read_parquet(shards) -> repartition(batch_size rows per block, strict)
+    read_parquet(shards) -> repartition(rows_per_block: whole batches per block, strict)
         -> map_batches(ImputeActor, ActorPoolStrategy(size=num_actors), num_cpus, num_gpus)
 
 Every actor loads the checkpoint once; per batch it computes the Rao-Blackwellised SNIS estimate
@@ -17,10 +17,11 @@ Randomness, and what is guaranteed. Each batch is imputed with two torch generat
 (impute.seed, row_id of the batch's first row, stream), stream 0 for SNIS and 1 for SIR, so the
 single imputation does not change with M. The batch layout is pinned: the input files are read
 in sorted order with Ray Data's ``preserve_order``, and a strict streaming repartition cuts the
-rows into blocks of exactly ``impute.batch_size`` rows (the last one shorter), each of which is
-exactly one batch. So the numbers depend on (input rows and their order, checkpoint, impute.*,
-CPU vs GPU, torch version) and NOT on the number of actors, which actor gets which batch, or Ray's
-scheduling; the tests check bit-equality across actor counts. They do change with
+rows into blocks of a whole number of batches (:func:`rows_per_block`; the last block shorter),
+so every batch starts at a multiple of ``impute.batch_size`` in the input. So the numbers depend
+on (input rows and their order, checkpoint, impute.*, CPU vs GPU, torch version) and NOT on the
+number of actors, the block size, which actor gets which batch, or Ray's scheduling; the tests
+check bit-equality across actor counts and block sizes. They do change with
 ``impute.batch_size`` (the batch is the unit of the random streams).
 A table's shards (pipelines/tabular.py) give standardised float ``pixels``, and their
 ``source_row`` seeds the batches instead of ``row_id`` (images keep ``row_id``: their numbers
@@ -110,10 +111,9 @@ def imputation_dataset(
     gpus = stage.gpus_per_actor if stage.gpus_per_actor > 0 and not table else None
     with _job_context():  # a Dataset keeps a copy of the context it was built under
         dataset = ray.data.read_parquet([str(p) for p in files]).select_columns(list(columns))
-        # Blocks of exactly batch_size rows (the last one shorter): each block is one batch,
-        # so the batch layout, hence every random stream, is independent of the actor count.
-        # With at least num_actors blocks every actor gets work.
-        dataset = dataset.repartition(target_num_rows_per_block=impute.batch_size, strict=True)
+        total_rows, total_bytes = _parquet_size(files)
+        block_rows = rows_per_block(impute.batch_size, total_rows, total_bytes, stage.num_actors)
+        dataset = dataset.repartition(target_num_rows_per_block=block_rows, strict=True)
         dataset = dataset.map_batches(
             ImputeActor,
             fn_constructor_kwargs={
@@ -141,6 +141,38 @@ def imputation_dataset(
                 table_writer, batch_size=rows_per_write, batch_format="pyarrow", num_cpus=stage.cpus_per_actor
             )
         return dataset
+
+
+# The imputation job's blocks (rows_per_block). The driver keeps state for every block Ray Data
+# runs, and each block costs scheduling: with one 4,096-row batch per block, a 50-million-row
+# table (12,207 blocks) grew the driver by hundreds of MiB (benchmarks/README.md, "Tables at
+# scale"). So a block holds as many batches as fit BLOCK_TARGET_BYTES of input, but no fewer than
+# BLOCKS_PER_ACTOR blocks per actor, so a small job still spreads over its pool.
+BLOCK_TARGET_BYTES = 32 * 2**20
+BLOCKS_PER_ACTOR = 4
+
+
+def rows_per_block(batch_size: int, total_rows: int, total_bytes: int, num_actors: int) -> int:
+    """Rows in each block of the imputation job: a whole number of batches (so every batch
+    starts at a multiple of `batch_size`, and its random stream does not depend on the block
+    size), about BLOCK_TARGET_BYTES of the input's `total_bytes` over `total_rows`, at least one
+    batch, and small enough that the `num_actors` actors get BLOCKS_PER_ACTOR blocks each."""
+    batch_bytes = batch_size * total_bytes / max(total_rows, 1)
+    by_size = int(BLOCK_TARGET_BYTES // max(batch_bytes, 1.0))
+    by_actors = -(-total_rows // batch_size) // (BLOCKS_PER_ACTOR * max(num_actors, 1))
+    return batch_size * max(1, min(by_size, by_actors))
+
+
+def _parquet_size(files: Sequence[Path]) -> tuple[int, int]:
+    """(rows, uncompressed bytes) of the Parquet `files`, from their footers."""
+    import pyarrow.parquet as pq
+
+    rows = size = 0
+    for path in files:
+        metadata = pq.ParquetFile(path).metadata
+        rows += metadata.num_rows
+        size += sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups))
+    return rows, size
 
 
 T = TypeVar("T")
@@ -505,6 +537,8 @@ def _job_context() -> Iterator[None]:
 
 __all__ = [
     "ACTOR_MAX_RESTARTS",
+    "BLOCKS_PER_ACTOR",
+    "BLOCK_TARGET_BYTES",
     "NODE_LOSS_RETRIES",
     "SINGLE",
     "TABLE_INPUT_COLUMNS",
@@ -516,5 +550,6 @@ __all__ = [
     "imputation_dataset",
     "lost_a_node",
     "row_progress",
+    "rows_per_block",
     "run_surviving_node_loss",
 ]

@@ -364,6 +364,23 @@ def test_numbers_do_not_depend_on_the_actor_count(first_run, inputs: Inputs, tmp
         )
 
 
+def test_numbers_do_not_depend_on_how_many_batches_a_block_holds(
+    first_run, inputs: Inputs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first run's blocks hold one batch each (4 batches, 2 actors); here one block holds
+    all four, and the batches inside it keep their first rows, so their random streams."""
+    _, result = first_run
+    monkeypatch.setattr(impute_job, "BLOCKS_PER_ACTOR", 1)
+    config = make_config(tmp_path / "one_block", missforest=MissForestConfig(enabled=False))
+    config = dataclasses.replace(config, impute_stage=ImputeStageConfig(num_actors=1, cpus_per_actor=0.5))
+    assert impute_job.rows_per_block(BATCH, NUM_IMPUTE, 10**6, 1) == NUM_IMPUTE
+    whole = run_imputation(config, inputs.shards, inputs.checkpoint)
+    for name in dataset_names(M, missforest=False):
+        np.testing.assert_array_equal(
+            read_dataset(whole.datasets[name])[2], read_dataset(result.datasets[name])[2], err_msg=name
+        )
+
+
 def test_progress_counts_the_rows_imputed_up_to_the_split_without_changing_the_numbers(
     first_run, inputs: Inputs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -395,6 +412,18 @@ def test_progress_counts_the_rows_imputed_up_to_the_split_without_changing_the_n
 
 
 # --------------------------------------------------------------------------- units (no Ray job)
+
+
+def test_a_block_is_whole_batches_of_about_the_target_size_and_every_actor_gets_several() -> None:
+    target, per_actor = impute_job.BLOCK_TARGET_BYTES, impute_job.BLOCKS_PER_ACTOR
+    # 1 KiB rows, batches of 1,000 rows: the target holds 33 batches.
+    assert impute_job.rows_per_block(1000, 10**8, 1024 * 10**8, 2) == 1000 * (target // (1000 * 1024))
+    # A small job: 40 batches over 5 actors get BLOCKS_PER_ACTOR blocks each, whatever the size.
+    assert impute_job.rows_per_block(1000, 40_000, 40_000, 5) == 1000 * (40 // (5 * per_actor))
+    # Never less than one batch: rows wider than the target, or fewer batches than actors.
+    assert impute_job.rows_per_block(1000, 10**6, 10**6 * 2 * target, 2) == 1000
+    assert impute_job.rows_per_block(1000, 3_000, 3_000, 8) == 1000
+    assert impute_job.rows_per_block(1000, 0, 0, 2) == 1000
 
 
 def test_actor_never_reads_the_truth_in_the_holes(inputs: Inputs) -> None:
