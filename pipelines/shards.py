@@ -299,8 +299,11 @@ def batch_matrix(values: np.ndarray, dtype: Any) -> np.ndarray:
 
 
 def read_split(ingest: IngestResult, split: str, columns: Sequence[str] | None = None) -> ray.data.Dataset:
-    """The split's shards as a Ray Dataset (row order not guaranteed: sort by row_id if needed).
+    """The split's shards as a Ray Dataset, in the shards' order (each shard's rows as written).
 
+    In order because Ray Data otherwise emits blocks as their reads finish: a split
+    materialised for training, then cut into the workers' shards, would give a worker other
+    rows from run to run, and so train another model (pipelines.train.training_data_config).
     Pass `columns` to read only some (``iter_torch_batches`` cannot convert the string
     column ``split``: select numeric columns, e.g. ``["pixels", "mask"]``, before it).
     """
@@ -308,6 +311,7 @@ def read_split(ingest: IngestResult, split: str, columns: Sequence[str] | None =
 
     _check_split(ingest, split)
     dataset = ray.data.read_parquet([str(p) for p in ingest.shards[split]])
+    dataset.context.execution_options.preserve_order = True  # this dataset's own context
     # select_columns is pushed down into the Parquet read (`columns=` is deprecated in 2.60).
     return dataset.select_columns(list(columns)) if columns is not None else dataset
 

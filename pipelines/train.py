@@ -263,9 +263,10 @@ def training_data_config() -> Any:
     unlike an equal split that drops rows).
 
     preserve_order: Ray Data's splitter gives each block to the worker with the fewest rows so
-    far, in the order blocks arrive; without it the arrival order is a race between read tasks
-    (and locality), so which rows a worker trains on, and so the trained model, changed from run
-    to run. In order, the same config and data train the same model.
+    far, in the order blocks arrive, and by default prefers blocks stored on the worker's node;
+    in order, it takes the blocks in the dataset's order (`pipelines.shards.read_split` reads
+    them so), so which rows a worker trains on, and so the trained model, is the same in every
+    run of the same config and data.
     """
     import ray.train
 

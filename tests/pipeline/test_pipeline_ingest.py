@@ -82,6 +82,19 @@ def test_ray_data_reads_pixels_and_mask_as_784_wide_arrays(ray_cluster, ingested
     assert tuple(tensors["pixels"].shape) == (16, 784) and tuple(tensors["mask"].shape) == (16, 784)
 
 
+def test_a_split_reads_in_the_shards_order_every_time(ray_cluster, ingested):
+    """What training materialises, then cuts into the workers' shards: without Ray Data's
+    preserve_order the blocks came in the order their reads finished (about one read in three
+    put the second shard first on this machine), so a worker trained on other rows."""
+    _, result = ingested
+    assert len(result.shards["train"]) > 1
+    for _ in range(4):
+        dataset = read_split(result, "train", ["row_id"])
+        assert dataset.context.execution_options.preserve_order
+        row_id = np.concatenate([b["row_id"] for b in dataset.materialize().iter_batches(batch_size=None)])
+        np.testing.assert_array_equal(row_id, np.arange(ROWS["train"]))
+
+
 def test_row_counts_match_the_config(ray_cluster, ingested):
     _, result = ingested
     assert result.num_rows == ROWS
