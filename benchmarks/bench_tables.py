@@ -39,7 +39,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Self
 
@@ -144,33 +144,47 @@ class Sampler:
             self._stop.wait(self.interval)
 
 
-class RaySampler(Sampler):
-    """The private resident memory (RSS - shared) of every Ray worker process on the machine
-    (their titles start with ``ray::``; the embedded Ray's raylet starts them detached from the
-    driver, so they are found by title, and the benchmark assumes no other Ray runs)."""
+def _ray_workers() -> Iterator[tuple[int, str, float]]:
+    """(pid, title, private resident MiB = RSS - shared) of every Ray worker process on the
+    machine: their titles start with ``ray::`` (Linux; no psutil in the project's environment)."""
+    page_mib = os.sysconf("SC_PAGE_SIZE") / _MIB
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            title = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            resident, shared = (int(v) for v in (entry / "statm").read_text().split()[1:3])
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+        if title.startswith("ray::"):  # not the driver, nor Ray's own servers
+            yield int(entry.name), title, (resident - shared) * page_mib
 
-    def __init__(self, interval: float = 0.5) -> None:
+
+class RaySampler(Sampler):
+    """The private resident memory of every Ray worker process (the embedded Ray's raylet
+    starts them detached from the driver, so they are found by title, and the benchmark assumes
+    no other Ray runs): the peak per process, per title, and per stage of the job (`stage`)."""
+
+    def __init__(
+        self,
+        interval: float = 0.5,
+        stage: Callable[[], str] = lambda: "job",
+        workers: Callable[[], Iterable[tuple[int, str, float]]] = _ray_workers,
+    ) -> None:
         super().__init__(interval)
+        self.stage = stage  # the job's stage now (DriverSampler's)
+        self.workers = workers
         self.peaks: dict[int, tuple[float, str]] = {}  # pid -> (peak MiB, its title at the peak)
         self.by_title: dict[str, float] = {}  # title -> the largest memory a process had under it
+        self.by_stage: dict[str, float] = {}  # stage -> the largest memory of any worker in it
 
     def sample(self) -> None:
-        page_mib = os.sysconf("SC_PAGE_SIZE") / _MIB
-        for entry in Path("/proc").iterdir():  # Linux; no psutil in the project's environment
-            if not entry.name.isdigit():
-                continue
-            try:
-                title = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-                resident, shared = (int(v) for v in (entry / "statm").read_text().split()[1:3])
-            except (OSError, ValueError):
-                continue  # gone meanwhile
-            if not title.startswith("ray::"):
-                continue  # not a Ray worker: the driver, Ray's own servers
-            private = (resident - shared) * page_mib
-            pid = int(entry.name)
+        stage = self.stage()
+        for pid, title, private in self.workers():
             if private > self.peaks.get(pid, (0.0, ""))[0]:
                 self.peaks[pid] = (private, title)
             self.by_title[title] = max(self.by_title.get(title, 0.0), private)
+            self.by_stage[stage] = max(self.by_stage.get(stage, 0.0), private)
 
 
 def _resident_mib() -> float:
@@ -225,7 +239,7 @@ def run_driver(data: Path, run_dir: Path, num_rows: int) -> dict[str, Any]:
 
     config = load_pipeline_config("table", job_settings(data, run_dir))
     console = Console(TABLE_STAGES)
-    with RaySampler() as sampler, DriverSampler(console) as driver:
+    with DriverSampler(console) as driver, RaySampler(stage=lambda: driver.stage) as sampler:
         seconds = run_table(config, console)
     stop_ray()
     manifest = json.loads((run_dir / "data" / "_MANIFEST.json").read_text())
@@ -238,6 +252,7 @@ def run_driver(data: Path, run_dir: Path, num_rows: int) -> dict[str, Any]:
         "worker_peak_mib": peaks[0][0] if peaks else None,
         "worker_peak_title": peaks[0][1] if peaks else None,
         "workers_sampled": len(peaks),
+        "worker_peak_by_stage_mib": sampler.by_stage,
         "worker_peak_by_title_mib": dict(sorted(sampler.by_title.items(), key=lambda item: -item[1])),
         "cpus": os.cpu_count(),
     }
@@ -261,6 +276,13 @@ def projection(per_cpu: dict[str, float]) -> list[list[str]]:
         hours = None if not rate else PROJECTED_ROWS / (rate * cpus) / 3600
         rows.append([stage, fmt(rate, 0), fmt(hours, 2)])
     return rows
+
+
+# The peaks kept per stage of the job: (result key, the title of its table).
+BY_STAGE = (
+    ("driver_peak_by_stage_mib", "Driver RSS peak"),
+    ("worker_peak_by_stage_mib", "Largest Ray worker's private memory"),
+)
 
 
 def render(results: dict[int, dict[str, Any]], command: str) -> str:
@@ -294,17 +316,18 @@ def render(results: dict[int, dict[str, Any]], command: str) -> str:
             f"| {size:,} | {result['driver_peak_mib']:,.0f} | {fmt(result['worker_peak_mib'], 0)} "
             f"({result['worker_peak_title']}) |"
         )
-    by_stage = [results[size]["driver_peak_by_stage_mib"] for size in sizes]
-    phases = list(dict.fromkeys(itertools.chain(*by_stage)))
-    lines += [
-        "",
-        "Driver RSS peak by stage (MiB; `after x`: between stage x and the next):",
-        "",
-        "| rows | " + " | ".join(phases) + " |",
-        "|---:|" + "---:|" * len(phases),
-    ]
-    for size, peaks in zip(sizes, by_stage, strict=True):
-        lines.append(f"| {size:,} | " + " | ".join(fmt(peaks.get(phase), 0) for phase in phases) + " |")
+    for key, title in BY_STAGE:
+        by_stage = [results[size].get(key, {}) for size in sizes]
+        phases = list(dict.fromkeys(itertools.chain(*by_stage)))
+        lines += [
+            "",
+            f"{title} by stage (MiB; `after x`: between stage x and the next):",
+            "",
+            "| rows | " + " | ".join(phases) + " |",
+            "|---:|" + "---:|" * len(phases),
+        ]
+        for size, peaks in zip(sizes, by_stage, strict=True):
+            lines.append(f"| {size:,} | " + " | ".join(fmt(peaks.get(phase), 0) for phase in phases) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -373,16 +396,17 @@ def main(argv: list[str] | None = None) -> Path:
         ["process", f"{sizes[0]:,} rows", f"{sizes[-1]:,} rows", "ratio", f"within {FLAT - 1:.0%}"],
         memory,
     )
-    by_stage = [small["driver_peak_by_stage_mib"], large["driver_peak_by_stage_mib"]]
-    print_table(
-        "driver RSS peak by stage (MiB)",
-        ["stage", f"{sizes[0]:,} rows", f"{sizes[-1]:,} rows", "ratio"],
-        [
-            [phase, fmt(by_stage[0].get(phase), 0), fmt(by_stage[1].get(phase), 0),
-             fmt(ratio(by_stage[1].get(phase), by_stage[0].get(phase)), 2)]
-            for phase in dict.fromkeys(itertools.chain(*by_stage))
-        ],
-    )  # fmt: skip
+    for key, title in BY_STAGE:
+        by_stage = [small.get(key, {}), large.get(key, {})]
+        print_table(
+            f"{title} by stage (MiB)",
+            ["stage", f"{sizes[0]:,} rows", f"{sizes[-1]:,} rows", "ratio"],
+            [
+                [phase, fmt(by_stage[0].get(phase), 0), fmt(by_stage[1].get(phase), 0),
+                 fmt(ratio(by_stage[1].get(phase), by_stage[0].get(phase)), 2)]
+                for phase in dict.fromkeys(itertools.chain(*by_stage))
+            ],
+        )  # fmt: skip
     per_cpu = {
         stage: count / large["seconds"][stage] / large["cpus"] for stage, count in stage_rows(large).items()
     }

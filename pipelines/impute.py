@@ -2,7 +2,7 @@
 
 For each split in ``impute_stage.splits`` (default: train) one Ray Data job
 
-    read_parquet(shards) -> repartition(batch_size rows per block, strict)
+    read_parquet(shards) -> repartition(whole batches per block, strict)
         -> map_batches(ImputeActor, ActorPoolStrategy(size=num_actors), num_cpus, num_gpus)
 
 runs the trained model over the rows (the job and its actor: pipelines/impute_job.py, shared

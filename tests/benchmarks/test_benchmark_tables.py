@@ -38,6 +38,7 @@ def test_the_report_gives_each_stage_its_rate_per_cpu() -> None:
         "num_rows": {"train": 800, "valid": 100, "test": 100},
         "driver_peak_mib": 500.0,
         "driver_peak_by_stage_mib": {"start": 400.0, "ingest": 500.0},
+        "worker_peak_by_stage_mib": {"ingest": 250.0, "impute": 300.0},
         "worker_peak_mib": 300.0,
         "worker_peak_title": "ray::ImputeActor",
         "cpus": 2,
@@ -48,6 +49,7 @@ def test_the_report_gives_each_stage_its_rate_per_cpu() -> None:
         "| 1,000 | train | 4.0 | 200 | 100 |" in text and "| 1,000 | 500 | 300 (ray::ImputeActor) |" in text
     )
     assert "| rows | start | ingest |" in text and "| 1,000 | 400 | 500 |" in text
+    assert "| rows | ingest | impute |" in text and "| 1,000 | 250 | 300 |" in text
 
 
 def test_the_driver_sampler_keeps_a_peak_per_stage_of_the_jobs_console() -> None:
@@ -60,3 +62,15 @@ def test_the_driver_sampler_keeps_a_peak_per_stage_of_the_jobs_console() -> None
         memory["now"] = 120.0
     assert sampler.peaks == {"start": 100.0, "ingest": 300.0, "after ingest": 120.0}
     assert "done in" in lines.getvalue()  # the console's own lines still printed
+
+
+def test_the_worker_sampler_keeps_the_largest_worker_per_stage_it_is_told() -> None:
+    stage = {"now": "ingest"}
+    workers = {"now": [(1, "ray::ReadFiles", 300.0), (2, "ray::IDLE", 200.0)]}
+    sampler = bench_tables.RaySampler(stage=lambda: stage["now"], workers=lambda: workers["now"])
+    sampler.sample()
+    stage["now"], workers["now"] = "impute", [(2, "ray::ImputeActor", 250.0)]
+    sampler.sample()
+    assert sampler.by_stage == {"ingest": 300.0, "impute": 250.0}
+    assert sampler.peaks == {1: (300.0, "ray::ReadFiles"), 2: (250.0, "ray::ImputeActor")}
+    assert sampler.by_title == {"ray::ReadFiles": 300.0, "ray::IDLE": 200.0, "ray::ImputeActor": 250.0}
