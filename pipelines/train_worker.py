@@ -15,8 +15,9 @@ broadcasts rank 0's); importance samples use a generator seeded from (train.seed
 so a resumed epoch draws the same numbers as an uninterrupted one would. Each worker reads its
 shard into memory once and shuffles it with a generator seeded the same way
 (`scaling.shard_in_memory`), or streams it through a local shuffle buffer with that seed
-(shard_in_memory: false). Which rows land in which shard, and in what order, is fixed by
-`pipelines.train.training_data_config` (Ray Data in order), so one config trains one model.
+(shard_in_memory: false). Which rows land in which shard, and in what order, is fixed: the
+split is read in order (`pipelines.shards.read_split`) and split in order
+(`pipelines.train.training_data_config`), so one config trains one model.
 """
 
 from __future__ import annotations
