@@ -88,6 +88,7 @@ from pipelines.shards import (
     imputed_columns,
     imputed_dir,
     imputed_table,
+    parquet_size,
     read_shards,
     tensor_matrix,
 )
@@ -193,7 +194,7 @@ def run_imputation(
     metrics: dict[str, float] = {}
     seconds: dict[str, float] = {}
     reused: dict[str, bool] = {}
-    split_rows = {split: _num_rows(shards[split]) for split in config.impute_stage.splits}
+    split_rows = {split: parquet_size(shards[split])[0] for split in config.impute_stage.splits}
     total_rows, rows_before = sum(split_rows.values()), 0  # rows_before: splits already done
     with out.locked():  # a second run on the same run_dir waits, then reuses
         for split in config.impute_stage.splits:
@@ -227,13 +228,6 @@ def run_imputation(
             seconds.update({k: float(v) for k, v in manifest["seconds"].items()})
     primary = "train" if "train" in result_splits else config.impute_stage.splits[0]
     return ImputeResult(dict(result_splits[primary]), metrics, seconds, result_splits, reused)
-
-
-def _num_rows(files: Sequence[Path]) -> int:
-    """Rows in the Parquet `files`, from their footers (no data read)."""
-    import pyarrow.parquet as pq
-
-    return sum(pq.ParquetFile(path).metadata.num_rows for path in files)
 
 
 def _offset_progress(
@@ -285,7 +279,7 @@ def _impute_split(
                 missforest_ref = task.remote(x_nan, to_dict(config.missforest), config.impute.seed)
 
             clock = time.perf_counter()
-            with row_progress(on_progress, _num_rows(files)) as counter:
+            with row_progress(on_progress, parquet_size(files)[0]) as counter:
                 imputed = run_surviving_node_loss(
                     lambda: imputation_dataset(
                         config,

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from pipelines.config import PipelineConfig
-from pipelines.shards import batch_matrix, tensor_array, tensor_matrix
+from pipelines.shards import batch_matrix, parquet_size, tensor_array, tensor_matrix
 
 if TYPE_CHECKING:
     import ray.data
@@ -111,7 +111,7 @@ def imputation_dataset(
     gpus = stage.gpus_per_actor if stage.gpus_per_actor > 0 and not table else None
     with _job_context():  # a Dataset keeps a copy of the context it was built under
         dataset = ray.data.read_parquet([str(p) for p in files]).select_columns(list(columns))
-        total_rows, total_bytes = _parquet_size(files)
+        total_rows, total_bytes = parquet_size(files)
         block_rows = rows_per_block(impute.batch_size, total_rows, total_bytes, stage.num_actors)
         dataset = dataset.repartition(target_num_rows_per_block=block_rows, strict=True)
         dataset = dataset.map_batches(
@@ -161,18 +161,6 @@ def rows_per_block(batch_size: int, total_rows: int, total_bytes: int, num_actor
     by_size = int(BLOCK_TARGET_BYTES // max(batch_bytes, 1.0))
     by_actors = -(-total_rows // batch_size) // (BLOCKS_PER_ACTOR * max(num_actors, 1))
     return batch_size * max(1, min(by_size, by_actors))
-
-
-def _parquet_size(files: Sequence[Path]) -> tuple[int, int]:
-    """(rows, uncompressed bytes) of the Parquet `files`, from their footers."""
-    import pyarrow.parquet as pq
-
-    rows = size = 0
-    for path in files:
-        metadata = pq.ParquetFile(path).metadata
-        rows += metadata.num_rows
-        size += sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups))
-    return rows, size
 
 
 T = TypeVar("T")

@@ -219,6 +219,18 @@ def check_columns(files: Sequence[str | os.PathLike[str]], columns: Sequence[str
             raise DataError(f"{path} lacks column(s) {missing}: {hint}")
 
 
+def parquet_size(files: Sequence[str | Path]) -> tuple[int, int]:
+    """(rows, uncompressed bytes) of the Parquet `files`, from their footers (no data read)."""
+    import pyarrow.parquet as pq
+
+    rows = size = 0
+    for path in files:
+        metadata = pq.ParquetFile(path).metadata
+        rows += metadata.num_rows
+        size += sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups))
+    return rows, size
+
+
 def read_shards(
     files: Sequence[str | os.PathLike[str]], columns: Sequence[str], order_by: str | None = "row_id"
 ) -> pa.Table:
@@ -488,6 +500,7 @@ __all__ = [
     "iter_split_batches",
     "load_split_numpy",
     "merge_in_order",
+    "parquet_size",
     "read_imputed_rows",
     "read_shards",
     "read_split",
