@@ -148,10 +148,13 @@ def test_preflight_agrees_with_the_librarys_data_layout(tmp_path, data_root, mon
     )
 
 
-def test_cluster_nodes_start_ray_with_the_venv_and_the_data_dir() -> None:
-    """cluster.yaml: every `ray start` runs from the activated venv with MISSIWAE_DATA_DIR set,
-    and the setup commands put MNIST there, so a submitted job passes preflight."""
+def test_cluster_nodes_start_ray_with_the_venv_the_data_dir_and_the_workers_allocator() -> None:
+    """cluster.yaml: every `ray start` runs from the activated venv with MISSIWAE_DATA_DIR and
+    the workers' allocator settings exported, and the setup commands put MNIST there, so a
+    submitted job passes preflight and its workers allocate as the embedded Ray's do."""
     import yaml
+
+    from pipelines.runtime import WORKER_ALLOCATOR_ENV
 
     cluster = yaml.safe_load((REPO / "cluster.yaml").read_text())
     starts = [c for key in ("head_start_ray_commands", "worker_start_ray_commands") for c in cluster[key]]
@@ -160,4 +163,6 @@ def test_cluster_nodes_start_ray_with_the_venv_and_the_data_dir() -> None:
     for command in ray_starts:
         assert command.startswith("source ~/venv/bin/activate && "), command
         assert "export MISSIWAE_DATA_DIR=$HOME/missiwae-data" in command, command
+        exported = " ".join(f"{name}={value}" for name, value in WORKER_ALLOCATOR_ENV.items())
+        assert f"export {exported} && " in command, command
     assert any("'~/missiwae-data', download=True" in c for c in cluster["setup_commands"])
