@@ -122,7 +122,8 @@ def _plain_epoch(config: Any, x: Any, mask: Any) -> float:
 
     from missiwae.allocator import retain_freed_memory
     from missiwae.model import MissIWAE, make_generator
-    from missiwae.training import make_optimizer, train_epoch
+    from missiwae.train_step import make_optimizer
+    from missiwae.training import train_epoch
 
     retain_freed_memory()  # as the Ray Train worker does
     torch.manual_seed(config.train.seed)

@@ -362,7 +362,7 @@ def train_classifier(
         with torch.random.fork_rng(devices=fork_devices):
             torch.manual_seed(config.seed)
             model = DropoutConvNet(config.channels, config.hidden, config.dropout).to(device)
-            # Fused: one kernel for all parameters (see missiwae.training.make_optimizer).
+            # Fused: one kernel for all parameters (see missiwae.train_step.make_optimizer).
             optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, fused=True)
 
             history: list[dict[str, float]] = []

@@ -143,6 +143,9 @@ class TrainConfig:
     # Stop once the validation bound has not improved for this many epochs (then `epochs` is
     # the cap); None trains for `epochs` epochs whatever the validation bound does.
     early_stopping_patience: int | None = None
+    # Replay each full-size training step from a CUDA graph (missiwae.train_step): at small
+    # batches a GPU step is launch-bound. The one-process loop only (`train`), on CUDA.
+    cuda_graph: bool = False
 
     def __post_init__(self) -> None:
         require(self.K >= 1, f"train.K must be >= 1, got {self.K}")
@@ -154,6 +157,10 @@ class TrainConfig:
             f"train.early_stopping_patience must be >= 1 or null, got {self.early_stopping_patience}",
         )
         require(_is_device(self.device), f"train.device must be a torch device, got {self.device!r}")
+        require(
+            not self.cuda_graph or self.device.startswith("cuda"),
+            f"train.cuda_graph needs train.device cuda, got {self.device!r}",
+        )
 
 
 @dataclasses.dataclass(frozen=True)

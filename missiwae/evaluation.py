@@ -32,6 +32,10 @@ from missiwae.bounds import StreamingLogWeights
 from missiwae.model import MissIWAE, standard_normal_log_prob
 from missiwae.validation import check_positive
 
+# R, the random masks of the defensive mixture (R + 1 components with the naive proposal):
+# the number both reports give every model.
+DEFENSIVE_MASKS = 4
+
 
 @torch.no_grad()
 def estimate_log_likelihood(

@@ -21,6 +21,7 @@ from missiwae.atomic import atomic_file, write_text_atomic
 from missiwae.config import ConfigError, ModelConfig, TrainConfig, from_dict, to_dict
 from missiwae.evaluation import mean_bound
 from missiwae.model import MissIWAE, make_generator
+from missiwae.train_step import TrainStep, make_optimizer
 
 WEIGHTS_FILE = "model.pt"
 CONFIG_FILE = "config.json"
@@ -43,19 +44,13 @@ class EpochStats:
     rows: int | None = None
 
 
-def make_optimizer(model: torch.nn.Module, learning_rate: float) -> torch.optim.Adam:
-    """Adam over every parameter of `model`, as every training path of this project builds it.
-
-    The fused implementation updates all parameters in one kernel instead of a dozen small
-    ones per parameter tensor: a third of the time of the default on CPU, where the optimiser
-    step was 15% of a K = 1 MLP step (benchmarks/README.md). Same update rule.
-    """
-    return torch.optim.Adam(model.parameters(), lr=learning_rate, fused=True)
-
-
-def minibatches(num_rows: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-    """Row indices of one shuffled epoch, `batch_size` at a time (the last batch may be smaller)."""
-    order = torch.randperm(num_rows, generator=generator)
+def minibatches(
+    num_rows: int, batch_size: int, generator: torch.Generator, device: torch.device | str = "cpu"
+) -> Iterator[torch.Tensor]:
+    """Row indices of one shuffled epoch, `batch_size` at a time (the last batch may be smaller),
+    on `device`. The permutation is drawn on the CPU (the same for every device) and moved in
+    one copy: a copy per minibatch would make the CPU wait for the GPU at every step."""
+    order = torch.randperm(num_rows, generator=generator).to(device)
     yield from order.split(batch_size)
 
 
@@ -70,28 +65,31 @@ def train_epoch(
     sample_generator: torch.Generator | None = None,
     progress: Callable[[Iterator[torch.Tensor]], Iterator[torch.Tensor]] | None = None,
     deadline: float | None = None,
+    step: TrainStep | None = None,
 ) -> float:
     """One pass over (x, mask) (N, D); returns the mean bound of its minibatches.
 
     With `deadline` (a wall-clock time, `time.time()`) the pass stops at the first minibatch
-    boundary at or after it, after one minibatch at least.
+    boundary at or after it, after one minibatch at least. `step`: the step to run (a
+    CUDA-graph one, say), made for this model, optimiser, data, K and generator; by default
+    an eager one.
     """
     model.train()
-    total, count = 0.0, 0
-    batches = minibatches(x.shape[0], batch_size, shuffle_generator)
+    if step is None:
+        step = TrainStep(model, optimizer, x, mask, K, sample_generator)
+    # Summed on the device, read once per epoch: a read per step would make the CPU wait for
+    # the GPU at every step. The per-minibatch sums are float32, as before; adding them in
+    # float64 is what adding Python floats did.
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
+    count = 0
+    batches = minibatches(x.shape[0], batch_size, shuffle_generator, x.device)
     for index in progress(batches) if progress else batches:
-        index = index.to(x.device)
-        bound = model.bound(x[index], mask[index], K, sample_generator, validate=False)
-        loss = -bound.mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total += float(bound.detach().sum())
+        total += step(index)
         count += index.numel()
         # Read the clock only when asked: without a deadline the loop is the one it always was.
         if deadline is not None and time.time() >= deadline:
             break
-    return total / max(count, 1)
+    return float(total) / max(count, 1)
 
 
 def epochs_since_best(valid_bounds: Sequence[float]) -> int:
@@ -210,7 +208,7 @@ def train(
     x, mask = x.to(device), mask.to(device)
     if valid is not None:
         valid = (valid[0].to(device), valid[1].to(device))
-    optimizer = make_optimizer(model, config.learning_rate)
+    optimizer = make_optimizer(model, config.learning_rate, capturable=config.cuda_graph)
     shuffle_generator = make_generator(config.seed)
     sample_generator = make_generator(config.seed + 1, device)
     valid_generator = make_generator(config.seed + 2, device)
@@ -223,6 +221,18 @@ def train(
         valid_generator.set_state(state["valid_rng"])
         history = [EpochStats(**entry) for entry in state["history"]]
         best = state.get("best_model")
+        for group in optimizer.param_groups:  # the saved groups carry the saving run's setting
+            group["capturable"] = config.cuda_graph
+    step = TrainStep(
+        model,
+        optimizer,
+        x,
+        mask,
+        config.K,
+        sample_generator,
+        cuda_graph=config.cuda_graph,
+        batch_size=config.batch_size,
+    )
     first_epoch = len(history) + 1
     for epoch in range(first_epoch, config.epochs + 1):
         if deadline is not None and epoch > first_epoch and time.time() >= deadline:
@@ -244,6 +254,7 @@ def train(
             sample_generator,
             _counting(bar, rows),
             deadline,
+            step,
         )
         valid_bound = None
         if valid is not None:

@@ -46,12 +46,15 @@ from paper.gpu_specs import (
     ACCURACY_ROWS,
     ACCURACY_SAMPLES,
     BATCH_SIZE,
+    CURVE_ROWS,
+    CURVE_SAMPLES,
     EVAL_BATCH,
     EVAL_SAMPLES,
     LEARNING_RATE,
     MISSFOREST,
     PAPER_MODEL,
     RESULT_FILE,
+    VALID_ROWS,
     ModelSpec,
     figure1_specs,
     folder_name,
@@ -62,7 +65,6 @@ if TYPE_CHECKING:
     from missiwae.training import EpochStats
 
 REPO = Path(__file__).resolve().parents[1]
-MAX_EPOCHS = 10_000  # only an upper bound for TrainConfig: the training deadline ends every run
 
 
 def run_model(spec: ModelSpec) -> dict[str, Any]:
@@ -72,7 +74,12 @@ def run_model(spec: ModelSpec) -> dict[str, Any]:
     from missiwae.allocator import retain_freed_memory
     from missiwae.config import ModelConfig, TrainConfig
     from missiwae.data import load_incomplete_mnist
-    from missiwae.evaluation import estimate_log_likelihood, imputation_accuracy
+    from missiwae.evaluation import (
+        DEFENSIVE_MASKS,
+        estimate_log_likelihood,
+        estimate_log_likelihood_defensive,
+        imputation_accuracy,
+    )
     from missiwae.imputation import impute_single
     from missiwae.model import MissIWAE, make_generator
     from missiwae.training import train
@@ -89,57 +96,96 @@ def run_model(spec: ModelSpec) -> dict[str, Any]:
     model = MissIWAE.from_config(config).to(device)
     data = load_incomplete_mnist("train", spec.missing_rate, seed=spec.seed, num_rows=spec.train_rows)
     x, mask = _model_view(data.x, data.mask, model.uses_oracle)
+    # Early stopping watches the bound on validation images masked as the training ones are.
+    valid = load_incomplete_mnist("valid", spec.missing_rate, seed=spec.seed, num_rows=spec.valid_rows)
     train_config = TrainConfig(
         K=spec.K,
         batch_size=BATCH_SIZE,
-        epochs=MAX_EPOCHS,
+        epochs=spec.max_epochs,
         learning_rate=LEARNING_RATE,
         seed=spec.seed,
         device=spec.device,
+        early_stopping_patience=spec.patience,
+        cuda_graph=spec.cuda_graph,
     )
+    test = load_incomplete_mnist("test", 0.0, seed=spec.seed, num_rows=spec.eval_rows)
+    tx, tmask = test.x.to(device), test.mask.to(device)
+
+    def log_likelihood(rows: slice, num_samples: int, generator: torch.Generator) -> dict[str, Any]:
+        """log p(x) of the complete test images `rows` by both estimators (same images)."""
+        naive = estimate_log_likelihood(
+            model, tx[rows], tmask[rows], num_samples, batch_size=EVAL_BATCH, generator=generator
+        )
+        mixture = estimate_log_likelihood_defensive(
+            model,
+            tx[rows],
+            tmask[rows],
+            num_samples,
+            num_masks=DEFENSIVE_MASKS,
+            missing_rate=0.5,  # every model the same mixture: the paper's training missing rate
+            batch_size=EVAL_BATCH,
+            generator=generator,
+        )
+        return {"naive": naive.cpu().tolist(), "mixture": mixture.cpu().tolist()}
+
+    test_curve: list[float] = []
+
+    def after_epoch(_: EpochStats) -> None:
+        # The test log-likelihood per epoch of the models whose gap the paper states, on a
+        # fixed subset (the same draws every epoch), so the trend shows where the budget ends.
+        if spec.test_curve:
+            with torch.inference_mode():
+                rows = log_likelihood(
+                    slice(0, spec.curve_rows), spec.curve_samples, make_generator(spec.seed + 4, device)
+                )
+            test_curve.append(float(np.mean(rows["mixture"])))
+
     started = time.time()
-    # The library's loop, ended by the deadline at a minibatch boundary (at least one
-    # minibatch even past it: an untrained model would say nothing). The checkpoint after the
-    # last, cut epoch holds the weights evaluated below.
+    # The library's loop: early stopping on the validation bound, else the cap, else the
+    # deadline at a minibatch boundary (at least one minibatch even past it: an untrained
+    # model would say nothing). The model ends with its best validation epoch's weights.
     stats = train(
         model,
         x,
         mask,
         train_config,
+        valid=_model_view(valid.x, valid.mask, model.uses_oracle),
         checkpoint_dir=out / "checkpoint",
         resume=False,
         progress=False,
+        on_epoch_end=after_epoch,
         deadline=spec.train_until,
     )
     train_seconds = time.time() - started
     history = training_curve(stats, x.shape[0])
+    for point, value in zip(history, test_curve, strict=False):
+        point["test_log_likelihood"] = value
     rows_seen = sum(_rows(entry, x.shape[0]) for entry in stats)
     result: dict[str, Any] = {
         "spec": dataclasses.asdict(spec),
         "epochs": rows_seen / x.shape[0],
         "steps": sum(math.ceil(_rows(entry, x.shape[0]) / BATCH_SIZE) for entry in stats),
         "train_seconds": train_seconds,
+        "stopped_by": stopped_by(stats, spec.patience, spec.max_epochs),
         "history": history,
     }
     write_json_atomic(out / RESULT_FILE, result)
 
-    # Figure 1 (left): log p(x) of complete test images, rows in the fixed permuted order.
-    test = load_incomplete_mnist("test", 0.0, seed=spec.seed, num_rows=spec.eval_rows)
-    tx, tmask = test.x.to(device), test.mask.to(device)
+    # Figure 1 (left): log p(x) of complete test images, rows in the fixed permuted order, by
+    # the naive proposal and the defensive mixture on the same rows.
     generator = make_generator(spec.seed + 2, device)
-    per_row: list[float] = []
+    per_row: dict[str, list[float]] = {"naive": [], "mixture": []}
     started = time.time()
     with torch.inference_mode():
         for begin in range(0, tx.shape[0], EVAL_BATCH):
-            if time.time() >= spec.eval_until and per_row:
+            if time.time() >= spec.eval_until and per_row["naive"]:
                 break
-            rows = slice(begin, begin + EVAL_BATCH)
-            ll = estimate_log_likelihood(
-                model, tx[rows], tmask[rows], spec.eval_samples, batch_size=EVAL_BATCH, generator=generator
-            )
-            per_row += ll.cpu().tolist()
+            batch = log_likelihood(slice(begin, begin + EVAL_BATCH), spec.eval_samples, generator)
+            for estimator, values in batch.items():
+                per_row[estimator] += values
     result["eval_seconds"] = time.time() - started
-    result["test_log_likelihood_per_row"] = per_row
+    result["test_log_likelihood_per_row"] = per_row["naive"]
+    result["test_log_likelihood_mixture_per_row"] = per_row["mixture"]
     write_json_atomic(out / RESULT_FILE, result)
 
     if spec.accuracy or spec.figure3:
@@ -190,14 +236,26 @@ def _rows(entry: EpochStats, num_rows: int) -> int:
 
 def training_curve(stats: list[EpochStats], num_rows: int) -> list[dict[str, float]]:
     """result.json's curve from train()'s history (EpochStats): one point per epoch, the last
-    one possibly cut by the deadline, with epochs as a fraction (rows seen / N) and seconds
-    summed over the epochs."""
+    one possibly cut by the deadline, with epochs as a fraction (rows seen / N), seconds
+    summed over the epochs, and the validation bound."""
     curve, seen, seconds = [], 0, 0.0
     for entry in stats:
         seen += _rows(entry, num_rows)
         seconds += entry.seconds
-        curve.append({"epochs": seen / num_rows, "train_bound": entry.train_bound, "seconds": seconds})
+        point = {"epochs": seen / num_rows, "train_bound": entry.train_bound, "seconds": seconds}
+        if entry.valid_bound is not None:
+            point["valid_bound"] = entry.valid_bound
+        curve.append(point)
     return curve
+
+
+def stopped_by(stats: list[EpochStats], patience: int | None, max_epochs: int) -> str:
+    """What ended training: "plateau" (early stopping), "epoch cap" or "deadline"."""
+    from missiwae.training import plateaued
+
+    if plateaued(stats, patience):
+        return "plateau"
+    return "epoch cap" if len(stats) >= max_epochs else "deadline"
 
 
 def _model_view(x: Any, mask: Any, uses_oracle: bool) -> tuple[Any, Any]:
@@ -241,6 +299,9 @@ def run(
     accuracy_samples: tuple[int, ...] = ACCURACY_SAMPLES,
     figure3_samples: int = 10_000,
     grace_s: float = 20.0,
+    cuda_graph: bool = False,
+    valid_rows: int = VALID_ROWS,
+    curve: tuple[int, int] = (CURVE_ROWS, CURVE_SAMPLES),
 ) -> int:
     """All six models at once (one process each) plus missForest; returns 0 when all finished.
 
@@ -253,13 +314,24 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
     specs = figure1_specs(
-        out, start, budget_s, device, train_rows, eval_samples, accuracy_samples, figure3_samples
+        out,
+        start,
+        budget_s,
+        device,
+        train_rows,
+        eval_samples,
+        accuracy_samples,
+        figure3_samples,
+        cuda_graph=cuda_graph,
+        valid_rows=valid_rows,
+        curve=curve,
     )
     machine: dict[str, Any] = {
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
         "torch": torch.__version__,
         "cpus": os.cpu_count(),
         "budget_s": budget_s,
+        "cuda_graph": cuda_graph,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     write_json_atomic(out / "machine.json", machine)
@@ -355,6 +427,14 @@ def main(argv: list[str] | None = None) -> int:
     run_parser.add_argument(
         "--accuracy-samples", default=",".join(map(str, ACCURACY_SAMPLES)), help="comma-separated L values"
     )
+    run_parser.add_argument(
+        "--cuda-graph",
+        action="store_true",
+        help="replay each training step from a CUDA graph (train.cuda_graph)",
+    )
+    run_parser.add_argument(
+        "--valid-rows", type=int, default=VALID_ROWS, help="validation images (early stopping)"
+    )
     model_parser = sub.add_parser("model", help="(internal) one model, from a JSON ModelSpec")
     model_parser.add_argument("spec")
     forest_parser = sub.add_parser("missforest", help="(internal) the missForest baseline")
@@ -381,6 +461,8 @@ def main(argv: list[str] | None = None) -> int:
             args.missforest_jobs,
             args.eval_samples,
             accuracy_samples,
+            cuda_graph=args.cuda_graph,
+            valid_rows=args.valid_rows,
         )
     if args.command == "model":
         run_model(ModelSpec(**json.loads(args.spec)))

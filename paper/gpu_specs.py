@@ -19,6 +19,13 @@ ACCURACY_SAMPLES = (1, 10, 100, 1000, 10000)
 ACCURACY_ROWS = 1000
 MISSFOREST = {"n_estimators": 30, "max_iter": 5, "max_samples": None}
 RESULT_FILE = "result.json"
+# Early stopping: the validation bound (each model's own K, on VALID_ROWS validation images with
+# the model's own missing rate) has not improved for PATIENCE epochs; MAX_EPOCHS is the cap.
+PATIENCE, VALID_ROWS, MAX_EPOCHS = 10, 5000, 500
+# Per-epoch test log-likelihood (defensive mixture) of the two models whose gap the paper
+# states: CURVE_ROWS test images, CURVE_SAMPLES importance samples each.
+CURVE_LABELS = ("K=50 zero", "complete VAE (K=1)")
+CURVE_ROWS, CURVE_SAMPLES = 500, 500
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +49,13 @@ class ModelSpec:
     eval_samples: int = EVAL_SAMPLES
     accuracy_samples: tuple[int, ...] = ACCURACY_SAMPLES
     figure3_samples: int = 10_000
+    cuda_graph: bool = False
+    patience: int = PATIENCE
+    valid_rows: int = VALID_ROWS
+    max_epochs: int = MAX_EPOCHS
+    test_curve: bool = False  # test log-likelihood per epoch (CURVE_LABELS)
+    curve_rows: int = CURVE_ROWS
+    curve_samples: int = CURVE_SAMPLES
 
 
 def figure1_specs(
@@ -53,6 +67,9 @@ def figure1_specs(
     eval_samples: int = EVAL_SAMPLES,
     accuracy_samples: tuple[int, ...] = ACCURACY_SAMPLES,
     figure3_samples: int = 10_000,
+    cuda_graph: bool = False,
+    valid_rows: int = VALID_ROWS,
+    curve: tuple[int, int] = (CURVE_ROWS, CURVE_SAMPLES),
 ) -> list[ModelSpec]:
     """The paper's six models; 60% of the budget trains, 20% evaluates, 15% imputes."""
     train_until, eval_until = start + 0.60 * budget_s, start + 0.80 * budget_s
@@ -82,6 +99,11 @@ def figure1_specs(
             eval_samples=eval_samples,
             accuracy_samples=accuracy_samples,
             figure3_samples=figure3_samples,
+            cuda_graph=cuda_graph,
+            valid_rows=valid_rows,
+            test_curve=label in CURVE_LABELS,
+            curve_rows=curve[0],
+            curve_samples=curve[1],
         )
         for label, K, iota, rate in grid
     ]
@@ -96,12 +118,18 @@ __all__ = [
     "ACCURACY_ROWS",
     "ACCURACY_SAMPLES",
     "BATCH_SIZE",
+    "CURVE_LABELS",
+    "CURVE_ROWS",
+    "CURVE_SAMPLES",
     "EVAL_BATCH",
     "EVAL_SAMPLES",
     "LEARNING_RATE",
+    "MAX_EPOCHS",
     "MISSFOREST",
     "PAPER_MODEL",
+    "PATIENCE",
     "RESULT_FILE",
+    "VALID_ROWS",
     "ModelSpec",
     "figure1_specs",
     "folder_name",

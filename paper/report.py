@@ -36,6 +36,7 @@ import numpy as np
 
 from missiwae.atomic import write_bytes_atomic
 from missiwae.config import ConfigError
+from missiwae.evaluation import DEFENSIVE_MASKS
 from missiwae.mnist_files import DataError
 from paper.render import (
     accuracy_figure,
@@ -116,7 +117,7 @@ def _accuracy_task(
 
 
 # R: the random masks of the defensive mixture proposal (R + 1 components with the naive one).
-MIXTURE_MASKS = 4
+MIXTURE_MASKS = DEFENSIVE_MASKS
 
 
 def _log_likelihood_task(

@@ -175,6 +175,13 @@ class PipelineConfig:
     tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
     report: ReportConfig = dataclasses.field(default_factory=ReportConfig)
 
+    def __post_init__(self) -> None:
+        require(
+            not self.train.cuda_graph,
+            "train.cuda_graph is for the one-process loop (python -m missiwae train, paper.gpu); "
+            "the Ray Train workers run their DDP steps eagerly",
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
 

@@ -40,11 +40,11 @@ from missiwae.config import ModelConfig, TrainConfig
 from missiwae.ensemble import poisson_bootstrap_counts
 from missiwae.evaluation import mean_bound
 from missiwae.model import MissIWAE, make_generator
+from missiwae.train_step import make_optimizer
 from missiwae.training import (
     EpochStats,
     best_weights,
     load_training_state,
-    make_optimizer,
     minibatches,
     non_finite_bound,
     plateaued,

@@ -27,7 +27,7 @@ _CHILD = textwrap.dedent(
     from missiwae.allocator import retain_freed_memory
     from missiwae.config import ModelConfig
     from missiwae.model import MissIWAE
-    from missiwae.training import make_optimizer
+    from missiwae.train_step import make_optimizer
     applied = retain_freed_memory() if sys.argv[1] == "retain" else False
     torch.manual_seed(0)
     model = MissIWAE.from_config(ModelConfig(architecture="mlp"))

@@ -14,7 +14,8 @@ import torch
 
 from missiwae import training
 from missiwae.model import MissIWAE, make_generator
-from missiwae.training import WEIGHTS_FILE, EpochStats, make_optimizer, train, train_epoch
+from missiwae.train_step import make_optimizer
+from missiwae.training import WEIGHTS_FILE, EpochStats, train, train_epoch
 from tests.library.test_training import _config, _data, _fresh_model, _states_equal
 
 ROWS, BATCH = 120, 32  # _data() and _config(): four minibatches an epoch (32, 32, 32, 24 rows)

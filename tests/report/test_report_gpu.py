@@ -29,6 +29,8 @@ def test_a_time_boxed_run_trains_evaluates_and_imputes_with_every_model_then_ren
         accuracy_samples=(1, 10),
         figure3_samples=10,
         grace_s=600,  # the deadlines shape the stages; no model process is killed on a slow machine
+        valid_rows=32,
+        curve=(8, 5),
     )
     machine = json.loads((folder / "machine.json").read_text())
     assert all(machine["exit"][spec.label] == 0 for spec in figure1_specs(folder, 0, 1, "cpu", None))
@@ -37,6 +39,13 @@ def test_a_time_boxed_run_trains_evaluates_and_imputes_with_every_model_then_ren
         assert result["epochs"] > 0 and result["steps"] > 0
         assert result["test_log_likelihood_per_row"], spec.label
         assert all(math.isfinite(v) and v < 0 for v in result["test_log_likelihood_per_row"])
+        # both estimators on the same rows; early stopping watched the validation bound
+        assert len(result["test_log_likelihood_mixture_per_row"]) == len(
+            result["test_log_likelihood_per_row"]
+        )
+        assert result["stopped_by"] in ("plateau", "epoch cap", "deadline")
+        assert all("valid_bound" in point for point in result["history"])
+        assert spec.test_curve == any("test_log_likelihood" in point for point in result["history"])
         if spec.accuracy:
             # the smallest L always, the rest as far as the deadline allowed, in order
             assert list(result["accuracy_vs_L"]) in (["1"], ["1", "10"])
@@ -49,7 +58,11 @@ def test_a_time_boxed_run_trains_evaluates_and_imputes_with_every_model_then_ren
     assert {"README.md", "results.json", "figure1_left.png", "figure1_right.png"} <= {
         p.name for p in report.iterdir()
     }
-    assert {"figure2_samples.png", "figure3_imputations.png"} <= {p.name for p in report.iterdir()}
+    assert {"figure2_samples.png", "figure3_imputations.png", "learning_curves.png", "test_curves.png"} <= {
+        p.name for p in report.iterdir()
+    }
+    assert "| model | naive | defensive mixture | mixture − naive |" in text
+    assert "## The gap the paper bounds by 2 nats, per epoch" in text
     summary = json.loads((report / "results.json").read_text())
     assert len(summary["verdicts"]) == 5
     for verdict in summary["verdicts"]:
