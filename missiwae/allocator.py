@@ -43,8 +43,8 @@ def retain_freed_memory(
     A no-op returning False off glibc (macOS, Windows, musl), when MISSIWAE_RETAIN_FREED_MEMORY
     is 0, or when `mallopt` refuses the values. Idempotent and cheap. The library never calls
     it by itself (it changes the whole process): entry points opt in on entry, namely the
-    command line, the Ray Train workers, the imputation actors, the classifier tasks and the
-    benchmark workers.
+    command line, the Ray Train workers that hold their shard in memory, the imputation
+    actors, the classifier tasks and the benchmark workers.
     """
     global _applied
     if os.environ.get(OPT_OUT_VARIABLE, "1").strip().lower() in {"0", "false", "no", "off"}:

@@ -105,8 +105,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     patience = train_config.early_stopping_patience
     torch.set_num_threads(int(loop_config["num_threads"]))
     # This worker process is an entry point: it opts in to the allocator setting, which the
-    # library never applies on its own (it changes the whole process).
-    retain_freed_memory()
+    # library never applies on its own (it changes the whole process), when its working set is
+    # fixed: a shard in memory, the same tensors every step. A worker streaming its shard (one
+    # too large for memory) keeps the workers' allocator (pipelines.runtime.WORKER_ALLOCATOR_ENV)
+    # instead: with freed memory retained, the Arrow batches of a long stream fragmented its heap,
+    # and its memory grew with the rows it read (benchmarks/README.md, "Tables at scale").
+    if loop_config["shard_in_memory"]:
+        retain_freed_memory()
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()

@@ -87,11 +87,57 @@ def test_epoch_seeds_differ_across_ranks_and_epochs():
     assert epoch_seed(0, 1, 2) == epoch_seed(0, 1, 2)
 
 
-def test_each_ray_train_worker_opts_in_to_the_allocator_setting():
-    """The library never changes the allocator by itself; a worker process, an entry point, does."""
+def test_a_ray_train_worker_keeps_freed_memory_only_when_its_shard_is_in_memory():
+    """The library never changes the allocator by itself; a worker process, an entry point,
+    does when its working set is fixed (a shard in memory). A streaming worker keeps the
+    workers' allocator, whose heap does not grow with the rows streamed."""
     tree = ast.parse(inspect.getsource(train_loop_per_worker))
-    calls = {ast.unparse(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
-    assert "retain_freed_memory" in calls
+    guarded = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If)
+        and any(
+            isinstance(call, ast.Call) and ast.unparse(call.func) == "retain_freed_memory"
+            for call in ast.walk(node)
+        )
+    ]
+    assert [ast.unparse(node.test) for node in guarded] == ["loop_config['shard_in_memory']"]
+    calls = [
+        n for n in ast.walk(tree) if isinstance(n, ast.Call) and ast.unparse(n.func) == "retain_freed_memory"
+    ]
+    assert len(calls) == 1  # and nowhere outside that test
+
+
+def test_the_training_splits_are_materialised_in_blocks_of_the_stated_size(
+    ray_cluster, data_root, ingest_root, tmp_path, monkeypatch
+):
+    """A streaming worker's local shuffle buffer copies whole blocks: their size bounds its
+    memory, so the splits are cut to TRAINING_BLOCK_BYTES whatever the size of the table."""
+    from pipelines import train as train_stage
+
+    config, ingest = ingest_for(tmp_path / "run", data_root, ingest_root)
+
+    def blocks(datasets: dict[str, Any]) -> dict[str, list[tuple[int, int]]]:
+        """split -> (rows, bytes) of each block"""
+        return {
+            name: [
+                (m.num_rows, m.size_bytes)
+                for bundle in ds.iter_internal_ref_bundles()
+                for m in bundle.metadata
+            ]
+            for name, ds in datasets.items()
+        }
+
+    default = blocks(train_stage._datasets(config, ingest, bootstrap=False))
+    target = 32 * 2**10
+    monkeypatch.setattr(train_stage, "TRAINING_BLOCK_BYTES", target)
+    small = blocks(train_stage._datasets(config, ingest, bootstrap=False))
+    for name in ("train", "valid"):
+        assert sum(rows for rows, _ in small[name]) == sum(rows for rows, _ in default[name])
+        assert len(small[name]) > len(default[name])  # the same rows, cut finer
+        # Ray Data cuts a read's output once a block passes the target: a block is at most
+        # about the target plus what the last read batch added.
+        assert max(size for _, size in small[name]) <= 2 * target, (name, small[name])
 
 
 _UNINTERRUPTED: dict[str, Any] = {}  # the DDP test's run, compared with the killed-worker run
