@@ -9,9 +9,13 @@ models be trained at the paper's settings: the convolutional DLVM on all 50 000 
 images, batch 64, Adam 1e-3. `run` uses the library alone (torch + numpy + scikit-learn):
 
 - the six Figure 1 (left) models (K ∈ {1, 50} × ι ∈ {zero, oracle}, and the complete-data VAE
-  and IWAE) train side by side, one process each on the one GPU, until the training deadline;
+  and IWAE) train side by side, one process each on the one GPU, each until its validation
+  bound has not improved for PATIENCE epochs, or the epoch cap, or the training deadline
+  (`--cuda-graph`: every step replayed from a CUDA graph); the complete-data VAE and missIWAE
+  (K=50, zero ι) also score a fixed test subset after every epoch;
 - each then estimates the test log-likelihood of complete test images with 5000 importance
-  samples, 100 rows at a time in a fixed order, until the evaluation deadline;
+  samples by the naive proposal and the defensive mixture (`missiwae.evaluation`), 100 rows at
+  a time in a fixed order, until the evaluation deadline;
 - the missVAE (K=1 zero) and missIWAE (K=50 zero) models measure imputation accuracy on the
   missing pixels of 1000 training images for L = 1 … 10 000 (Figure 1 right), and missIWAE
   imputes 8 digits with L = 10 000 (Figure 3);
