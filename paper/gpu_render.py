@@ -47,15 +47,15 @@ def common_rows(models: dict[str, Any], key: str = "test_log_likelihood_per_row"
 
 
 def mean_and_se(models: dict[str, Any], key: str, n: int) -> dict[str, dict[str, float]]:
-    """label -> mean and standard error over the first n per-row values under `key`."""
-    out = {}
-    for label, r in models.items():
-        values = np.asarray(r.get(key, [])[:n] if r else [], dtype=float)
-        out[label] = {
-            "mean": float(values.mean()) if len(values) else math.nan,
-            "se": float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else math.nan,
-        }
-    return out
+    """label -> mean and standard error (`paper.report.mean_and_se`) over the first n per-row
+    values under `key`; NaN for a model that has none."""
+    from paper.report import mean_and_se as of_rows
+
+    nothing = {"mean": math.nan, "se": math.nan}
+    return {
+        label: of_rows(np.asarray(r[key][:n], dtype=float)) if r and r.get(key) and n else nothing
+        for label, r in models.items()
+    }
 
 
 def figure1_left(models: dict[str, Any], eval_samples: int) -> dict[str, Any]:
