@@ -89,7 +89,7 @@ def render(folder: Path, report: Path, command: str) -> str:
     learning curves when the run recorded them."""
     import matplotlib.pyplot as plt
 
-    from paper.render import accuracy_figure, learning_curves_figure
+    from paper.render import accuracy_figure, epoch_test_ll_figure, learning_curves_figure
     from paper.verdicts import figure1_left_numbers, figure1_left_verdicts, figure1_right_verdicts
     from pipelines import figures
     from tune.ranking import TrialRow, write_ranking
@@ -139,7 +139,8 @@ def render(folder: Path, report: Path, command: str) -> str:
         plt.close(figure)
     gap = test_curves(models)
     if gap:
-        figure = test_curve_figure(gap)
+        iwae_label, vae_label = CURVE_LABELS
+        figure = epoch_test_ll_figure(gap, vae_label, iwae_label)
         figure.savefig(report / "test_curves.png", dpi=120, bbox_inches="tight")
         plt.close(figure)
     if samples:
@@ -222,34 +223,6 @@ def test_curves(models: dict[str, Any]) -> dict[str, list[float]]:
     }
 
 
-def test_curve_figure(curves: dict[str, list[float]]) -> Any:
-    """Test log-likelihood per epoch of the complete-data VAE and missIWAE, and their gap (the
-    paper: missIWAE less than 2 nats below the VAE)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for label, values in curves.items():
-        left.plot(np.arange(1, len(values) + 1), values, label=label)
-    left.set_xlabel("epoch")
-    left.set_ylabel("test log p(x) (nats per image)")
-    left.set_title("Test log-likelihood per epoch")
-    left.legend(fontsize="small")
-    vae, iwae = curves.get("complete VAE (K=1)"), curves.get("K=50 zero")
-    if vae and iwae:
-        n = min(len(vae), len(iwae))
-        right.plot(np.arange(1, n + 1), np.subtract(vae[:n], iwae[:n]), color="black")
-        right.axhline(2.0, linestyle="--", color="gray", label="the paper's 2 nats")
-        right.set_xlabel("epoch")
-        right.set_ylabel("VAE − missIWAE (nats)")
-        right.set_title("The gap the paper bounds by 2 nats")
-        right.legend(fontsize="small")
-    figure.tight_layout()
-    return figure
-
-
 def training_lines(machine: dict[str, Any], models: dict[str, Any]) -> list[str]:
     """How training ended, for the README's "reduced" list."""
     budget = 0.6 * machine["budget_s"]
@@ -268,33 +241,6 @@ def training_lines(machine: dict[str, Any], models: dict[str, Any]) -> list[str]
         f"  or at the training deadline, {budget:.0f} s after the start (all six at once on the one GPU,",
         f"  every step {capture}); the weights kept are those of the best validation epoch.",
     ]
-
-
-def test_curve_lines(gap: dict[str, list[float]]) -> list[str]:
-    """The test-curve section: per epoch, the two models' test log-likelihood and their gap."""
-    from paper.gpu_specs import CURVE_ROWS, CURVE_SAMPLES
-
-    vae, iwae = gap.get("complete VAE (K=1)", []), gap.get("K=50 zero", [])
-    n = min(len(vae), len(iwae))
-    lines = [
-        "## The gap the paper bounds by 2 nats, per epoch",
-        "",
-        "![Test curves](test_curves.png)",
-        "",
-        f"Test log-likelihood (defensive mixture, first {CURVE_ROWS} test images, {CURVE_SAMPLES}",
-        "importance samples, the same draws every epoch) after each epoch.",
-        "",
-    ]
-    if n:
-        marks = sorted({1, *range(max(1, n // 8), n + 1, max(1, n // 8)), n})
-        lines += [
-            "| epoch | complete VAE | missIWAE (K=50, zero ι) | VAE − missIWAE |",
-            "|---:|---:|---:|---:|",
-        ]
-        lines += [
-            f"| {e} | {vae[e - 1]:.2f} | {iwae[e - 1]:.2f} | {vae[e - 1] - iwae[e - 1]:+.2f} |" for e in marks
-        ]
-    return [*lines, ""]
 
 
 def readme(
@@ -381,7 +327,11 @@ def readme(
 
         lines += learning_curves_section(valid_curves)
     if gap:
-        lines += test_curve_lines(gap)
+        from paper.gpu_specs import CURVE_ROWS, CURVE_SAMPLES
+        from paper.render import epoch_test_ll_lines
+
+        iwae, vae = CURVE_LABELS
+        lines += epoch_test_ll_lines(gap, vae, iwae, CURVE_ROWS, CURVE_SAMPLES)
     lines += [
         "## Figure 1 (right): imputation accuracy vs L",
         "",

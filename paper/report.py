@@ -40,12 +40,13 @@ from missiwae.evaluation import DEFENSIVE_MASKS
 from missiwae.mnist_files import DataError
 from paper.render import (
     accuracy_figure,
+    epoch_test_ll_figure,
     git_commit,
     learning_curves_figure,
     machine_description,
     render_report,
 )
-from paper.verdicts import verdicts_of
+from paper.verdicts import COMPLETE_VAE, verdicts_of
 from pipelines.config import PipelineConfig, add_override_argument, load_pipeline_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -225,6 +226,28 @@ def learning_curves(checkpoints: dict[str, Path]) -> dict[str, list[float]]:
     }
 
 
+def epoch_test_lls(checkpoints: dict[str, Path]) -> dict[str, list[float]]:
+    """sweep label -> the test curve (evaluate.curve_rows) of each epoch the trial trained, for
+    the trials whose history recorded one."""
+    from pipelines.train_worker import TEST_CURVE_KEY, read_pipeline_state
+
+    curves = {label: read_pipeline_state(path)[0] for label, path in checkpoints.items()}
+    return {
+        label: [float(entry[TEST_CURVE_KEY]) for entry in history]
+        for label, history in curves.items()
+        if history and all(TEST_CURVE_KEY in entry for entry in history)
+    }
+
+
+def save_figure(figure: Any, path: Path, logger: Any) -> None:
+    """Write a report figure to `path`, log it to MLflow under its file name, and free it."""
+    from pipelines import figures
+
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+    logger.log_figure(figure, path.name)
+    figures.close(figure)
+
+
 def complete_data_trials(config: PipelineConfig) -> set[str]:
     """The sweep's labels of the models trained on complete data (data.missing_rate 0)."""
     from tune.space import load_space
@@ -296,10 +319,19 @@ def run_report(config: PipelineConfig, preset: str, out_dir: Path, command: str)
         miss_vae, miss_iwae = checkpoints[config.report.miss_vae], checkpoints[config.report.miss_iwae]
         curves = learning_curves(checkpoints)
         figure = learning_curves_figure(curves, complete_data_trials(config))
-        figure.savefig(out_dir / "learning_curves.png", dpi=120, bbox_inches="tight")
-        tracker.log_figure(figure, "learning_curves.png")
-        figures.close(figure)
+        save_figure(figure, out_dir / "learning_curves.png", tracker)
         results["learning_curves"] = curves
+        gap = epoch_test_lls(checkpoints)
+        if gap:
+            figure = epoch_test_ll_figure(gap, COMPLETE_VAE, config.report.miss_iwae)
+            save_figure(figure, out_dir / "test_curves.png", tracker)
+            results["test_curves"] = {
+                "curves": gap,
+                "vae": COMPLETE_VAE,
+                "miss_iwae": config.report.miss_iwae,
+                "rows": config.evaluate.curve_rows,
+                "num_samples": config.evaluate.curve_samples,
+            }
         ingest = run_ingest(dataclasses.replace(config, run_dir=str(data_run_dir(sweep.sweep_dir, config))))
 
         with tracker.stage("figure1_left_estimators") as stage:
@@ -358,9 +390,7 @@ def run_report(config: PipelineConfig, preset: str, out_dir: Path, command: str)
             seconds["figure1_right"] = time.perf_counter() - clock
             samples = list(config.report.accuracy_samples)
             figure = accuracy_figure(samples, curves, missforest)
-            figure.savefig(out_dir / "figure1_right.png", dpi=120, bbox_inches="tight")
-            stage.log_figure(figure, "figure1_right.png")
-            figures.close(figure)
+            save_figure(figure, out_dir / "figure1_right.png", stage)
             results["figure1_right"] = {
                 "L": samples,
                 "curves": curves,
@@ -376,9 +406,7 @@ def run_report(config: PipelineConfig, preset: str, out_dir: Path, command: str)
                 (figures.samples_figure(load_model(miss_iwae)), "figure2_samples.png"),
                 (figures.imputations_figure(x, mask, single), "figure3_imputations.png"),
             ):
-                figure.savefig(out_dir / name, dpi=120, bbox_inches="tight")
-                stage.log_figure(figure, name)
-                figures.close(figure)
+                save_figure(figure, out_dir / name, stage)
             seconds["figures"] = time.perf_counter() - clock
 
         # Table 1 and the imputation under the job's stable metric names (pipelines.tracking.headline).

@@ -63,6 +63,7 @@ from pipelines.storage import TEMP_PREFIX, swap_into_place
 from pipelines.train_worker import (
     DIVERGED,
     HISTORY_KEYS,
+    TEST_CURVE_KEY,
     epoch_stats,
     read_pipeline_state,
     train_loop_per_worker,
@@ -99,7 +100,31 @@ def training_fingerprint(config: PipelineConfig, ingest: IngestResult, member: i
     }
     if member is not None:
         payload["bootstrap_member"] = member
+    if config.evaluate.curve_rows and member is None:  # the history then holds the test curve
+        payload["test_curve"] = epoch_test_ll_settings(config)
     return fingerprint(payload)
+
+
+def epoch_test_ll_settings(config: PipelineConfig) -> dict[str, Any]:
+    """What decides the test curve's values (evaluate.curve_*): rows, samples, mask rate, seed."""
+    evaluate = config.evaluate
+    return {
+        "rows": evaluate.curve_rows,
+        "num_samples": evaluate.curve_samples,
+        "mask_rate": evaluate.curve_mask_rate,
+        "seed": evaluate.seed,
+    }
+
+
+def epoch_test_ll_images(config: PipelineConfig, ingest: IngestResult) -> np.ndarray | None:
+    """The test curve's images for the workers: the first evaluate.curve_rows test rows' true
+    pixels (R, D) float32 in row_id order, or None without a curve. Every model of a sweep gets
+    the same images: their order does not depend on the missing rate."""
+    rows = config.evaluate.curve_rows
+    if not rows:
+        return None
+    batch = next(iter_split_batches(ingest, "test", ["pixels"], rows))
+    return tensor_matrix(batch.column("pixels"), np.float32, what="split 'test'", name="pixels")
 
 
 def bootstrap_model_dir(config: PipelineConfig, member: int) -> Path:
@@ -340,6 +365,10 @@ def _fit(
             "num_threads": max(1, int(scaling.cpus_per_worker)),
             "shard_in_memory": resolve_shard_in_memory(config, ingest, bootstrap=member is not None),
             "bootstrap": bootstrap,
+            # Bootstrap members only feed imputations: no test curve for them.
+            "test_curve": None
+            if member is not None or not config.evaluate.curve_rows
+            else {**epoch_test_ll_settings(config), "images": epoch_test_ll_images(config, ingest)},
             "_fault_injection": _fault_injection,
             "_valid_bounds": _valid_bounds,
         },
@@ -375,7 +404,10 @@ def _fit(
     model_dir = run_path / "model" if member is None else bootstrap_model_dir(config, member)
     _copy_checkpoint(result.checkpoint, model_dir)
     history, _ = read_pipeline_state(model_dir)
-    history = [{key: entry[key] for key in HISTORY_KEYS} for entry in history]
+    history = [
+        {key: entry[key] for key in (*HISTORY_KEYS, TEST_CURVE_KEY) if key in HISTORY_KEYS or key in entry}
+        for entry in history
+    ]
     deliver(history)  # epochs whose live delivery was missed
     return model_dir, history, name
 

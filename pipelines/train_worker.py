@@ -38,7 +38,7 @@ from missiwae.allocator import retain_freed_memory
 from missiwae.atomic import write_json_atomic
 from missiwae.config import ModelConfig, TrainConfig
 from missiwae.ensemble import poisson_bootstrap_counts
-from missiwae.evaluation import mean_bound
+from missiwae.evaluation import DEFENSIVE_MASKS, estimate_log_likelihood_defensive, mean_bound
 from missiwae.model import MissIWAE, make_generator
 from missiwae.train_step import make_optimizer
 from missiwae.training import (
@@ -54,6 +54,8 @@ from missiwae.training import (
 DIVERGED = "diverged"  # in the last report when a bound became NaN or infinite
 PIPELINE_STATE_FILE = "pipeline_state.json"  # per-epoch history (+ restore count) in a checkpoint
 HISTORY_KEYS = ("epoch", "train_bound", "valid_bound", "seconds", "images_per_second", "restores")
+# With evaluate.curve_rows: the epoch's mean log p(x) of the curve's complete test images.
+TEST_CURVE_KEY = "test_curve"
 VALID_BATCH_SIZE = 500
 _SHUFFLE_BUFFER_BATCHES = 8  # Ray Data local shuffle buffer, in training batches
 _SHARD_READ_BATCH = 4096  # rows per batch when a worker reads its shard into memory
@@ -84,7 +86,9 @@ def epoch_seed(seed: int, rank: int, epoch: int) -> int:
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """One DDP worker. loop_config: model (ModelConfig), train (TrainConfig), num_threads,
     shard_in_memory (read the training shard once, see ScalingConfig), bootstrap (None, or
-    {"seed", "member"}: train on Poisson bootstrap resample `member`, below), and two TEST ONLY hooks:
+    {"seed", "member"}: train on Poisson bootstrap resample `member`, below), test_curve (None, or
+    pipelines.train.epoch_test_ll_settings plus "images": after each epoch, `epoch_test_ll`
+    goes into the history as TEST_CURVE_KEY), and two TEST ONLY hooks:
     `_fault_injection`, a marker-file path; when set, the last rank kills its process
     (os._exit(1)) once, after its first step of epoch 2, and creates the marker so the restarted
     group does not die again. `_valid_bounds`, a list of floats; when set, epoch e's validation
@@ -135,6 +139,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     assert train_shard is not None and valid_shard is not None
     batch_size = train_config.batch_size
     bootstrap: dict[str, int] | None = loop_config.get("bootstrap")
+    test_curve: dict[str, Any] | None = loop_config.get("test_curve")
     shard = _read_shard(train_shard, bootstrap) if loop_config["shard_in_memory"] else None
     for epoch in range(len(history) + 1, train_config.epochs + 1):
         # Checked before the epoch, as `train` does: a restored run that had already stopped
@@ -199,6 +204,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             # checkpoint is reported, so the newest one stays the last finite epoch's.
             ray.train.report({**entry, DIVERGED: 1.0}, checkpoint=None)
             return
+        if test_curve is not None:
+            # Rank 0 scores the images, every rank receives the value (all hold the same history).
+            value = epoch_test_ll(model, test_curve) if rank == 0 else 0.0
+            entry[TEST_CURVE_KEY] = _all_reduce_sum([value, 0.0], device)[0]
         history.append(entry)
         best = best_weights(model, epoch_stats(history), patience, best)
         if rank == 0:
@@ -271,6 +280,28 @@ def _valid_bound_sum(
     return total, count
 
 
+@torch.no_grad()
+def epoch_test_ll(model: MissIWAE, curve: dict[str, Any]) -> float:
+    """Mean log p(x) of the curve's complete test images `curve["images"]` (R, D) by the
+    defensive mixture (`missiwae.evaluation.DEFENSIVE_MASKS` masks at curve["mask_rate"],
+    curve["num_samples"] samples), drawn from curve["seed"] every epoch: what changes from one
+    epoch to the next is the model, not the draws."""
+    device = model.device
+    x = torch.as_tensor(curve["images"], dtype=torch.float32, device=device)
+    model.eval()
+    values = estimate_log_likelihood_defensive(
+        model,
+        x,
+        torch.ones_like(x, dtype=torch.bool),
+        curve["num_samples"],
+        num_masks=DEFENSIVE_MASKS,
+        missing_rate=curve["mask_rate"],
+        generator=make_generator(curve["seed"], device),
+    )
+    model.train()
+    return float(values.double().mean())
+
+
 def _all_reduce_sum(values: list[float], device: torch.device) -> tuple[float, int]:
     """Sum (value, count) over the workers (identity without a process group)."""
     import torch.distributed as dist
@@ -310,9 +341,11 @@ def read_pipeline_state(directory: str | Path) -> tuple[list[dict[str, Any]], in
 __all__ = [
     "HISTORY_KEYS",
     "PIPELINE_STATE_FILE",
+    "TEST_CURVE_KEY",
     "BoundModule",
     "epoch_seed",
     "epoch_stats",
+    "epoch_test_ll",
     "read_pipeline_state",
     "train_loop_per_worker",
     "write_pipeline_state",

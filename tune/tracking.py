@@ -35,7 +35,8 @@ from pipelines.tracking import RunLogger
 from tune.space import trial_config
 from tune.trial import overrides_of
 
-EPOCH_METRICS = ("train_bound", "valid_bound", "seconds", "images_per_second", "restores")
+# test_curve: only when evaluate.curve_rows is set (pipelines.train_worker.TEST_CURVE_KEY).
+EPOCH_METRICS = ("train_bound", "valid_bound", "seconds", "images_per_second", "restores", "test_curve")
 FINAL_METRICS = ("test_log_likelihood", "test_log_px_o", "train_seconds")
 TRIAL_ID_TAG = "trial_id"
 

@@ -6,7 +6,17 @@ import json
 import math
 from pathlib import Path
 
-from paper.render import estimator_table, learning_curves_figure, learning_curves_section, render_report
+import pytest
+
+from paper.render import (
+    epoch_test_ll_figure,
+    epoch_test_ll_lines,
+    epoch_test_ll_section,
+    estimator_table,
+    learning_curves_figure,
+    learning_curves_section,
+    render_report,
+)
 from paper.report import rerender, run_report
 from paper.verdicts import (
     figure1_left_numbers,
@@ -210,6 +220,14 @@ def test_tiny_report_runs_every_experiment_and_writes_a_readme_with_verdicts(
     )
     assert "| model | naive | defensive mixture | mixture − naive |" in readme
     assert "![Learning curves](learning_curves.png)" in readme
+    # The test curve (evaluate.curve_rows): every trial's complete-image log p(x) after each epoch.
+    test_curves = results["test_curves"]
+    assert set(test_curves["curves"]) == {"K=1 zero", "K=2 zero"} and "test_curves.png" in names
+    assert all(
+        len(v) == config.train.epochs and all(math.isfinite(x) and x < 0 for x in v)
+        for v in test_curves["curves"].values()
+    )
+    assert "![Test curves](test_curves.png)" in readme
     # The tiny space has no K=50 or oracle trial: those claims are reported, not hidden.
     verdicts = {v["claim"]: v["verdict"] for v in results["verdicts"]}
     assert len(verdicts) == 8 and "not measurable at this budget" in verdicts.values()
@@ -222,3 +240,44 @@ def test_tiny_report_runs_every_experiment_and_writes_a_readme_with_verdicts(
     rerendered = rerender(out)
     assert rerendered["verdicts"] == results["verdicts"]
     assert "recomputed from those numbers" in (out / "README.md").read_text()
+
+
+def test_the_test_curve_is_the_reports_mixture_estimate_with_the_same_draws_every_epoch():
+    import torch
+
+    from missiwae.config import ModelConfig
+    from missiwae.evaluation import DEFENSIVE_MASKS, estimate_log_likelihood_defensive
+    from missiwae.model import MissIWAE, make_generator
+    from pipelines.train_worker import epoch_test_ll
+
+    torch.manual_seed(0)
+    model = MissIWAE.from_config(ModelConfig(num_features=12, hidden=(8,), latent_dim=2))
+    images = (torch.rand(6, 12) < 0.5).float().numpy()
+    curve = {"images": images, "num_samples": 40, "mask_rate": 0.5, "seed": 3}
+    first = epoch_test_ll(model, curve)
+    assert epoch_test_ll(model, curve) == first and model.training  # same draws; mode kept
+    x = torch.from_numpy(images)
+    expected = estimate_log_likelihood_defensive(
+        model,
+        x,
+        torch.ones_like(x, dtype=torch.bool),
+        40,
+        num_masks=DEFENSIVE_MASKS,
+        missing_rate=0.5,
+        generator=make_generator(3),
+    )
+    assert first == pytest.approx(float(expected.double().mean()), abs=1e-9)
+    with torch.no_grad():  # another epoch's weights: the value moves with the model
+        next(model.parameters()).add_(0.5)
+    assert epoch_test_ll(model, curve) != first
+
+
+def test_the_test_curve_section_tabulates_the_gap_the_paper_bounds_by_two_nats():
+    curves = {"complete VAE (K=1)": [-100.0, -95.0, -94.0], "K=50 zero": [-104.0, -97.5, -95.5]}
+    lines = epoch_test_ll_lines(curves, "complete VAE (K=1)", "K=50 zero", rows=500, num_samples=200)
+    assert "| 1 | -100.00 | -104.00 | +4.00 |" in lines and "| 3 | -94.00 | -95.50 | +1.50 |" in lines
+    assert any("first 500 test images, 200" in line for line in lines)
+    assert epoch_test_ll_section(None) == []
+    figure = epoch_test_ll_figure(curves, "complete VAE (K=1)", "K=50 zero")
+    gap = figure.axes[1].get_lines()[0].get_ydata()
+    assert list(gap) == [4.0, 2.5, 1.5]
