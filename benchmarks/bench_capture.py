@@ -60,7 +60,7 @@ def _trainer(K: int, cuda_graph: bool, rows: int, seed: int) -> tuple[Any, Any]:
     shuffle = make_generator(seed + 2)
 
     def epoch() -> float:
-        return train_epoch(model, optimizer, x, mask, K, BATCH_SIZE, shuffle, sample, step=step)
+        return train_epoch(step, BATCH_SIZE, shuffle)
 
     return model, epoch
 

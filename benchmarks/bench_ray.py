@@ -122,7 +122,7 @@ def _plain_epoch(config: Any, x: Any, mask: Any) -> float:
 
     from missiwae.allocator import retain_freed_memory
     from missiwae.model import MissIWAE, make_generator
-    from missiwae.train_step import make_optimizer
+    from missiwae.train_step import TrainStep, make_optimizer
     from missiwae.training import train_epoch
 
     retain_freed_memory()  # as the Ray Train worker does
@@ -131,12 +131,9 @@ def _plain_epoch(config: Any, x: Any, mask: Any) -> float:
     optimizer = make_optimizer(model, config.train.learning_rate)
     shuffle, sample = make_generator(0), make_generator(1)
     x_nan = x.masked_fill(~mask, float("nan"))
-    train_epoch(model, optimizer, x_nan, mask, config.train.K, config.train.batch_size, shuffle, sample)
-    seconds = common.timed(
-        lambda: train_epoch(
-            model, optimizer, x_nan, mask, config.train.K, config.train.batch_size, shuffle, sample
-        )
-    )
+    step = TrainStep(model, optimizer, x_nan, mask, config.train.K, sample)
+    train_epoch(step, config.train.batch_size, shuffle)
+    seconds = common.timed(lambda: train_epoch(step, config.train.batch_size, shuffle))
     return x.shape[0] / seconds
 
 

@@ -70,6 +70,7 @@ def train_steps(K: int, batch_size: int, rows: int, max_steps: int) -> int:
 def _library(args, K, x, mask, warm, timed_rows, sync, device) -> float:
     from missiwae.config import ModelConfig
     from missiwae.model import MissIWAE, make_generator
+    from missiwae.train_step import TrainStep
     from missiwae.training import train_epoch
 
     prepare_library(args.impl)
@@ -81,7 +82,7 @@ def _library(args, K, x, mask, warm, timed_rows, sync, device) -> float:
     shuffle, sample = make_generator(0), make_generator(1, device)
 
     def epoch(rows: slice) -> None:
-        train_epoch(model, optimizer, x_nan[rows], mask[rows], K, args.batch_size, shuffle, sample)
+        train_epoch(TrainStep(model, optimizer, x_nan[rows], mask[rows], K, sample), args.batch_size, shuffle)
 
     epoch(warm)
     return timed(lambda: epoch(timed_rows), sync)

@@ -43,6 +43,15 @@ def make_optimizer(
     return torch.optim.Adam(model.parameters(), lr=learning_rate, fused=True, capturable=capturable)
 
 
+def ascend(optimizer: torch.optim.Optimizer, bound: torch.Tensor) -> None:
+    """One optimiser step up the mean of `bound` (B,) (down the loss −mean L_K): the update of
+    every training path, the one-process loop (`TrainStep`) and each Ray Train worker."""
+    loss = -bound.mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
 class TrainStep:
     """Adam on −mean L_K of the rows `index` of (x, mask) (N, D); `cuda_graph` replays the step
     of `batch_size` rows from a CUDA graph (x on a CUDA device, `optimizer` capturable)."""
@@ -90,10 +99,7 @@ class TrainStep:
 
     def _step(self, index: torch.Tensor) -> torch.Tensor:
         bound = self.model.bound(self.x[index], self.mask[index], self.K, self.generator, validate=False)
-        loss = -bound.mean()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        ascend(self.optimizer, bound)
         return bound.detach().sum()
 
     def _on_side_stream(self, index: torch.Tensor) -> torch.Tensor:
@@ -137,4 +143,4 @@ def check_capturable(
         )
 
 
-__all__ = ["WARMUP_STEPS", "TrainStep", "check_capturable", "make_optimizer"]
+__all__ = ["WARMUP_STEPS", "TrainStep", "ascend", "check_capturable", "make_optimizer"]

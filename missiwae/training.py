@@ -55,31 +55,21 @@ def minibatches(
 
 
 def train_epoch(
-    model: MissIWAE,
-    optimizer: torch.optim.Optimizer,
-    x: torch.Tensor,
-    mask: torch.Tensor,
-    K: int,
+    step: TrainStep,
     batch_size: int,
     shuffle_generator: torch.Generator,
-    sample_generator: torch.Generator | None = None,
     progress: Callable[[Iterator[torch.Tensor]], Iterator[torch.Tensor]] | None = None,
     deadline: float | None = None,
-    step: TrainStep | None = None,
 ) -> float:
-    """One pass over (x, mask) (N, D); returns the mean bound of its minibatches.
+    """One pass over the step's training rows (x, mask) (N, D) in minibatches of `batch_size`,
+    shuffled by `shuffle_generator`; returns the mean bound of its minibatches.
 
-    With `deadline` (a wall-clock time, `time.time()`) the pass stops at the first minibatch
-    boundary at or after it, after one minibatch at least. `step`: the step to run (a
-    CUDA-graph one, say), made for this model, optimiser, data, K and generator; by default
-    an eager one.
+    `step` holds the model, optimiser, data, K and sampling generator (an eager `TrainStep`,
+    or one replayed from a CUDA graph). With `deadline` (a wall-clock time, `time.time()`) the
+    pass stops at the first minibatch boundary at or after it, after one minibatch at least.
     """
-    model.train()
-    if step is None:
-        step = TrainStep(model, optimizer, x, mask, K, sample_generator)
-    # Summed on the device, read once per epoch: a read per step would make the CPU wait for
-    # the GPU at every step. The per-minibatch sums are float32, as before; adding them in
-    # float64 is what adding Python floats did.
+    step.model.train()
+    x = step.x
     total = torch.zeros((), dtype=torch.float64, device=x.device)
     count = 0
     batches = minibatches(x.shape[0], batch_size, shuffle_generator, x.device)
@@ -246,19 +236,7 @@ def train(
         num_batches = -(-x.shape[0] // config.batch_size)
         bar = _progress_bar(epoch, config.epochs, num_batches) if progress else None
         rows = [0]
-        train_bound = train_epoch(
-            model,
-            optimizer,
-            x,
-            mask,
-            config.K,
-            config.batch_size,
-            shuffle_generator,
-            sample_generator,
-            _counting(bar, rows),
-            deadline,
-            step,
-        )
+        train_bound = train_epoch(step, config.batch_size, shuffle_generator, _counting(bar, rows), deadline)
         valid_bound = None
         if valid is not None:
             model.eval()

@@ -56,6 +56,7 @@ from paper.gpu_specs import (
     EVAL_SAMPLES,
     LEARNING_RATE,
     MISSFOREST,
+    MISSING_RATE,
     PAPER_MODEL,
     RESULT_FILE,
     VALID_ROWS,
@@ -124,7 +125,7 @@ def run_model(spec: ModelSpec) -> dict[str, Any]:
             tmask[rows],
             num_samples,
             num_masks=DEFENSIVE_MASKS,
-            missing_rate=0.5,
+            missing_rate=MISSING_RATE,
             batch_size=EVAL_BATCH,
             generator=generator,
         ).tolist()
@@ -198,7 +199,7 @@ def run_model(spec: ModelSpec) -> dict[str, Any]:
 
     if spec.accuracy or spec.figure3:
         torch.set_grad_enabled(False)  # imputation needs no gradients
-        subset = load_incomplete_mnist("train", 0.5, seed=spec.seed, num_rows=ACCURACY_ROWS)
+        subset = load_incomplete_mnist("train", MISSING_RATE, seed=spec.seed, num_rows=ACCURACY_ROWS)
         ax, amask = _model_view(subset.x, subset.mask, model.uses_oracle)
         ax, amask, truth = ax.to(device), amask.to(device), subset.x.to(device)
         accuracy: dict[str, float] = {}
@@ -281,7 +282,7 @@ def run_missforest(out: Path, n_jobs: int, seed: int = 0) -> dict[str, Any]:
     from missiwae.evaluation import imputation_accuracy
     from missiwae.missforest import MissForest
 
-    rows = load_incomplete_mnist("train", 0.5, seed=seed, num_rows=ACCURACY_ROWS)
+    rows = load_incomplete_mnist("train", MISSING_RATE, seed=seed, num_rows=ACCURACY_ROWS)
     x_nan = rows.x.masked_fill(~rows.mask, float("nan")).numpy().astype(np.float64)
     started = time.time()
     imputer = MissForest(**MISSFOREST, n_jobs=n_jobs, random_state=seed)  # type: ignore[arg-type]
@@ -401,7 +402,7 @@ def proposal_check(folder: Path, labels: list[str], rows: int, samples: int, see
 
     test = load_incomplete_mnist("test", 0.0, seed=seed, num_rows=10_000)
     x, complete = test.x[:rows], test.mask[:rows]
-    half = torch.rand(x.shape, generator=torch.Generator().manual_seed(seed + 5)) < 0.5
+    half = torch.rand(x.shape, generator=torch.Generator().manual_seed(seed + 5)) < MISSING_RATE
     lines = [
         f"log p(x) of the first {rows} complete test images, {samples} importance samples (± SE over images)",
         "",

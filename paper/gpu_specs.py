@@ -18,6 +18,9 @@ EVAL_SAMPLES, EVAL_BATCH = 5000, 100
 ACCURACY_SAMPLES = (1, 10, 100, 1000, 10000)
 ACCURACY_ROWS = 1000
 MISSFOREST = {"n_estimators": 30, "max_iter": 5, "max_samples": None}
+# The paper's MCAR rate: the incomplete models' training data, Figure 1 (right)'s holes, and the
+# defensive mixture's random masks (the same for every model).
+MISSING_RATE = 0.5
 RESULT_FILE = "result.json"
 # Early stopping: the validation bound (each model's own K, on VALID_ROWS validation images with
 # the model's own missing rate) has not improved for PATIENCE epochs; MAX_EPOCHS is the cap.
@@ -35,7 +38,7 @@ class ModelSpec:
     label: str
     K: int
     imputation: str  # zero / oracle
-    missing_rate: float  # 0.5, or 0.0 for the complete-data references
+    missing_rate: float  # MISSING_RATE, or 0.0 for the complete-data references
     train_until: float
     eval_until: float
     accuracy_until: float
@@ -75,10 +78,10 @@ def figure1_specs(
     train_until, eval_until = start + 0.60 * budget_s, start + 0.80 * budget_s
     accuracy_until = start + 0.95 * budget_s
     grid = [
-        ("K=1 zero", 1, "zero", 0.5),
-        ("K=1 oracle", 1, "oracle", 0.5),
-        ("K=50 zero", 50, "zero", 0.5),
-        ("K=50 oracle", 50, "oracle", 0.5),
+        ("K=1 zero", 1, "zero", MISSING_RATE),
+        ("K=1 oracle", 1, "oracle", MISSING_RATE),
+        ("K=50 zero", 50, "zero", MISSING_RATE),
+        ("K=50 oracle", 50, "oracle", MISSING_RATE),
         ("complete VAE (K=1)", 1, "zero", 0.0),
         ("complete IWAE (K=50)", 50, "zero", 0.0),
     ]
@@ -126,6 +129,7 @@ __all__ = [
     "LEARNING_RATE",
     "MAX_EPOCHS",
     "MISSFOREST",
+    "MISSING_RATE",
     "PAPER_MODEL",
     "PATIENCE",
     "RESULT_FILE",

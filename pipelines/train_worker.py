@@ -40,7 +40,7 @@ from missiwae.config import ModelConfig, TrainConfig
 from missiwae.ensemble import poisson_bootstrap_counts
 from missiwae.evaluation import DEFENSIVE_MASKS, estimate_log_likelihood_defensive, mean_bound
 from missiwae.model import MissIWAE, make_generator
-from missiwae.train_step import make_optimizer
+from missiwae.train_step import ascend, make_optimizer
 from missiwae.training import (
     EpochStats,
     best_weights,
@@ -173,10 +173,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 bound, rows_seen = bound * weight, float(weight.sum())
             else:
                 rows_seen = float(x.shape[0])
-            loss = -bound.mean()  # DDP averages gradients over workers: equal shards, equal weight
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            ascend(optimizer, bound)  # DDP averages gradients over workers: equal shards, equal weight
             bound_sum += float(bound.detach().sum())
             num_rows += rows_seen
             if fault_marker and epoch == 2 and step == 0 and rank == world_size - 1:

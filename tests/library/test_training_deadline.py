@@ -14,7 +14,7 @@ import torch
 
 from missiwae import training
 from missiwae.model import MissIWAE, make_generator
-from missiwae.train_step import make_optimizer
+from missiwae.train_step import TrainStep, make_optimizer
 from missiwae.training import WEIGHTS_FILE, EpochStats, train, train_epoch
 from tests.library.test_training import _config, _data, _fresh_model, _states_equal
 
@@ -72,7 +72,7 @@ def test_a_deadline_that_is_not_reached_changes_nothing_and_no_deadline_is_the_p
     optimizer = make_optimizer(reference, config.learning_rate)
     shuffle, sample = make_generator(config.seed), make_generator(config.seed + 1)
     bounds = [
-        train_epoch(reference, optimizer, x, mask, config.K, config.batch_size, shuffle, sample)
+        train_epoch(TrainStep(reference, optimizer, x, mask, config.K, sample), config.batch_size, shuffle)
         for _ in range(config.epochs)
     ]
     assert _states_equal(plain, reference)
