@@ -3,6 +3,14 @@
     python benchmarks/coverage.py --quick
     python benchmarks/coverage.py --tables linear --mechanisms mcar --rates 0.3 \
         --methods missiwae missiwae_boot iterative --replications 50 --jobs 2
+    python benchmarks/coverage.py --ray --out runs/coverage      # the grid, fanned out over Ray
+
+With --ray every (setting, replication) is one Ray task of one CPU, all settings at once, on the
+cluster of $RAY_ADDRESS (`ray job submit`) or a local Ray; without it, joblib runs --jobs
+replications at a time. With --out each replication's rows are written to
+OUT/<table>-<mechanism>-<rate>/rep_NNNN.json as it finishes (atomically), so a run that stops
+resumes where it was (the same settings, checked against OUT/settings.json; --replications may
+grow), and the summary goes to OUT/coverage.md and OUT/coverage.json.
 
 For each setting (table x mechanism x rate) and replication r:
   1. draw a complete table (X, y) with known regression coefficients β (seed = (--seed, r)),
@@ -29,10 +37,11 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,6 +139,7 @@ def _missiwae(seed: int, args: argparse.Namespace) -> Any:
         num_samples=args.num_samples,
         observation=args.observation,
         random_state=seed,
+        device=args.device,
     )
 
 
@@ -203,21 +213,38 @@ def replicate(
     return rows
 
 
-def summarise(results: list[list[dict[str, Any]]], methods: list[str]) -> list[str]:
-    lines = [
-        f"{'method':<14} {'bias (per slope)':<28} {'coverage ± se':>14} {'width':>7} {'FMI':>6} {'s/rep':>6}",
-    ]
+def summary_numbers(results: list[list[dict[str, Any]]], methods: list[str]) -> dict[str, dict[str, Any]]:
+    """Per method: mean signed error per slope, coverage and its standard error over
+    replications (the slopes of one replication share a table), mean width, FMI and seconds."""
+    out = {}
     for method in methods:
         rows = [row for rep in results for row in rep if row["method"] == method]
         errors = np.stack([r["error"] for r in rows])
         covered = np.stack([r["covered"] for r in rows]).astype(float)
-        per_rep = covered.mean(axis=1)  # slopes of one replication are correlated: se over reps
+        per_rep = covered.mean(axis=1)
         se = per_rep.std(ddof=1) / math.sqrt(len(per_rep)) if len(per_rep) > 1 else float("nan")
-        bias = " ".join(f"{b:+.3f}" for b in errors.mean(axis=0))
+        out[method] = {
+            "bias": errors.mean(axis=0).tolist(),
+            "coverage": float(covered.mean()),
+            "coverage_se": float(se),
+            "width": float(np.mean([r["width"] for r in rows])),
+            "fmi": float(np.mean([r["fmi"] for r in rows])),
+            "seconds": float(np.mean([r["seconds"] for r in rows])),
+            "replications": len(rows),
+        }
+    return out
+
+
+def summarise(results: list[list[dict[str, Any]]], methods: list[str]) -> list[str]:
+    lines = [
+        f"{'method':<14} {'bias (per slope)':<28} {'coverage ± se':>14} {'width':>7} {'FMI':>6} {'s/rep':>6} "
+        f"{'reps':>5}",
+    ]
+    for method, n in summary_numbers(results, methods).items():
+        bias = " ".join(f"{b:+.3f}" for b in n["bias"])
         lines.append(
-            f"{method:<14} {bias:<28} {covered.mean():>7.3f} ± {se:.3f} "
-            f"{np.mean([r['width'] for r in rows]):>7.3f} {np.mean([r['fmi'] for r in rows]):>6.3f} "
-            f"{np.mean([r['seconds'] for r in rows]):>6.1f}"
+            f"{method:<14} {bias:<28} {n['coverage']:>7.3f} ± {n['coverage_se']:.3f} "
+            f"{n['width']:>7.3f} {n['fmi']:>6.3f} {n['seconds']:>6.1f} {n['replications']:>5}"
         )
     return lines
 
@@ -248,9 +275,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=1, help="replications in parallel (joblib processes)")
     parser.add_argument(
+        "--ray", action="store_true", help="one Ray task per replication ($RAY_ADDRESS or local)"
+    )
+    parser.add_argument(
+        "--out", default=None, help="folder for each replication's rows and the summary (resumable)"
+    )
+    parser.add_argument(
+        "--summary-only", action="store_true", help="run nothing: summarise the replications in --out"
+    )
+    parser.add_argument("--device", default="cpu", help="where missIWAE trains and imputes (cpu, cuda)")
+    parser.add_argument(
         "--quick", action="store_true", help="a smoke run: 4 replications, one setting, small models"
     )
     args = parser.parse_args(argv)
+    if args.summary_only and not args.out:
+        parser.error("--summary-only needs --out")
     if args.quick:
         args.tables, args.mechanisms, args.rates = args.tables[:1], ["mcar"], [0.3]
         args.replications, args.M, args.n_models = 4, 4, 4
@@ -258,25 +297,130 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> None:
+# The arguments that decide a replication's numbers: a resumed run must have the same ones.
+RUN_ONLY = ("replications", "jobs", "ray", "out", "quick", "summary_only", "device")
+Setting = tuple[str, str, float]
+
+
+def setting_name(setting: Setting) -> str:
+    table, mechanism, rate = setting
+    return f"{table}-{mechanism}-{rate:g}"
+
+
+def encode(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in row.items()} for row in rows]
+
+
+def decode(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    arrays = ("error", "covered", "width", "fmi")
+    return [{k: np.asarray(v) if k in arrays else v for k, v in row.items()} for row in rows]
+
+
+def resume_state(
+    out: Path, args: argparse.Namespace, settings: list[Setting]
+) -> dict[tuple[Setting, int], Any]:
+    """The replications already in `out` (after checking that they were made with these
+    arguments: SystemExit naming the ones that differ); writes OUT/settings.json for a new run."""
+    from missiwae.atomic import write_json_atomic
+
+    decisive = {k: v for k, v in sorted(vars(args).items()) if k not in RUN_ONLY}
+    recorded_path = out / "settings.json"
+    if recorded_path.is_file():
+        recorded = json.loads(recorded_path.read_text())
+        changed = sorted(k for k in decisive.keys() | recorded.keys() if decisive.get(k) != recorded.get(k))
+        if changed:
+            raise SystemExit(
+                f"{out} holds replications made with other settings ({', '.join(changed)}); "
+                "choose another --out or the same settings"
+            )
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(recorded_path, decisive)
+    done = {}
+    for setting in settings:
+        for path in sorted((out / setting_name(setting)).glob("rep_*.json")):
+            done[(setting, int(path.stem.split("_")[1]))] = decode(json.loads(path.read_text()))
+    return done
+
+
+def fan_out(
+    todo: list[tuple[Setting, int]], args: argparse.Namespace
+) -> Iterator[tuple[tuple[Setting, int], list[dict[str, Any]]]]:
+    """((setting, replication), rows) for every item of `todo`, as each finishes (Ray) or in
+    order (joblib)."""
+    if not todo:
+        return
+    if args.ray:
+        import ray
+
+        from pipelines.runtime import ensure_ray
+
+        ensure_ray()
+        task = ray.remote(num_cpus=1)(replicate)
+        args_ref = ray.put(args)
+        pending = {task.remote(setting, r, args_ref): (setting, r) for setting, r in todo}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            yield pending.pop(ready[0]), ray.get(ready[0])
+        return
     from joblib import Parallel, delayed
 
+    results = Parallel(n_jobs=args.jobs, return_as="generator")(
+        delayed(replicate)(setting, r, args) for setting, r in todo
+    )
+    yield from zip(todo, results, strict=True)
+
+
+def run(args: argparse.Namespace) -> dict[Setting, list[list[dict[str, Any]]]]:
+    """Every replication of every setting: setting -> [rows of replication r for r in range]."""
+    from missiwae.atomic import write_json_atomic
+
+    settings: list[Setting] = list(itertools.product(args.tables, args.mechanisms, args.rates))
+    out = Path(args.out) if args.out else None
+    done = resume_state(out, args, settings) if out else {}
+    # Replication-major: a run stopped part way leaves every setting about as far along.
+    todo = [(s, r) for r in range(args.replications) for s in settings if (s, r) not in done]
+    if args.summary_only:
+        return {s: [rows for (setting, _), rows in sorted(done.items()) if setting == s] for s in settings}
+    if done:
+        print(f"# resuming: {len(done)} replications on disk, {len(todo)} to run", flush=True)
+    for key, rows in fan_out(todo, args):
+        done[key] = rows
+        if out:
+            setting, r = key
+            folder = out / setting_name(setting)
+            folder.mkdir(exist_ok=True)
+            write_json_atomic(folder / f"rep_{r:04d}.json", encode(rows))
+    return {s: [done[(s, r)] for r in range(args.replications)] for s in settings}
+
+
+def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    print(
+    header = (
         f"# rows {args.rows}, M {args.M}, replications {args.replications}, missIWAE: d {args.latent_dim}, "
         f"hidden {args.hidden}, epochs {args.epochs}, K {args.K}, L {args.num_samples}, {args.observation}, "
-        f"bootstrap models {args.n_models}; seed {args.seed}",
-        flush=True,
+        f"bootstrap models {args.n_models}; seed {args.seed}"
     )
-    for setting in itertools.product(args.tables, args.mechanisms, args.rates):
-        start = time.perf_counter()
-        results = Parallel(n_jobs=args.jobs)(
-            delayed(replicate)(setting, r, args) for r in range(args.replications)
-        )
-        print(
-            f"\n## {setting[0]}, {setting[1].upper()} {setting[2]:.0%} ({time.perf_counter() - start:.0f} s)"
-        )
-        print("\n".join(summarise(results, args.methods)), flush=True)
+    print(header, flush=True)
+    start = time.perf_counter()
+    results = run(args)
+    seconds = time.perf_counter() - start
+    lines = [header]
+    summary = {}
+    for setting, replications in results.items():
+        table, mechanism, rate = setting
+        if not replications:  # --summary-only before this setting's first replication finished
+            lines += ["", f"## {table}, {mechanism.upper()} {rate:.0%}: no replication yet"]
+            continue
+        lines += ["", f"## {table}, {mechanism.upper()} {rate:.0%}", *summarise(replications, args.methods)]
+        summary[setting_name(setting)] = summary_numbers(replications, args.methods)
+    lines += ["", f"wall time {seconds:.0f} s (this invocation)"]
+    print("\n".join(lines[1:]), flush=True)
+    if args.out:
+        from missiwae.atomic import write_json_atomic, write_text_atomic
+
+        write_text_atomic(Path(args.out) / "coverage.md", "\n".join(lines) + "\n")
+        write_json_atomic(Path(args.out) / "coverage.json", {"seconds": seconds, "settings": summary})
 
 
 if __name__ == "__main__":

@@ -73,6 +73,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             names.add("slow")
         if "data_root" in getattr(item, "fixturenames", ()):
             names.add("mnist")
+        if "ray_cluster" in getattr(item, "fixturenames", ()):
+            names.add("ray")
         for name in sorted(names):
             item.add_marker(getattr(pytest.mark, name))
 
