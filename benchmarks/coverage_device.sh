@@ -20,7 +20,7 @@ log() { echo "[$(date +%T)] $*" | tee -a "$work/session.log"; }
 run() { python3 benchmarks/coverage.py "$@" --jobs 16 --out "$runs" >>"$work/coverage.log" 2>&1; }
 
 log "start; budget ${budget}s; arguments: $*"
-nproc | tee -a "$work/session.log"
+python3 -c "import os; print(len(os.sched_getaffinity(0)), \"cores\")" | tee -a "$work/session.log"  # nproc obeys OMP_NUM_THREADS
 t0=$(date +%s); run "$@" --replications 1 --device cpu; cpu_rc=$?; t1=$(date +%s)
 run "$@" --replications 2 --device cuda; cuda_rc=$?; t2=$(date +%s)
 log "replication 0 on cpu: rc $cpu_rc, $((t1 - t0)) s; replication 1 on cuda: rc $cuda_rc, $((t2 - t1)) s"
