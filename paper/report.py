@@ -110,7 +110,7 @@ def _accuracy_task(
     from missiwae.training import load_model
 
     model = load_model(checkpoint_dir)
-    xt, mt = torch.from_numpy(x), torch.from_numpy(mask)
+    xt, mt = torch.tensor(x), torch.tensor(mask)  # copies: Ray's object store hands arrays out read-only
     imputed = impute_single(
         model, xt, mt, num_samples, threshold=0.5, batch_size=250, generator=make_generator(seed)
     )
@@ -133,7 +133,7 @@ def _log_likelihood_task(
     from missiwae.training import load_model
 
     model = load_model(checkpoint_dir)
-    xt = torch.from_numpy(x)
+    xt = torch.tensor(x)  # a copy: Ray's object store hands arrays out read-only
     mask = torch.ones_like(xt, dtype=torch.bool)
     naive = estimate_log_likelihood(model, xt, mask, num_samples, generator=make_generator(seed))
     mixture = estimate_log_likelihood_defensive(
