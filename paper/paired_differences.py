@@ -15,21 +15,23 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import sys
 
 import numpy as np
 
-from paper.verdicts import COMPLETE_VAE
+from paper.report import mean_and_se
+from paper.verdicts import COMPLETE_VAE, Difference
 
 PAIRS = (("K=1 oracle", "K=1 zero"), ("K=50 oracle", "K=50 zero"), (COMPLETE_VAE, "K=50 zero"))
 
 
 def paired_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
-    """Per-image estimates a, b (N,) of two models -> (mean of a − b, paired se, independent se)."""
-    n = len(a)
-    independent = math.hypot(float(np.std(a, ddof=1)), float(np.std(b, ddof=1))) / math.sqrt(n)
-    return float(np.mean(a - b)), float(np.std(a - b, ddof=1)) / math.sqrt(n), independent
+    """Per-image estimates a, b (N,) of two models -> (mean of a − b, paired se, independent se):
+    the paired one is the report's standard error of the per-image differences, the independent
+    one what `paper.verdicts.Difference` makes of the two means' standard errors."""
+    paired, mean_a, mean_b = mean_and_se(a - b), mean_and_se(a), mean_and_se(b)
+    independent = Difference.of(mean_a["mean"], mean_b["mean"], mean_a["se"], mean_b["se"])
+    return paired["mean"], paired["se"], independent.se
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,12 +17,10 @@ pass is not luck. Everything is seeded: the same machine gives the same numbers.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 
-from benchmarks.coverage import parse_args, replicate
+from benchmarks.coverage import parse_args, replicate, summary_numbers
 
 REPLICATIONS = 100
 TARGET = (0.90, 0.98)
@@ -36,13 +34,10 @@ ARGUMENTS = [
 
 
 def coverage(results: list[list[dict]], method: str) -> tuple[float, float, float, np.ndarray]:
-    """(coverage, its standard error over replications, mean width, mean error per slope)."""
-    rows = [row for replication in results for row in replication if row["method"] == method]
-    per_replication = np.array([row["covered"].mean() for row in rows])
-    standard_error = per_replication.std(ddof=1) / math.sqrt(len(rows))
-    width = float(np.mean([row["width"].mean() for row in rows]))
-    bias = np.mean([row["error"] for row in rows], axis=0)
-    return float(per_replication.mean()), float(standard_error), width, bias
+    """(coverage, its standard error over replications, mean width, mean error per slope), as
+    the benchmark's own summary reads them."""
+    numbers = summary_numbers(results, [method])[method]
+    return numbers["coverage"], numbers["coverage_se"], numbers["width"], np.asarray(numbers["bias"])
 
 
 @pytest.mark.timeout(3 * 3600)  # measured: about half an hour on 2 idle cores
